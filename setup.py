@@ -1,0 +1,45 @@
+"""Install: `pip install -e .` (CPU), plus extras: hf (export), tfds, tpu, gpu, dev (tests and test-only tools)."""
+
+from setuptools import find_packages, setup
+
+HF = ["torch>=2.3", "transformers>=4.45", "safetensors>=0.4", "gguf>=0.10"]
+
+setup(
+    name="trainer",
+    version="0.1.0",
+    description="A readable LLaMA pretraining framework on JAX: one jit code path from a laptop to a TPU pod.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trainer", "trainer.*", "launch"]),
+    install_requires=[
+        # APIs of this stack move fast: the ranges are the ones measured (see ../shared/STACK.md).
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "array-record>=0.8.6",
+        "sentencepiece>=0.2",
+        "gcsfs>=2024.6",
+        "pyyaml>=6",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "hf": HF,
+        "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+        "cloud": ["google-cloud-tpu>=1.18"],
+        "dev": HF + [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "portpicker>=1.6",
+            "gcp-storage-emulator>=2024.8",
+            "pyarrow>=15",
+            "google-cloud-tpu>=1.18",
+            "psutil>=5.9",
+        ],
+    },
+)

@@ -1,0 +1,106 @@
+"""Causal grouped-query attention kernels: plain XLA everywhere, cuDNN on GPUs, Splash (Pallas) on TPUs.
+
+All take q [batch, length, heads, head_dim], k/v [batch, length, kv_heads, head_dim] and segment ids
+[batch, length] (tokens attend only within their own segment, so packed documents never see each other)
+and return [batch, length, heads, head_dim].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMPLEMENTATIONS = ("dot_product", "cudnn", "splash")
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, implementation: str) -> jax.Array:
+    """Causal attention with the named kernel; raises a clear error when the kernel can't run on this backend."""
+    if implementation == "dot_product":
+        return dot_product_attention(q, k, v, segment_ids)
+    if implementation == "cudnn":
+        _require_platform("cudnn", "gpu")
+        return cudnn_attention(q, k, v, segment_ids)
+    if implementation == "splash":
+        _require_platform("splash", "tpu")
+        return splash_attention(q, k, v, segment_ids)
+    raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
+
+
+def _require_platform(name: str, platform: str) -> None:
+    actual = jax.devices()[0].platform
+    if actual != platform:
+        raise ValueError(
+            f"model.attention={name} needs a {platform.upper()} but this run is on {actual}; "
+            "use model.attention=dot_product"
+        )
+
+
+def causal_segment_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
+    """[batch or 1, 1, q, k] boolean mask: key position ≤ query position and, with segments, the same segment."""
+    causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None, None]
+    if segment_ids is None:
+        return causal
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return causal & same
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """Reference attention in plain jnp; softmax in fp32. Query heads are grouped over the kv heads (GQA)."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    groups = heads // kv_heads
+    q = q.reshape(batch, length, kv_heads, groups, head_dim)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / np.sqrt(head_dim).astype(np.float32)
+    mask = causal_segment_mask(segment_ids, length)[:, :, None]  # [b, 1, 1, q, k]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v)
+    return out.reshape(batch, length, heads, head_dim)
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """cuDNN fused attention through `jax.nn.dot_product_attention` (GQA native; bf16/fp16 inputs)."""
+    if segment_ids is None:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    mask = causal_segment_mask(segment_ids, q.shape[1])
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """Splash attention (Pallas TPU kernel), run per shard with shard_map over the batch and head axes.
+
+    GQA by repeating kv heads per group; the kernel wants [heads, length, head_dim] per example and a pre-scaled query.
+    """
+    from flax import linen as nn
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    batch, length, heads, head_dim = q.shape
+    groups = heads // k.shape[2]
+    if segment_ids is None:
+        segment_ids = jnp.ones((batch, length), jnp.int32)
+    k = jnp.repeat(k, groups, axis=2)
+    v = jnp.repeat(v, groups, axis=2)
+    qkv_spec = nn.logical_to_mesh_axes(("batch", "length", "heads", "head_dim"))
+    seg_spec = nn.logical_to_mesh_axes(("batch", "length"))
+
+    def local(q, k, v, segment_ids):
+        local_heads = q.shape[2]
+        mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(local_heads)])
+        block = min(512, length)
+        sizes = kernel.BlockSizes(
+            block_q=block, block_kv_compute=block, block_kv=block, block_q_dkv=block,
+            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
+        )
+        splash = kernel.make_splash_mha(mask=mask, head_shards=1, q_seq_shards=1, block_sizes=sizes)
+        q = jnp.swapaxes(q, 1, 2) / np.sqrt(head_dim).astype(q.dtype)
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+        seg = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
+        out = jax.vmap(lambda q, k, v, s: splash(q, k, v, segment_ids=s))(q, k, v, seg)
+        return jnp.swapaxes(out, 1, 2)
+
+    return jax.shard_map(
+        local, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec), out_specs=qkv_spec, check_vma=False
+    )(q, k, v, segment_ids)

@@ -1,0 +1,67 @@
+"""`python -m trainer.main CONFIG [section.key=value ...] [--dry-run]`: the training job's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from trainer.config import Config, ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments: a config file, dotted overrides, and the dry-run switches."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.main",
+        description="Train a LLaMA-style model from a YAML config (see configs/base.yml for every key).",
+    )
+    parser.add_argument("config", help="YAML config file, e.g. configs/tiny.yml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100 mesh.fsdp=8")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build everything abstractly (no weights allocated), print a summary and one JSON line")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="with --dry-run: plan for this many devices instead of the ones present (e.g. 256)")
+    return parser.parse_intermixed_args(argv)
+
+
+def dry_run(config: Config, devices: int | None) -> int:
+    """Print the summary of the job (parameters, memory per device, FLOPs, mesh, sharding) and one JSON line."""
+    import jax
+    from jax.sharding import AbstractMesh, AxisType
+
+    from trainer import sharding, summary
+    from trainer.train import make_trainer
+
+    num_devices = devices if devices is not None else jax.device_count()
+    mesh_shape = sharding.resolve_mesh_shape(config.mesh, num_devices)
+    sharding.check_batch_divisible(config, mesh_shape)
+    if devices is None:
+        mesh = sharding.make_mesh(config.mesh)
+    else:
+        mesh = AbstractMesh(tuple(mesh_shape.values()), sharding.AXES, axis_types=(AxisType.Auto,) * 3)
+    trainer = make_trainer(config, mesh)
+    text, record = summary.summarize(config, trainer.abstract_state, mesh_shape)
+    print(text)
+    print(json.dumps(record))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, validate and run (or dry-run) the job; a config mistake is one line on stderr and exit code 2."""
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.devices is not None and not args.dry_run:
+            raise ConfigError("--devices only plans a --dry-run; a real run uses the devices present")
+        if args.dry_run:
+            return dry_run(config, args.devices)
+        from trainer.loop import run
+
+        return run(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

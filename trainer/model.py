@@ -1,0 +1,196 @@
+"""The LLaMA decoder in Flax Linen: RMSNorm pre-norm, RoPE, grouped-query attention, SwiGLU, tied or untied head.
+
+The model names logical axes only ('batch', 'length', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp', 'vocab',
+'layers', 'norm'); `trainer.sharding` maps them onto the mesh from the config's rules.
+
+Parameter tree (with `scan_layers`, every layer's parameters are stacked under `layers` with a leading layer axis;
+without it they live under `layers_0`, `layers_1`, ...):
+    embed/embedding [vocab, embed]
+    layers/attention_norm/scale [embed]        layers/mlp_norm/scale [embed]
+    layers/attention/{query,key,value}/kernel [embed, heads|kv_heads, head_dim]
+    layers/attention/out/kernel [heads, head_dim, embed]
+    layers/mlp/{gate,up}/kernel [embed, mlp]   layers/mlp/down/kernel [mlp, embed]
+    final_norm/scale [embed]                   lm_head/kernel [embed, vocab] (untied only)
+RoPE rotates the two halves of each head (Hugging Face's layout), so q/k weights export without a permutation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from trainer.attention import attend
+from trainer.config import ModelConfig
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _dtype(name: str) -> Any:
+    return jnp.dtype(name)
+
+
+def _init(config: ModelConfig, axes: tuple[str, ...]) -> Any:
+    return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), axes)
+
+
+class Projection(nn.Module):
+    """A bias-free linear map contracting the last `in_dims` axes of x with a kernel [*in, *features].
+
+    Written by hand because Flax's DenseGeneral initialises a flattened kernel, which breaks logical partitioning
+    of multi-axis kernels such as [embed, heads, head_dim].
+    """
+
+    config: ModelConfig
+    features: tuple[int, ...]
+    axes: tuple[str, ...]  # logical names of the kernel's axes
+    in_dims: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        shape = tuple(x.shape[-self.in_dims:]) + tuple(self.features)
+        kernel = self.param("kernel", _init(c, self.axes), shape, _dtype(c.param_dtype))
+        dtype = _dtype(c.compute_dtype)
+        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+        return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm computed in fp32, with a learned scale."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],), _dtype(self.config.param_dtype),
+        )
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.config.norm_eps)
+        return (normed.astype(x.dtype) * scale.astype(x.dtype)).astype(_dtype(self.config.compute_dtype))
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding on [batch, length, heads, head_dim], rotating the two halves of each head."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, head_dim/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention with RoPE; never attends across segments (packed documents)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        c = self.config
+        head_dim = c.resolved_head_dim
+        q = Projection(c, (c.num_heads, head_dim), ("embed", "heads", "head_dim"), name="query")(x)
+        k = Projection(c, (c.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="key")(x)
+        v = Projection(c, (c.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="value")(x)
+        q = nn.with_logical_constraint(apply_rope(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
+        k = nn.with_logical_constraint(apply_rope(k, positions, c.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+        out = attend(q, k, v, segment_ids, c.attention)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        return Projection(c, (c.embed_dim,), ("heads", "head_dim", "embed"), in_dims=2, name="out")(out)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        gate = Projection(c, (c.mlp_dim,), ("embed", "mlp"), name="gate")(x)
+        up = Projection(c, (c.mlp_dim,), ("embed", "mlp"), name="up")(x)
+        hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return Projection(c, (c.embed_dim,), ("mlp", "embed"), name="down")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm transformer layer; returns (x, None) so that it can be scanned."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
+        x = x + Attention(self.config, name="attention")(RMSNorm(self.config, name="attention_norm")(x),
+                                                          positions, segment_ids)
+        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+
+
+class Transformer(nn.Module):
+    """The decoder: tokens [batch, length] → logits [batch, length, vocab] (compute dtype)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
+        c = self.config
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+        embed = nn.Embed(
+            c.vocab_size, c.embed_dim, embedding_init=_init(c, ("vocab", "embed")),
+            dtype=_dtype(c.compute_dtype), param_dtype=_dtype(c.param_dtype), name="embed",
+        )
+        x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+
+        layer = DecoderLayer
+        if c.remat_policy != "none":
+            layer = nn.remat(layer, prevent_cse=not c.scan_layers, policy=REMAT_POLICIES[c.remat_policy])
+        if c.scan_layers:
+            stack = nn.scan(
+                layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(c, name="layers")(x, positions, segment_ids)
+        else:
+            for i in range(c.num_layers):
+                x, _ = layer(c, name=f"layers_{i}")(x, positions, segment_ids)
+
+        x = RMSNorm(c, name="final_norm")(x)
+        if c.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = Projection(c, (c.vocab_size,), ("embed", "vocab"), name="lm_head")(x)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """Unrolled parameters (`layers_0` … `layers_{n-1}`) → the scanned layout (`layers`, leading layer axis)."""
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)])
+    return out
+
+
+def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
+    """The scanned layout → unrolled parameters, one subtree per layer (what exporters iterate over)."""
+    if "layers" not in params:
+        return dict(params)
+    out = {k: v for k, v in params.items() if k != "layers"}
+    num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+    for i in range(num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return out

@@ -1,0 +1,164 @@
+"""Train state, loss, and the pure jitted steps: `train_step(state, batch) -> (state, metrics)` and `eval_step`.
+
+Batches are dicts of [batch, length] arrays: `inputs`, `targets` (int32), `loss_mask` (float32),
+`segment_ids` and `positions` (int32) — the contract of `trainer.data.pipeline`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from trainer import sharding
+from trainer.config import Config
+from trainer.model import Transformer
+from trainer.optim import make_optimizer
+
+Batch = dict[str, jax.Array]
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a step changes: the step counter, parameters and optimizer state (incl. non-finite counters)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """The compiled pieces of one job on one mesh: model, optimizer, shardings and jitted functions."""
+
+    config: Config
+    mesh: Mesh
+    model: Transformer
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract_state: TrainState  # ShapeDtypeStructs, no memory
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    init: Callable[[jax.Array], TrainState]
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+    eval_step: Callable[[Any, Batch], dict[str, jax.Array]]
+
+
+def make_trainer(config: Config, mesh: Mesh) -> Trainer:
+    """Build model, optimizer and the jitted init / train / eval functions with explicit shardings (nothing allocated)."""
+    model = Transformer(config.model)
+    tx, schedule = make_optimizer(config.optimizer, config.train.steps)
+    dummy = jnp.zeros((1, config.train.seq_len), jnp.int32)
+
+    def init_boxed(rng: jax.Array) -> TrainState:
+        params = model.init(rng, dummy)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    with sharding.activate(mesh, config):
+        boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+        state_shardings = sharding.logical_shardings(boxed, mesh, config)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), state_shardings
+    )
+    batch_sharding = sharding.batch_sharding(mesh, config)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init(rng: jax.Array) -> TrainState:
+        return nn.unbox(init_boxed(rng))
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        grads, stats = _accumulate_gradients(model, config, state.params, batch)
+        count = jnp.maximum(stats["tokens"], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": stats["nll"] / count,
+            "z_loss": stats["z"] / count,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step),
+            "tokens": stats["tokens"],
+            "nonfinite_in_a_row": opt_state.notfinite_count,
+            "nonfinite_total": opt_state.total_notfinite,
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        nll, z, tokens = _loss_sums(model, config, params, batch)
+        return {"nll_sum": nll, "tokens": tokens}
+
+    def traced(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any) -> Any:
+            with sharding.activate(mesh, config):
+                return fn(*args)
+
+        return wrapped
+
+    with sharding.activate(mesh, config):
+        jit_init = jax.jit(init, out_shardings=state_shardings)
+        jit_train = jax.jit(
+            train_step, in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated), donate_argnums=0,
+        )
+        jit_eval = jax.jit(eval_step, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+    return Trainer(
+        config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
+        state_shardings=state_shardings, batch_sharding=batch_sharding,
+        init=traced(jit_init), train_step=traced(jit_train), eval_step=traced(jit_eval),
+    )
+
+
+def _loss_sums(model: Transformer, config: Config, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Summed next-token cross-entropy and z-loss over positions whose loss mask is 1, in fp32, and the token count."""
+    logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    mask = batch["loss_mask"].astype(jnp.float32)
+    nll = jnp.sum((log_z - target_logit) * mask)
+    z = jnp.sum(jnp.square(log_z) * mask)
+    return nll, z, jnp.sum(mask)
+
+
+def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch: Batch) -> tuple[Any, dict[str, Any]]:
+    """Gradients of the summed loss (divide by the token count afterwards), over `train.microbatches` slices.
+
+    Microbatch m takes rows m, m+M, m+2M, … so every microbatch stays spread over all data-parallel devices.
+    """
+    z_weight = config.train.z_loss
+
+    def summed_loss(p: Any, mb: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+        nll, z, tokens = _loss_sums(model, config, p, mb)
+        return nll + z_weight * z, (nll, z, tokens)
+
+    grad_fn = jax.grad(summed_loss, has_aux=True)
+    micro = config.train.microbatches
+    if micro == 1:
+        grads, (nll, z, tokens) = grad_fn(params, batch)
+        return grads, {"nll": nll, "z": z, "tokens": tokens}
+
+    batch_spec = PartitionSpec(None, sharding.batch_axes(config) or None, None)
+
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, batch_spec)
+
+    microbatches = jax.tree.map(split, batch)
+
+    def body(carry: tuple[Any, dict[str, Any]], mb: Batch) -> tuple[tuple[Any, dict[str, Any]], None]:
+        acc, sums = carry
+        g, (nll, z, tokens) = grad_fn(params, mb)
+        acc = jax.tree.map(jnp.add, acc, g)
+        return (acc, {"nll": sums["nll"] + nll, "z": sums["z"] + z, "tokens": sums["tokens"] + tokens}), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    start = {"nll": jnp.zeros(()), "z": jnp.zeros(()), "tokens": jnp.zeros(())}
+    (grads, sums), _ = jax.lax.scan(body, (zeros, start), microbatches)
+    return grads, sums
