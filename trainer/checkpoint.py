@@ -1,0 +1,210 @@
+"""Async Orbax checkpoints of the train state, the data iterator of every process, and the resolved config.
+
+Layout of a run folder (local or gs://):
+    config.yaml                      the resolved config of the run
+    checkpoints/<step>/state         params, optimizer state, step (Orbax, sharded arrays)
+    checkpoints/<step>/data          the Grain iterator state, one JSON per process
+    checkpoints/<step>/meta          JSON: the config and the step
+Orbax writes a step into a temporary folder and renames (or, on GCS, marks) it only when complete, so a process
+killed mid-write leaves nothing that `latest_step` would pick up: the previous complete step is restored instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import yaml
+
+from trainer import storage
+from trainer.config import CheckpointConfig, Config, ConfigError, from_dict
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that can't be used; the message says what is missing and what to do."""
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    """Where a run keeps its checkpoints."""
+    return storage.join(run_dir, "checkpoints")
+
+
+def _absolute(path: str) -> str:
+    return path if storage.is_remote(path) else os.path.abspath(path)
+
+
+class Checkpointer:
+    """Saves and restores one run's checkpoints; saving returns as soon as the arrays are copied off the devices."""
+
+    def __init__(self, run_dir: str, options: CheckpointConfig):
+        self.directory = _absolute(checkpoint_dir(run_dir))
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=options.keep,
+                keep_period=options.keep_every,
+                enable_async_checkpointing=options.async_save,
+                create=True,
+            ),
+            item_names=("state", "data", "meta"),
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None when the run has no checkpoint yet."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iterator: Any, config: Config, force: bool = False) -> bool:
+        """Start saving `step` (returns once the device arrays are copied; the write continues in the background)."""
+        import grain
+
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(_snapshot(data_iterator)),
+                meta=ocp.args.JsonSave({"step": step, "config": config.to_dict()}),
+            ),
+            force=force,
+        )
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
+        """Restore `step` into arrays with the shardings of `abstract_state` (any mesh) and rewind the iterator."""
+        import grain
+
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+            ),
+        )
+        return restored["state"]
+
+    def wait(self) -> None:
+        """Block until every save in flight is written."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending writes and release the manager's threads."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _snapshot(iterator: Any) -> Any:
+    """The iterator's state frozen now: the async write may run after the loop has drawn further batches."""
+    import grain
+
+    class Snapshot(grain.DatasetIterator):
+        def __init__(self, state: dict[str, Any]):
+            super().__init__()
+            self._state = state
+
+        def __next__(self) -> Any:
+            raise StopIteration
+
+        def get_state(self) -> dict[str, Any]:
+            return self._state
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            self._state = state
+
+    return Snapshot(iterator.get_state())
+
+
+def parse_reference(reference: str) -> tuple[str, int | None]:
+    """`RUN_DIR[:STEP]` → (run_dir, step or None); `gs://b/run:1200` keeps its scheme."""
+    head, sep, tail = reference.rpartition(":")
+    if sep and tail.isdigit() and head and not head.endswith(("gs", "file", "s3")):
+        return head, int(tail)
+    return reference, None
+
+
+def _find_step(run_dir: str, step: int | None) -> tuple[str, int]:
+    directory = _absolute(checkpoint_dir(run_dir))
+    if not storage.exists(directory):
+        raise CheckpointError(f"no checkpoint at {run_dir}: expected a run folder holding checkpoints/")
+    steps = sorted(ocp.utils.checkpoint_steps(directory))
+    if not steps:
+        raise CheckpointError(f"no complete checkpoint in {directory}")
+    if step is None:
+        return directory, steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"step {step} is not among the checkpoints of {run_dir} (available: {steps})")
+    return directory, step
+
+
+def read_run_config(run_dir: str) -> Config:
+    """The resolved config a run folder was written with."""
+    path = storage.join(run_dir, "config.yaml")
+    if not storage.exists(path):
+        raise CheckpointError(f"{path} is missing: not a run folder of this trainer")
+    return from_dict(yaml.safe_load(storage.read_bytes(path)))
+
+
+def write_run_config(run_dir: str, config: Config) -> None:
+    """Store the resolved config in the run folder (atomically)."""
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    storage.write_bytes_atomic(storage.join(run_dir, "config.yaml"), text.encode())
+
+
+def restore_params_from(reference: str, abstract_params: Any) -> tuple[Any, int]:
+    """Only the params of another run's checkpoint (`RUN_DIR[:STEP]`), into the shardings of `abstract_params`."""
+    run_dir, step = parse_reference(reference)
+    return _restore_params(run_dir, step, abstract_params, lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding))
+
+
+def _restore_params(run_dir: str, step: int | None, target: Any, restore_arg: Any) -> tuple[Any, int]:
+    directory, step = _find_step(run_dir, step)
+    item = {"params": target}
+    restored = ocp.PyTreeCheckpointer().restore(
+        storage.join(directory, str(step), "state"),
+        args=ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(restore_arg, item), partial_restore=True),
+    )
+    return restored["params"], step
+
+
+def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, Any], int]:
+    """A run's config and params as numpy arrays on the host, whatever mesh saved them (for exporters)."""
+    run_dir, ref_step = parse_reference(path)
+    step = step if step is not None else ref_step
+    config = read_run_config(run_dir)
+    directory, step = _find_step(run_dir, step)
+    metadata = ocp.PyTreeCheckpointer().metadata(storage.join(directory, str(step), "state"))
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])
+    params, step = _restore_params(run_dir, step, target, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
+    return config, params, step
+
+
+def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, Any], int]:
+    """A run's config and params as numpy arrays on the host, whatever mesh saved them (for exporters)."""
+    run_dir, ref_step = parse_reference(path)
+    step = step if step is not None else ref_step
+    config = read_run_config(run_dir)
+    directory, step = _find_step(run_dir, step)
+    item_path = storage.join(directory, str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(item_path)
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    restored = checkpointer.restore(
+        item_path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    )
+    return config, restored["params"], step
+
+
+def save_params(run_dir: str, config: Config, params: dict[str, Any], step: int = 0) -> None:
+    """Write a params-only checkpoint and the config into a run folder (a starting point for `restore_from`)."""
+    storage.makedirs(run_dir)
+    write_run_config(run_dir, config)
+    with ocp.CheckpointManager(_absolute(checkpoint_dir(run_dir)), item_names=("state", "meta")) as manager:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"params": params}),
+            meta=ocp.args.JsonSave({"step": step, "config": config.to_dict(), "params_only": True}),
+        ))
+        manager.wait_until_finished()
+
