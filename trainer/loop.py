@@ -1,0 +1,280 @@
+"""The training job: distributed init, mesh, data, state (fresh or restored), then steps, evals, logs, checkpoints.
+
+A stopped run (SIGTERM, Ctrl-C, a crash) started again with the same run folder continues exactly as if it had
+never stopped: the train state and every process's data iterator come back from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trainer import checkpoint, distributed, flops, sharding, storage
+from trainer.config import Config, ConfigError
+from trainer.metrics import MetricsLogger
+from trainer.train import BATCH_KEYS, Trainer, TrainState, make_trainer
+
+# Test hook: steps whose batch gets a NaN loss mask, to exercise the skipping of non-finite updates.
+POISON_ENV = "TRAINER_TEST_POISON_STEPS"
+EXIT_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a request to stop after the current step; a second Ctrl-C exits at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in EXIT_SIGNAL}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            print("\nsecond interrupt: exiting now without saving", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing this step, saving, then exiting "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (all processes must stop at the same step)."""
+        local = self.signal is not None
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.array([local]))))
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _global_batch(trainer: Trainer, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(trainer.batch_sharding, local[k]) for k in BATCH_KEYS}
+
+
+def _poisoned_steps() -> set[int]:
+    return {int(s) for s in os.environ.get(POISON_ENV, "").split(",") if s.strip()}
+
+
+def _prepare_data(config: Config) -> None:
+    from trainer.data.prepare import ensure_prepared
+
+    if jax.process_index() == 0:
+        ensure_prepared(config.data)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("data prepared")
+
+
+def _check_run_dir(config: Config) -> None:
+    """Refuse to resume a run folder written with a different model (its checkpoints could not be restored)."""
+    path = storage.join(config.run.dir, "config.yaml")
+    if not storage.exists(path):
+        return
+    previous = checkpoint.read_run_config(config.run.dir)
+    if previous.model != config.model:
+        raise ConfigError(f"{config.run.dir} holds a run of a different model; use a new run.dir or the same model.*")
+
+
+def _copy_tokenizer(config: Config) -> None:
+    from trainer.data import mixture
+
+    source = mixture.plan(config.data)[0].components[0].path
+    target = storage.join(config.run.dir, "tokenizer")
+    for name in ("tokenizer.model", "tokenizer"):
+        src = storage.join(source, name)
+        if storage.exists(src) and not storage.isdir(src):
+            storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(src))
+        elif storage.isdir(src):
+            for file in storage.listdir(src):
+                storage.write_bytes_atomic(storage.join(target, file), storage.read_bytes(storage.join(src, file)))
+
+
+def _initial_state(config: Config, trainer: Trainer, ckpt: checkpoint.Checkpointer, data_iter: Any,
+                   log: MetricsLogger) -> TrainState:
+    latest = ckpt.latest_step()
+    if latest is not None:
+        log.say(f"resuming from {ckpt.directory}/{latest}")
+        return ckpt.restore(latest, trainer.abstract_state, data_iter)
+    state = trainer.init(jax.random.key(config.train.seed))
+    if config.checkpoint.restore_from:
+        reference = config.checkpoint.restore_from
+        if config.checkpoint.restore_params_only:
+            params, step = checkpoint.restore_params_from(reference, trainer.abstract_state.params)
+            state = state.replace(params=params)
+        else:
+            run_dir, step = checkpoint.parse_reference(reference)
+            other = checkpoint.Checkpointer(run_dir, config.checkpoint)
+            step = step if step is not None else other.latest_step()
+            if step is None:
+                raise checkpoint.CheckpointError(f"no complete checkpoint in {run_dir}")
+            state = other.manager.restore(step, args=checkpoint.ocp.args.Composite(
+                state=checkpoint.ocp.args.StandardRestore(trainer.abstract_state)))["state"]
+            other.close()
+        log.say(f"started from {reference} (step {step}, {'params only' if config.checkpoint.restore_params_only else 'whole state'})")
+    return state
+
+
+def evaluate(config: Config, trainer: Trainer, params: Any) -> dict[str, float]:
+    """Validation loss and perplexity over `eval.batches` deterministic batches of the held-out split."""
+    from trainer.data.pipeline import make_eval_iterator
+
+    batches = make_eval_iterator(config.data, seq_len=config.train.seq_len,
+                                 global_batch_size=config.train.global_batch_size,
+                                 process_index=jax.process_index(), process_count=jax.process_count(),
+                                 num_batches=config.eval.batches)
+    nll, tokens = 0.0, 0.0
+    for local in batches:
+        out = jax.device_get(trainer.eval_step(params, _global_batch(trainer, local)))
+        nll += float(out["nll_sum"])
+        tokens += float(out["tokens"])
+    loss = nll / max(tokens, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+
+def run(config: Config) -> int:
+    """Run the job described by `config` to `train.steps`; returns the process exit code."""
+    distributed.initialize(config.distributed)
+    mesh = sharding.make_mesh(config.mesh)
+    mesh_shape = dict(mesh.shape)
+    sharding.check_batch_divisible(config, mesh_shape, jax.process_count())
+    is_main = jax.process_index() == 0
+    log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard)
+
+    _prepare_data(config)
+    from trainer.data import pipeline
+
+    vocab = pipeline.dataset_vocab_size(config.data)
+    if vocab is not None and vocab > config.model.vocab_size:
+        raise ConfigError(f"the data's tokenizer has {vocab} ids but model.vocab_size={config.model.vocab_size}; "
+                          f"set model.vocab_size={vocab} or more")
+    _check_run_dir(config)
+    if is_main:
+        storage.makedirs(config.run.dir)
+        checkpoint.write_run_config(config.run.dir, config)
+        _copy_tokenizer(config)
+        log.say(pipeline.describe(config.data))
+
+    trainer = make_trainer(config, mesh)
+    data_iter = pipeline.make_train_iterator(
+        config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+        seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
+    state = _initial_state(config, trainer, ckpt, data_iter, log)
+    stop = StopRequest()
+    try:
+        return _train(config, trainer, ckpt, data_iter, state, stop, log)
+    finally:
+        stop.restore()
+        ckpt.close()
+        data_iter.close()
+        log.close()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _train(config: Config, trainer: Trainer, ckpt: checkpoint.Checkpointer, data_iter: Any, state: TrainState,
+           stop: StopRequest, log: MetricsLogger) -> int:
+    t = config.train
+    step = int(jax.device_get(state.step))
+    fpt = flops.flops_per_token(config.model, t.seq_len)
+    devices = jax.device_count()
+    peak = flops.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops)
+    tokens_per_step = t.global_batch_size * t.seq_len
+    poisoned = _poisoned_steps()
+    log.say(f"training {config.run.dir}: steps {step} → {t.steps}, {tokens_per_step:,} tokens/step, "
+            f"{devices} device(s) {jax.devices()[0].device_kind}, mesh {dict(trainer.mesh.shape)}")
+
+    def save(at: int, force: bool = False) -> None:
+        if not bool(_all_finite(state.params)):
+            log.say(f"step {at}: parameters are not finite; not saving (the last good checkpoint stays)")
+            return
+        if ckpt.save(at, state, data_iter, config, force=force):
+            log.flush()
+
+    window_start, window_steps, started = time.perf_counter(), 0, time.perf_counter()
+    exit_code = 0
+    while step < t.steps:
+        local = next(data_iter)
+        if step in poisoned:
+            local = {**local, "loss_mask": np.full_like(local["loss_mask"], np.nan)}
+        state, metrics = trainer.train_step(state, _global_batch(trainer, local))
+        step += 1
+        window_steps += 1
+        nonfinite = int(jax.device_get(metrics["nonfinite_in_a_row"]))
+        if nonfinite:
+            log.say(f"step {step}: non-finite loss or gradients, update skipped "
+                    f"({nonfinite} in a row, {int(metrics['nonfinite_total'])} in all)")
+            if nonfinite >= t.max_consecutive_nonfinite:
+                log.say(f"stopping: {nonfinite} non-finite steps in a row (train.max_consecutive_nonfinite); "
+                        "the last good checkpoint is intact — lower the learning rate or inspect the data")
+                exit_code = 3
+                break
+        if step % config.log.every_steps == 0 or step == t.steps:
+            values = jax.device_get(metrics)
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = tokens_per_step * window_steps / elapsed
+            tflops = tokens_per_s * fpt / devices / 1e12
+            utilisation = flops.mfu(tokens_per_s / devices, fpt, peak)
+            eta = (t.steps - step) * elapsed / window_steps
+            row = {"step": step, "loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
+                   "grad_norm": float(values["grad_norm"]), "tokens_per_s": tokens_per_s,
+                   "tflops_per_device": tflops, "skipped_steps": int(values["nonfinite_total"])}
+            if utilisation is not None:
+                row["mfu"] = utilisation
+            log.log(row)
+            mfu_text = f" mfu {100 * utilisation:.1f}%" if utilisation is not None else ""
+            log.say(f"step {step:>6}/{t.steps} loss {row['loss']:.4f} lr {row['learning_rate']:.2e} "
+                    f"gnorm {row['grad_norm']:.3f} {tokens_per_s:,.0f} tok/s {tflops:.3f} TFLOP/s/dev{mfu_text} "
+                    f"eta {_duration(eta)}")
+            window_start, window_steps = time.perf_counter(), 0
+        if step % config.eval.every_steps == 0 or step == t.steps:
+            result = evaluate(config, trainer, state.params)
+            log.log({"step": step, **result})
+            log.say(f"step {step:>6}/{t.steps} eval_loss {result['eval_loss']:.4f} "
+                    f"perplexity {result['eval_perplexity']:.2f}")
+            window_start = time.perf_counter()
+        if stop.agreed():
+            save(step, force=True)
+            ckpt.wait()
+            log.flush(plot=True)
+            log.say(f"stopped at step {step} on request; checkpoint saved — run the same command to continue")
+            return EXIT_SIGNAL.get(stop.signal, 143)
+        if step % config.checkpoint.every_steps == 0 or step == t.steps:
+            save(step)
+    if exit_code == 0:
+        ckpt.wait()
+        log.flush(plot=True)
+        log.say(f"done: {step} steps in {_duration(time.perf_counter() - started)}; run folder {config.run.dir}")
+        _print_sample(config, trainer, state.params, log)
+    return exit_code
+
+
+def _print_sample(config: Config, trainer: Trainer, params: Any, log: MetricsLogger) -> None:
+    if config.log.sample_tokens <= 0:
+        return
+    from trainer.data.tokenizer import load_tokenizer
+    from trainer.sample import greedy
+
+    tokenizer = load_tokenizer(storage.join(config.run.dir, "tokenizer"))
+    text = "def "
+    prompt = tokenizer.encode(text)
+    tokens = greedy(config, trainer.mesh, params, prompt, config.log.sample_tokens)
+    log.say("sample (greedy):\n" + text + tokenizer.decode(tokens[len(prompt):]))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
