@@ -6,6 +6,7 @@ never stopped: the train state and every process's data iterator come back from 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -22,8 +23,11 @@ from trainer.config import Config, ConfigError
 from trainer.metrics import MetricsLogger
 from trainer.train import BATCH_KEYS, Trainer, TrainState, make_trainer
 
-# Test hook: steps whose batch gets a NaN loss mask, to exercise the skipping of non-finite updates.
-POISON_ENV = "TRAINER_TEST_POISON_STEPS"
+# Test hooks (environment variables, read once per run) that exercise the fault paths of the loop:
+#   TRAINER_TEST_POISON_STEPS=3,4  these steps' batches get a NaN loss mask (non-finite loss and gradients)
+#   TRAINER_TEST_STOP_AT=5         behave as if SIGTERM arrived during step 5
+#   TRAINER_TEST_CRASH_AT=5        die (exit code 1, no cleanup) right after step 5
+HOOK_ENV = {"poison": "TRAINER_TEST_POISON_STEPS", "stop": "TRAINER_TEST_STOP_AT", "crash": "TRAINER_TEST_CRASH_AT"}
 EXIT_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -60,8 +64,8 @@ def _global_batch(trainer: Trainer, local: dict[str, np.ndarray]) -> dict[str, j
     return {k: jax.make_array_from_process_local_data(trainer.batch_sharding, local[k]) for k in BATCH_KEYS}
 
 
-def _poisoned_steps() -> set[int]:
-    return {int(s) for s in os.environ.get(POISON_ENV, "").split(",") if s.strip()}
+def _hook_steps(name: str) -> set[int]:
+    return {int(s) for s in os.environ.get(HOOK_ENV[name], "").split(",") if s.strip()}
 
 
 def _prepare_data(config: Config) -> None:
@@ -164,6 +168,9 @@ def run(config: Config) -> int:
         _copy_tokenizer(config)
         log.say(pipeline.describe(config.data))
 
+    pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
+        config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
     trainer = make_trainer(config, mesh)
     data_iter = pipeline.make_train_iterator(
         config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
@@ -189,13 +196,12 @@ def _train(config: Config, trainer: Trainer, ckpt: checkpoint.Checkpointer, data
            stop: StopRequest, log: MetricsLogger) -> int:
     t = config.train
     step = int(jax.device_get(state.step))
-    fpt = flops.flops_per_token(config.model, t.seq_len)
-    devices = jax.device_count()
-    peak = flops.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops)
     tokens_per_step = t.global_batch_size * t.seq_len
-    poisoned = _poisoned_steps()
+    speed = Speedometer(tokens_per_step, flops.flops_per_token(config.model, t.seq_len), jax.device_count(),
+                        flops.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops))
+    poisoned, stop_at, crash_at = _hook_steps("poison"), _hook_steps("stop"), _hook_steps("crash")
     log.say(f"training {config.run.dir}: steps {step} → {t.steps}, {tokens_per_step:,} tokens/step, "
-            f"{devices} device(s) {jax.devices()[0].device_kind}, mesh {dict(trainer.mesh.shape)}")
+            f"{jax.device_count()} device(s) {jax.devices()[0].device_kind}, mesh {dict(trainer.mesh.shape)}")
 
     def save(at: int, force: bool = False) -> None:
         if not bool(_all_finite(state.params)):
@@ -204,62 +210,103 @@ def _train(config: Config, trainer: Trainer, ckpt: checkpoint.Checkpointer, data
         if ckpt.save(at, state, data_iter, config, force=force):
             log.flush()
 
+    first_step = step
     window_start, window_steps, started = time.perf_counter(), 0, time.perf_counter()
-    exit_code = 0
+    pending: tuple[int, Any] | None = None  # the previous step's metrics, checked once the next step is queued
+
+    def too_many_nonfinite(at: int, metrics: Any) -> bool:
+        nonfinite = int(jax.device_get(metrics["nonfinite_in_a_row"]))
+        if nonfinite:
+            log.say(f"step {at}: non-finite loss or gradients, update skipped "
+                    f"({nonfinite} in a row, {int(metrics['nonfinite_total'])} in all)")
+        if nonfinite >= t.max_consecutive_nonfinite:
+            log.say(f"stopping: {nonfinite} non-finite steps in a row (train.max_consecutive_nonfinite); "
+                    "the last good checkpoint is intact — lower the learning rate or inspect the data")
+            return True
+        return False
+
     while step < t.steps:
         local = next(data_iter)
-        if step in poisoned:
+        if step + 1 in poisoned:
             local = {**local, "loss_mask": np.full_like(local["loss_mask"], np.nan)}
         state, metrics = trainer.train_step(state, _global_batch(trainer, local))
         step += 1
         window_steps += 1
-        nonfinite = int(jax.device_get(metrics["nonfinite_in_a_row"]))
-        if nonfinite:
-            log.say(f"step {step}: non-finite loss or gradients, update skipped "
-                    f"({nonfinite} in a row, {int(metrics['nonfinite_total'])} in all)")
-            if nonfinite >= t.max_consecutive_nonfinite:
-                log.say(f"stopping: {nonfinite} non-finite steps in a row (train.max_consecutive_nonfinite); "
-                        "the last good checkpoint is intact — lower the learning rate or inspect the data")
-                exit_code = 3
-                break
+        if step in stop_at:
+            stop.signal = signal.SIGTERM
+        if step in crash_at:
+            os._exit(1)
+        if pending is not None and too_many_nonfinite(*pending):
+            return 3
+        pending = (step, metrics)
+        if step == first_step + 1:
+            jax.block_until_ready(metrics)
+            log.say(f"first step took {time.perf_counter() - window_start:.1f}s (compilation included)")
+            window_start, window_steps = time.perf_counter(), 0
         if step % config.log.every_steps == 0 or step == t.steps:
-            values = jax.device_get(metrics)
-            elapsed = time.perf_counter() - window_start
-            tokens_per_s = tokens_per_step * window_steps / elapsed
-            tflops = tokens_per_s * fpt / devices / 1e12
-            utilisation = flops.mfu(tokens_per_s / devices, fpt, peak)
-            eta = (t.steps - step) * elapsed / window_steps
-            row = {"step": step, "loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
-                   "grad_norm": float(values["grad_norm"]), "tokens_per_s": tokens_per_s,
-                   "tflops_per_device": tflops, "skipped_steps": int(values["nonfinite_total"])}
-            if utilisation is not None:
-                row["mfu"] = utilisation
-            log.log(row)
-            mfu_text = f" mfu {100 * utilisation:.1f}%" if utilisation is not None else ""
-            log.say(f"step {step:>6}/{t.steps} loss {row['loss']:.4f} lr {row['learning_rate']:.2e} "
-                    f"gnorm {row['grad_norm']:.3f} {tokens_per_s:,.0f} tok/s {tflops:.3f} TFLOP/s/dev{mfu_text} "
-                    f"eta {_duration(eta)}")
+            _log_step(log, speed, step, t.steps, jax.device_get(metrics), window_steps,
+                      time.perf_counter() - window_start)
             window_start, window_steps = time.perf_counter(), 0
         if step % config.eval.every_steps == 0 or step == t.steps:
             result = evaluate(config, trainer, state.params)
             log.log({"step": step, **result})
             log.say(f"step {step:>6}/{t.steps} eval_loss {result['eval_loss']:.4f} "
                     f"perplexity {result['eval_perplexity']:.2f}")
-            window_start = time.perf_counter()
+            window_start, window_steps = time.perf_counter(), 0
         if stop.agreed():
+            if too_many_nonfinite(*pending):
+                return 3
             save(step, force=True)
             ckpt.wait()
             log.flush(plot=True)
             log.say(f"stopped at step {step} on request; checkpoint saved — run the same command to continue")
             return EXIT_SIGNAL.get(stop.signal, 143)
         if step % config.checkpoint.every_steps == 0 or step == t.steps:
+            if too_many_nonfinite(*pending):
+                return 3
+            pending = None
             save(step)
-    if exit_code == 0:
-        ckpt.wait()
-        log.flush(plot=True)
-        log.say(f"done: {step} steps in {_duration(time.perf_counter() - started)}; run folder {config.run.dir}")
-        _print_sample(config, trainer, state.params, log)
-    return exit_code
+    ckpt.wait()
+    log.flush(plot=True)
+    log.say(f"done: {step} steps in {_duration(time.perf_counter() - started)}; run folder {config.run.dir}")
+    _print_sample(config, trainer, state.params, log)
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Speedometer:
+    """Turns steps and seconds into tokens/s, TFLOP/s per device, MFU and an ETA."""
+
+    tokens_per_step: int
+    flops_per_token: float
+    devices: int
+    peak_tflops: float | None
+
+    def row(self, steps: int, seconds: float, remaining_steps: int) -> tuple[dict[str, float], str]:
+        """Throughput fields for metrics.jsonl and their text for the step line."""
+        tokens_per_s = self.tokens_per_step * steps / seconds
+        row = {"tokens_per_s": tokens_per_s,
+               "tflops_per_device": tokens_per_s * self.flops_per_token / self.devices / 1e12}
+        text = f" {tokens_per_s:,.0f} tok/s {row['tflops_per_device']:.3f} TFLOP/s/dev"
+        utilisation = flops.mfu(tokens_per_s / self.devices, self.flops_per_token, self.peak_tflops)
+        if utilisation is not None:
+            row["mfu"] = utilisation
+            text += f" mfu {100 * utilisation:.1f}%"
+        return row, text + f" eta {_duration(remaining_steps * seconds / steps)}"
+
+
+def _log_step(log: MetricsLogger, speed: Speedometer, step: int, total: int, values: dict[str, Any],
+              window_steps: int, seconds: float) -> None:
+    """One metrics row and step line; throughput over the steps since the last line (none right after compiling)."""
+    row = {"step": step, "loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
+           "grad_norm": float(values["grad_norm"]), "skipped_steps": int(values["nonfinite_total"])}
+    text = ""
+    if window_steps:
+        throughput, text = speed.row(window_steps, seconds, total - step)
+        row.update(throughput)
+    log.log(row)
+    log.say(f"step {step:>6}/{total} loss {row['loss']:.4f} lr {row['learning_rate']:.2e} "
+            f"gnorm {row['grad_norm']:.3f}{text}")
 
 
 def _print_sample(config: Config, trainer: Trainer, params: Any, log: MetricsLogger) -> None:

@@ -62,6 +62,27 @@ class Projection(nn.Module):
         return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
 
 
+class Embed(nn.Module):
+    """Token embedding table [vocab, embed]; `attend` reuses it as the output head when embeddings are tied."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        c = self.config
+        self.embedding = self.param("embedding", _init(c, ("vocab", "embed")), (c.vocab_size, c.embed_dim),
+                                    _dtype(c.param_dtype))
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        # Gather from a table whole along `embed` (FSDP gathers weights before use anyway): a lookup into an
+        # embed-sharded table makes XLA replicate the activations instead.
+        table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+        return jnp.take(table, tokens, axis=0).astype(_dtype(self.config.compute_dtype))
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        dtype = _dtype(self.config.compute_dtype)
+        return jnp.einsum("ble,ve->blv", x.astype(dtype), self.embedding.astype(dtype))
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm computed in fp32, with a learned scale."""
 
@@ -150,10 +171,7 @@ class Transformer(nn.Module):
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-        embed = nn.Embed(
-            c.vocab_size, c.embed_dim, embedding_init=_init(c, ("vocab", "embed")),
-            dtype=_dtype(c.compute_dtype), param_dtype=_dtype(c.param_dtype), name="embed",
-        )
+        embed = Embed(c, name="embed")
         x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
 
         layer = DecoderLayer
