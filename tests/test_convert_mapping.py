@@ -1,0 +1,149 @@
+"""Our params ↔ HF LLaMA: for the tiny config and small models shaped like each seed architecture, transformers
+(torch, fp32) loading our export gives our logits (≤ 1e-4 × the logit scale) and the same 20 greedy tokens."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from trainer import convert_to_hf, hf_mapping, parity
+from trainer.config import ModelConfig, load_config
+from trainer.model import Transformer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(compute_dtype="float32", remat_policy="none", num_layers=2, max_seq_len=64)
+ARCHITECTURES = {
+    "tiny": load_config(os.path.join(REPO, "configs", "tiny.yml")).model,
+    # KodaLite-1.3B's shape: GQA 32/8 heads of 64, untied
+    "gqa32x8": ModelConfig(vocab_size=512, embed_dim=128, num_heads=32, num_kv_heads=8, head_dim=64, mlp_dim=256,
+                           tie_embeddings=False, **SMALL),
+    # auto-g-nano-1b's shape: 14/2 heads of 128, θ 500000, untied; unrolled layers
+    "gqa14x2": ModelConfig(vocab_size=384, embed_dim=112, num_heads=14, num_kv_heads=2, head_dim=128, mlp_dim=224,
+                           rope_theta=500000.0, tie_embeddings=False, scan_layers=False, **SMALL),
+    # SmallCoder / LiteLlama's shape: MHA, tied here
+    "mha_tied": ModelConfig(vocab_size=256, embed_dim=64, num_heads=4, num_kv_heads=4, mlp_dim=128,
+                            tie_embeddings=True, **SMALL),
+}
+
+
+class Ids:
+    """The special ids a tokenizer would give (the mapping tests need no real tokenizer)."""
+
+    kind, bos_id, eos_id, pad_id = "none", 2, 3, 0
+
+
+def random_params(model: ModelConfig, seed: int = 0) -> dict:
+    """Random numpy params in the model's layout, with non-trivial norm scales and a clear logit spread."""
+    shapes = jax.eval_shape(Transformer(model).init, jax.random.key(0), np.zeros((1, 4), np.int32))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return (1.0 + 0.2 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        fan_in = {"'out'": model.num_heads * model.resolved_head_dim, "'down'": model.mlp_dim}
+        std = 1.0 if "embedding" in name else next((1 / np.sqrt(v) for k, v in fan_in.items() if k in name),
+                                                   1 / np.sqrt(model.embed_dim))
+        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, nn.unbox(shapes)["params"])
+
+
+def export(model: ModelConfig, params: dict, out: str, dtype: str = "float32", max_shard: int = 2 * 10**9) -> None:
+    """The weights and config part of `convert_to_hf` (no checkpoint, no tokenizer)."""
+    convert_to_hf.write_weights(out, model, params, dtype, max_shard)
+    convert_to_hf.write_metadata(out, model, Ids, dtype)
+
+
+def greedy_ours(model: ModelConfig, params: dict, prompt: np.ndarray, steps: int) -> list[int]:
+    """Greedy decoding by a full re-forward per token (causal: padding after the cursor changes nothing)."""
+    apply = jax.jit(Transformer(parity.fp32_model(model, params)).apply)
+    buf = np.zeros((1, len(prompt) + steps), np.int32)
+    buf[0, :len(prompt)] = prompt
+    for t in range(len(prompt), len(prompt) + steps):
+        buf[0, t] = int(np.argmax(apply({"params": params}, buf)[0, t - 1]))
+    return buf[0, len(prompt):].tolist()
+
+
+def greedy_hf(hf_model, prompt: np.ndarray, steps: int) -> list[int]:
+    """The same loop through transformers."""
+    ids = list(prompt)
+    for _ in range(steps):
+        ids.append(int(np.argmax(parity.hf_logits(hf_model, np.array([ids]))[0, -1])))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_transformers_reproduces_our_logits_and_greedy_tokens(name, tmp_path):
+    model = ARCHITECTURES[name]
+    params = random_params(model)
+    export(model, params, str(tmp_path), max_shard=200_000)  # small shards: exercises the index too
+    tokens = parity.sample_tokens(model.vocab_size, batch=3, length=64)
+    hf_model = parity.load_hf_model(str(tmp_path))
+    result = parity.compare(parity.jax_logits(model, params, tokens), parity.hf_logits(hf_model, tokens))
+    print(f"{name}: max |Δlogit| = {result.relative:.2e} × scale {result.scale:.3g}")
+    assert result.relative <= parity.TOLERANCE
+    prompt = tokens[0, :8]
+    assert greedy_ours(model, params, prompt, 20) == greedy_hf(hf_model, prompt, 20)
+
+
+def test_config_json_states_every_architecture_field(tmp_path):
+    model = ARCHITECTURES["gqa14x2"]
+    export(model, random_params(model), str(tmp_path), dtype="bfloat16")
+    with open(tmp_path / "config.json") as f:
+        cfg = json.load(f)
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+    heads = (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"])
+    assert heads == (112, 14, 2, 128)
+    assert cfg["rope_parameters"] == {"rope_type": "default", "rope_theta": 500000.0}
+    assert (cfg["rms_norm_eps"], cfg["tie_word_embeddings"], cfg["max_position_embeddings"]) == (1e-5, False, 64)
+    assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"], cfg["dtype"]) == (2, 3, 0, "bfloat16")
+    with open(tmp_path / "generation_config.json") as f:
+        assert json.load(f)["eos_token_id"] == 3
+    assert hf_mapping.model_config(cfg, model) == model  # ModelConfig → LlamaConfig → ModelConfig
+
+
+def test_sharding_writes_an_index_that_names_every_tensor(tmp_path):
+    model = ARCHITECTURES["mha_tied"]
+    params = random_params(model)
+    export(model, params, str(tmp_path), max_shard=100_000)
+    with open(tmp_path / "model.safetensors.index.json") as f:
+        index = json.load(f)
+    assert set(index["weight_map"]) == set(hf_mapping.hf_shapes(model))
+    assert len(set(index["weight_map"].values())) > 2
+    files = convert_to_hf.SafetensorsFolder(str(tmp_path))
+    back = hf_mapping.from_hf(files.__getitem__, model)
+    jax.tree.map(np.testing.assert_array_equal, back, params)  # ours → HF → ours is bitwise
+
+
+def test_unsupported_hf_configs_and_mismatched_params_fail_with_one_line():
+    model = ARCHITECTURES["mha_tied"]
+    base = hf_mapping.llama_config(model, bos_id=None, eos_id=None, pad_id=None).to_dict()
+    with pytest.raises(hf_mapping.MappingError, match="RoPE scaling 'llama3' is not supported"):
+        hf_mapping.model_config({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}})
+    with pytest.raises(hf_mapping.MappingError, match="attention_bias=True is not supported"):
+        hf_mapping.model_config({**base, "attention_bias": True})
+    with pytest.raises(hf_mapping.MappingError, match="model_type 'mistral'"):
+        hf_mapping.model_config({**base, "model_type": "mistral"})
+    params = random_params(model)
+    with pytest.raises(hf_mapping.MappingError, match="has shape .* but the config implies"):
+        hf_mapping.check_params(params, dataclasses.replace(model, embed_dim=32))
+    with pytest.raises(hf_mapping.MappingError, match="does not match its params"):
+        hf_mapping.check_params(params, dataclasses.replace(model, num_layers=3))
+
+
+def test_a_tampered_weight_fails_the_read_back_check(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    model = ARCHITECTURES["mha_tied"]
+    params = random_params(model)
+    export(model, params, str(tmp_path))
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] += 1e-3
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(parity.ParityError, match="tensor model.layers.1.mlp.up_proj.weight differs"):
+        convert_to_hf.verify_hf(str(tmp_path), model, params, "float32", tokenizer=None)

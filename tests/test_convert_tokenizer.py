@@ -1,0 +1,67 @@
+"""The exported tokenizer: a SentencePiece BPE becomes an HF tokenizer that encodes 1,000 held-out strings exactly like
+SentencePiece; special ids, BOS and a chat template come along."""
+
+import functools
+import glob
+import os
+import sysconfig
+
+from transformers import AutoTokenizer
+
+from trainer import convert_to_hf
+from trainer.data.tokenizer import SentencePieceTokenizer, open_tokenizer, train_sentencepiece
+
+STDLIB = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+
+
+@functools.cache
+def sentencepiece() -> SentencePieceTokenizer:
+    """A 512-token BPE (byte fallback, identity normalization, no dummy prefix) trained on 60 stdlib modules."""
+    texts = [open(path, errors="replace").read() for path in STDLIB[:60]]
+    return train_sentencepiece(texts, vocab_size=512, num_threads=1)
+
+
+def held_out_strings(n: int = 1000) -> list[str]:
+    """Lines of stdlib modules the tokenizer never saw, with leading/trailing whitespace kept, plus edge cases."""
+    lines = [line for path in STDLIB[-60:] for line in open(path, errors="replace").read().splitlines(keepends=True)]
+    special = [" leading space", "  two", "trailing  ", "\n\n", "\t", "Größe 東京 😀", "", "a" * 300]
+    picked = lines[:: max(1, len(lines) // n)][: n - len(special)]
+    return special + picked
+
+
+def test_exported_sentencepiece_tokenizer_encodes_exactly_like_sentencepiece(tmp_path):
+    tok = sentencepiece()
+    source = tmp_path / "run_tokenizer"
+    tok.save(str(source))
+    (source / "chat_template.jinja").write_text(TEMPLATE)
+    out = tmp_path / "hf"
+    out.mkdir()
+    convert_to_hf.write_tokenizer(tok, str(source), str(out), add_bos=True)
+
+    hf = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    strings = held_out_strings()
+    assert len(strings) == 1000
+    mismatches = [s for s in strings if hf.encode(s, add_special_tokens=False) != tok.encode(s)]
+    assert not mismatches, f"{len(mismatches)} mismatches, e.g. {mismatches[0]!r}"
+    assert all(hf.decode(tok.encode(s)) == s for s in strings[:100])
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    assert hf.encode("x = 1")[0] == tok.bos_id  # add_bos_token (the data's --bos) is honoured
+    rendered = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert rendered == "<|user|>hi\n"
+    assert (out / "tokenizer.model").read_bytes() == tok.model_proto
+    convert_to_hf.check_tokenizer(tok, str(out))  # the CLI's own check agrees
+
+
+def test_hf_tokenizer_folders_are_copied_as_they_are(tmp_path):
+    sp_out = tmp_path / "first"
+    sp_out.mkdir()
+    convert_to_hf.write_tokenizer(sentencepiece(), str(tmp_path), str(sp_out), add_bos=False)
+    hf_tok = open_tokenizer(str(sp_out))  # tokenizer.json wins over tokenizer.model
+    assert hf_tok.kind == "hf"
+    out = tmp_path / "second"
+    out.mkdir()
+    convert_to_hf.write_tokenizer(hf_tok, str(sp_out), str(out), add_bos=True)
+    again = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    assert again.encode("def f(x):\n    return x", add_special_tokens=False) == hf_tok.encode("def f(x):\n    return x")
+    assert again.encode("x")[0] != hf_tok.bos_id  # no BOS: the folder's own setting, not the argument
