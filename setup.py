@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-HF = ["torch>=2.3", "transformers>=4.45", "safetensors>=0.4", "gguf>=0.10"]
+HF = ["torch>=2.3", "transformers>=4.45", "safetensors>=0.4", "gguf>=0.10", "accelerate>=1.0"]
 
 setup(
     name="trainer",

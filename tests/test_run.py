@@ -196,3 +196,11 @@ def test_supervisor_does_not_restart_a_bad_config(tmp_path):
     )
     assert result.returncode == 2
     assert "configuration error" in result.stderr and "restart 1" not in result.stderr
+
+
+def test_main_job_with_placeholder_bucket_fails_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "trainer.main", "configs/303m.yml"], cwd=REPO, env=trainer_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "example placeholder" in lines[0] and "trainer.data.prepare" in lines[0]

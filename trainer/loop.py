@@ -7,6 +7,7 @@ never stopped: the train state and every process's data iterator come back from 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import signal
@@ -66,6 +67,40 @@ def _global_batch(trainer: Trainer, local: dict[str, np.ndarray]) -> dict[str, j
 
 def _hook_steps(name: str) -> set[int]:
     return {int(s) for s in os.environ.get(HOOK_ENV[name], "").split(",") if s.strip()}
+
+
+PLACEHOLDER = "YOUR_BUCKET"
+
+
+def _data_paths(config: Config) -> list[str]:
+    d = config.data
+    paths = [d.path] if d.path else []
+    paths += [c.path for c in d.mixture] + [c.path for s in d.stages for c in s.mixture]
+    return paths
+
+
+def _check_reachable(config: Config) -> None:
+    """Fail in one line, before any work, on a placeholder bucket or a path this machine can't reach."""
+    from trainer.data.shards import prepare_hint
+
+    for key, path in [("run.dir", config.run.dir)] + [("data.path", p) for p in _data_paths(config)]:
+        if PLACEHOLDER in path:
+            raise ConfigError(
+                f"{key}={path} is the example placeholder: prepare your shards with "
+                f"`{prepare_hint('gs://<bucket>/<name>/data')}` and override data.path=gs://<bucket>/... "
+                "and run.dir=gs://<bucket>/... (README, 'Data')")
+        if storage.is_remote(path):
+            quiet = logging.getLogger("gcsfs")
+            level = quiet.level
+            quiet.setLevel(logging.CRITICAL)  # its retry tracebacks would bury the one line below
+            try:
+                storage.exists(path)
+            except Exception as e:  # network, DNS, credentials: whatever the storage client raises
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                raise ConfigError(f"can't reach {key}={path} ({reason}); check the machine's network and "
+                                  "credentials, or point it at a reachable folder") from None
+            finally:
+                quiet.setLevel(level)
 
 
 def _prepare_data(config: Config) -> None:
@@ -147,6 +182,7 @@ def evaluate(config: Config, trainer: Trainer, params: Any) -> dict[str, float]:
 
 def run(config: Config) -> int:
     """Run the job described by `config` to `train.steps`; returns the process exit code."""
+    _check_reachable(config)
     distributed.initialize(config.distributed)
     mesh = sharding.make_mesh(config.mesh)
     mesh_shape = dict(mesh.shape)
