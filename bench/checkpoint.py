@@ -1,0 +1,101 @@
+"""How long an async Orbax save blocks the training loop vs how long the full write takes, and restore time.
+
+    python -m bench.checkpoint [--sizes-mb 100 1000] [--dir /tmp/bench-ckpt]
+
+For each state size (float32 arrays shaped like a transformer's, sharded over all devices): the time `save` returns
+after (the loop is blocked that long), the time until the checkpoint is complete on disk, their ratio
+(goal ≤ 5 %), and the time to restore it into the same shardings. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bench.common import log, machine_info, print_json
+from trainer.checkpoint import Checkpointer
+from trainer.config import CheckpointConfig
+
+
+def make_state(megabytes: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """~`megabytes` of float32 [4096, N] matrices, sharded on their first axis over all devices."""
+    sharding = NamedSharding(mesh, PartitionSpec("devices", None))
+    columns = 4096
+    per_matrix = 4096 * columns * 4
+    count = max(1, round(megabytes * 2**20 / per_matrix))
+    make = jax.jit(lambda key: jax.random.normal(key, (4096, columns), jnp.float32), out_shardings=sharding)
+    return {f"w{i}": make(jax.random.key(i)) for i in range(count)}
+
+
+def measure(megabytes: int, directory: str, mesh: jax.sharding.Mesh) -> dict[str, float]:
+    """Blocking time of save, full write time and restore time for one state size (first save excluded)."""
+    import grain
+
+    from trainer.config import Config
+
+    class Iterator(grain.DatasetIterator):
+        """The data-iterator part of a checkpoint: a tiny JSON state, as the real pipeline's."""
+
+        def __next__(self):
+            raise StopIteration
+
+        def get_state(self) -> dict:
+            return {"step": 0}
+
+        def set_state(self, state: dict) -> None:
+            pass
+
+    state = make_state(megabytes, mesh)
+    jax.block_until_ready(state)
+    nbytes = sum(x.nbytes for x in state.values())
+    ckpt = Checkpointer(directory, CheckpointConfig(keep=2, async_save=True))
+    results = []
+    for step in range(3):  # the first save pays one-time setup; report the median of the later ones
+        start = time.perf_counter()
+        ckpt.save(step, state, Iterator(), Config(), force=True)
+        blocked = time.perf_counter() - start
+        ckpt.wait()
+        written = time.perf_counter() - start
+        results.append((blocked, written))
+        log(f"{megabytes} MB: save {step} blocked {blocked:.3f} s, written in {written:.3f} s")
+    blocked, written = np.median([r[0] for r in results[1:]]), np.median([r[1] for r in results[1:]])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    start = time.perf_counter()
+    restored = ckpt.restore(ckpt.latest_step(), abstract, Iterator())
+    jax.block_until_ready(restored)
+    restore = time.perf_counter() - start
+    ckpt.close()
+    return {"state_bytes": nbytes, "save_blocking_s": blocked, "save_total_s": written,
+            "blocking_fraction": blocked / written, "first_save_blocking_s": results[0][0],
+            "restore_s": restore, "write_gb_per_s": nbytes / written / 1e9}
+
+
+def main() -> None:
+    """Measure each size and print the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder, removed after)")
+    args = parser.parse_args()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))
+    out = {"devices": jax.device_count(), "sizes": {}}
+    for size in args.sizes_mb:
+        directory = args.dir or tempfile.mkdtemp(prefix="bench-ckpt-")
+        try:
+            out["sizes"][f"{size}MB"] = measure(size, f"{directory}/{size}", mesh)
+        finally:
+            if args.dir is None:
+                shutil.rmtree(directory, ignore_errors=True)
+    out["goal_blocking_fraction_max"] = 0.05
+    out["machine"] = machine_info()
+    print_json(out)
+
+
+if __name__ == "__main__":
+    main()
