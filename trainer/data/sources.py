@@ -1,0 +1,329 @@
+"""Input readers: turn `--input` arguments (files, globs, tfds:, hf:) or `--corpus stdlib` into documents.
+
+`resolve` lists the readable items up front (so a missing or unreadable file fails before any work starts) and
+`read_documents` streams one item's documents in a worker process. Text is decoded as UTF-8 with invalid bytes
+replaced by U+FFFD; the number of replacements travels with each document so the summary and manifest can report it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import sysconfig
+from typing import Iterator, Optional, Sequence
+
+from trainer import storage
+from trainer.data import DataError
+
+STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+_JSONL_EXT = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+_PARQUET_EXT = (".parquet",)
+_DATASET_SHARDS = 16  # tfds:/hf: inputs are read as this many even parts, in parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One unit of reading: a file (text, JSONL or Parquet) or one even part of a TFDS / HF dataset."""
+
+    kind: str  # 'text' | 'jsonl' | 'parquet' | 'tfds' | 'hf'
+    path: str  # file path / URL, or dataset name
+    size: int = 0  # bytes on disk (0: unknown), for grouping and the progress estimate
+    field: str = "text"  # JSONL key / Parquet column / dataset feature
+    split: str = ""  # tfds / hf split
+    part: int = 0  # tfds / hf: which of `parts`
+    parts: int = 1
+    data_dir: str = ""  # tfds data dir
+    name: str = ""  # files: the path relative to the inputs' common folder; the documents' key (split, reports)
+
+    @property
+    def key(self) -> str:
+        """Stable name of the item: moving the corpus folder keeps every document's train/val assignment."""
+        return self.name or self.path
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """A document's text, a key that identifies it across runs (for the train/val split), and its U+FFFD count."""
+
+    key: str
+    text: str
+    replaced: int = 0
+
+
+def decode_utf8(raw: bytes) -> tuple[str, int]:
+    """Decode with invalid bytes replaced by U+FFFD; also return how many replacements were made."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        return text, text.count("\ufffd") - raw.count("\ufffd".encode())
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+
+
+def stdlib_files(max_files: Optional[int] = None) -> tuple[str, list[str]]:
+    """This Python's standard library .py files (no test folders or site-packages), sorted: the built-in corpus."""
+    root = sysconfig.get_paths()["stdlib"]
+    files: list[str] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in STDLIB_SKIP_DIRS and not d.startswith("."))
+        files.extend(os.path.join(folder, n) for n in sorted(names) if n.endswith(".py"))
+    return root, files[:max_files] if max_files else files
+
+
+def _kind_of(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(_JSONL_EXT):
+        return "jsonl"
+    if lower.endswith(_PARQUET_EXT):
+        return "parquet"
+    return "text"
+
+
+def _expand(pattern: str) -> list[str]:
+    """Files named by a path, folder (recursively) or glob; local or a URL."""
+    if storage.is_remote(pattern):
+        fs, _ = storage.filesystem(pattern)
+        protocol = pattern.split("://", 1)[0]
+        if any(c in pattern for c in "*?["):
+            return sorted(f"{protocol}://{p}" for p in fs.glob(pattern) if not fs.isdir(p))
+        if storage.isdir(pattern):
+            return sorted(f"{protocol}://{p}" for p in fs.find(pattern))
+        return [pattern] if storage.exists(pattern) else []
+    matches = glob.glob(pattern, recursive=True) if any(c in pattern for c in "*?[") else [pattern]
+    files: list[str] = []
+    for match in sorted(matches):
+        if os.path.isdir(match):
+            for folder, dirs, names in os.walk(match):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files.extend(os.path.join(folder, n) for n in sorted(names) if not n.startswith("."))
+        elif os.path.lexists(match):
+            files.append(match)
+    return files
+
+
+def _file_item(path: str, field: str) -> Item:
+    if storage.is_remote(path):
+        fs, p = storage.filesystem(path)
+        return Item(_kind_of(path), path, int(fs.size(p) or 0), field)
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        reason = "not a readable file" if os.path.exists(path) else "it does not exist (a broken link?)"
+        raise DataError(f"cannot read input file {path}: {reason}")
+    return Item(_kind_of(path), path, os.path.getsize(path), field)
+
+
+def _dataset_items(spec: str, field: str, tfds_data_dir: Optional[str]) -> list[Item]:
+    kind, _, rest = spec.partition(":")
+    name, _, split = rest.partition(":")
+    if not name:
+        raise DataError(f"--input {spec}: name the dataset, e.g. {kind}:NAME[:SPLIT]")
+    split = split or "train"
+    if kind == "tfds":
+        _import_tfds()
+        data_dir = tfds_data_dir or ""
+        return [Item("tfds", name, 0, field, split, i, _DATASET_SHARDS, data_dir) for i in range(_DATASET_SHARDS)]
+    _import_datasets()
+    return [Item("hf", name, 0, field, split, i, _DATASET_SHARDS) for i in range(_DATASET_SHARDS)]
+
+
+def resolve(
+    inputs: Sequence[str],
+    corpus: Optional[str] = None,
+    text_field: str = "text",
+    tfds_data_dir: Optional[str] = None,
+    max_files: Optional[int] = None,
+) -> tuple[list[Item], str]:
+    """All items to read and a one-line description of the source; fails (DataError) on no match or unreadable files."""
+    if corpus is not None:
+        if inputs:
+            raise DataError("give either --input or --corpus, not both")
+        if corpus != "stdlib":
+            raise DataError(f"unknown corpus {corpus!r}; the built-in corpus is 'stdlib'")
+        root, files = stdlib_files(max_files)
+        if not files:
+            raise DataError(f"no .py files found under the standard library folder {root}")
+        items = [Item("text", f, os.path.getsize(f), name=os.path.relpath(f, root)) for f in files]
+        return items, f"stdlib: {len(files)} .py files of {root} (test folders and site-packages skipped)"
+    if not inputs:
+        raise DataError("nothing to prepare: give --input PATH_OR_GLOB (repeatable) or --corpus stdlib")
+    items: list[Item] = []
+    for spec in inputs:
+        if spec.startswith(("tfds:", "hf:")):
+            items.extend(_dataset_items(spec, text_field, tfds_data_dir))
+            continue
+        files = _expand(spec)
+        if not files:
+            raise DataError(f"no input files match {spec}")
+        items.extend(_file_item(f, text_field) for f in files)
+    if max_files:
+        items = items[:max_files]
+    items = _with_relative_names(items)
+    return items, "inputs: " + ", ".join(inputs) + f" ({len(items)} items)"
+
+
+def _with_relative_names(items: list[Item]) -> list[Item]:
+    files = [i for i in items if i.kind in ("text", "jsonl", "parquet")]
+    if not files:
+        return items
+    try:
+        root = os.path.commonpath([os.path.dirname(_plain(i.path)) for i in files])
+    except ValueError:  # local and remote inputs mixed: keep full paths
+        return items
+    return [dataclasses.replace(i, name=os.path.relpath(_plain(i.path), root)) if i in files else i for i in items]
+
+
+def _plain(path: str) -> str:
+    return path.split("://", 1)[1] if storage.is_remote(path) else os.path.abspath(path)
+
+
+def group(items: Sequence[Item], target_bytes: int) -> list[list[Item]]:
+    """Consecutive items packed into work units of about `target_bytes` (each dataset part is a unit of its own)."""
+    units: list[list[Item]] = []
+    current: list[Item] = []
+    size = 0
+    for item in items:
+        if item.kind in ("tfds", "hf"):
+            units.append([item])
+            continue
+        if current and size + item.size > target_bytes:
+            units.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item.size
+    if current:
+        units.append(current)
+    return units
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_documents(item: Item) -> Iterator[Document]:
+    """The documents of one item in a stable order (keys are stable across runs); empty ones too, for counting."""
+    try:
+        if item.kind == "text":
+            yield from _read_text(item)
+        elif item.kind == "jsonl":
+            yield from _read_jsonl(item)
+        elif item.kind == "parquet":
+            yield from _read_parquet(item)
+        elif item.kind == "tfds":
+            yield from _read_tfds(item)
+        elif item.kind == "hf":
+            yield from _read_hf(item)
+        else:
+            raise DataError(f"unknown input kind {item.kind!r}")
+    except OSError as e:
+        raise DataError(f"cannot read input file {item.path}: {e.strerror or e}") from None
+
+
+def _read_raw(path: str) -> bytes:
+    data = storage.read_bytes(path)
+    return gzip.decompress(data) if path.endswith(".gz") else data
+
+
+def _read_text(item: Item) -> Iterator[Document]:
+    text, replaced = decode_utf8(_read_raw(item.path))
+    yield Document(item.key, text, replaced)
+
+
+def _read_jsonl(item: Item) -> Iterator[Document]:
+    for number, raw_line in enumerate(_read_raw(item.path).splitlines(), start=1):
+        if not raw_line.strip():
+            continue
+        line, replaced = decode_utf8(raw_line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{item.path}:{number} is not valid JSON: {e.msg}") from None
+        if not isinstance(record, dict) or item.field not in record:
+            raise DataError(f"{item.path}:{number} has no field {item.field!r} (choose one with --text-field)")
+        text = record[item.field]
+        if not isinstance(text, str):
+            raise DataError(f"{item.path}:{number}: field {item.field!r} is {type(text).__name__}, not text")
+        yield Document(f"{item.key}:{number}", text, replaced)
+
+
+def _read_parquet(item: Item) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    with storage.open_file(item.path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        if item.field not in parquet.schema_arrow.names:
+            raise DataError(
+                f"{item.path} has no column {item.field!r} (columns: {', '.join(parquet.schema_arrow.names)}; "
+                "choose one with --text-field)"
+            )
+        row = 0
+        for batch in parquet.iter_batches(columns=[item.field], batch_size=4096):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                yield from _value_document(f"{item.key}:{row}", value, item)
+
+
+def _value_document(key: str, value: object, item: Item) -> Iterator[Document]:
+    if value is None:
+        value = ""
+    if isinstance(value, bytes):
+        text, replaced = decode_utf8(value)
+    elif isinstance(value, str):
+        text, replaced = value, 0
+    else:
+        raise DataError(f"{item.path}: field {item.field!r} holds {type(value).__name__}, not text")
+    yield Document(key, text, replaced)
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(
+            "--input tfds:... needs TensorFlow Datasets: pip install tensorflow-datasets (or pip install -e .[tfds])"
+        ) from None
+    return tfds
+
+
+def _import_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("--input hf:... needs Hugging Face datasets: pip install datasets") from None
+    return datasets
+
+
+def _read_tfds(item: Item) -> Iterator[Document]:
+    tfds = _import_tfds()
+    part = tfds.even_splits(item.split, n=item.parts)[item.part]
+    try:
+        builder = tfds.builder(item.path, data_dir=item.data_dir or None)
+        rows = builder.as_data_source(split=part)
+    except Exception as e:  # tfds raises many types for a dataset that is not prepared locally
+        raise DataError(f"cannot open TFDS dataset {item.path} ({part}) in {item.data_dir or 'the default data dir'}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    for index in range(len(rows)):
+        row = rows[index]
+        if item.field not in row:
+            raise DataError(f"TFDS dataset {item.path} has no feature {item.field!r} (choose one with --text-field)")
+        yield from _value_document(f"tfds:{item.path}:{part}:{index}", row[item.field], item)
+
+
+def _read_hf(item: Item) -> Iterator[Document]:
+    datasets = _import_datasets()
+    try:
+        if os.path.isdir(item.path) and os.path.exists(os.path.join(item.path, "dataset_info.json")):
+            ds = datasets.load_from_disk(item.path)
+            ds = ds[item.split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            ds = datasets.load_dataset(item.path, split=item.split)
+    except Exception as e:  # datasets raises many types for a missing dataset or split
+        raise DataError(f"cannot open Hugging Face dataset {item.path} ({item.split}): "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if item.field not in ds.column_names:
+        raise DataError(f"Hugging Face dataset {item.path} has no column {item.field!r} (choose one with --text-field)")
+    part = ds.shard(num_shards=item.parts, index=item.part, contiguous=True)
+    for index, value in enumerate(part[item.field]):
+        yield from _value_document(f"hf:{item.path}:{item.split}:{item.part}:{index}", value, item)
