@@ -314,7 +314,8 @@ def _read_tfds(item: Item) -> Iterator[Document]:
 def _read_hf(item: Item) -> Iterator[Document]:
     datasets = _import_datasets()
     try:
-        if os.path.isdir(item.path) and os.path.exists(os.path.join(item.path, "dataset_info.json")):
+        saved = ("dataset_info.json", "dataset_dict.json")  # what Dataset / DatasetDict.save_to_disk write
+        if os.path.isdir(item.path) and any(os.path.exists(os.path.join(item.path, n)) for n in saved):
             ds = datasets.load_from_disk(item.path)
             ds = ds[item.split] if isinstance(ds, datasets.DatasetDict) else ds
         else:

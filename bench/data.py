@@ -1,0 +1,108 @@
+"""Data throughput: preparing the stdlib corpus, and the Grain pipeline from local shards and from GCS (emulated).
+
+    python -m bench.data [--seq-len 1024] [--batch 16] [--batches 200] [--max-files N] [--skip-gcs]
+
+Prints ONE JSON object on stdout (progress on stderr):
+  prepare_stdlib     `prepare(corpus='stdlib', vocab_size=4096)` into a fresh local folder: seconds (tokenizer training
+                     included), documents, tokens, tokens_per_s
+  prepare_gcs        the same shards written to gs:// on gcp-storage-emulator (tokenizer reused): seconds, tokens_per_s
+  pipeline_local     tokens/s handed out by `make_train_iterator` from local shards, concatenate and packing
+  pipeline_gcs       the same read through array_record's GCS reader from the emulator
+Pipeline figures: batches of --batch × --seq-len tokens after 3 warm-up batches, one process, no Grain workers,
+prefetch 2 (the defaults of data.*). Another bench (train step) consumes `pipeline_tokens_per_s` to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # `python bench/data.py`: make the repo importable like `python -m bench.data`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _log(*parts: Any) -> None:
+    print("[bench.data]", *parts, file=sys.stderr, flush=True)
+
+
+def pipeline_tokens_per_s(path: str, packing: bool, seq_len: int, batch: int, batches: int = 100,
+                          warmup: int = 3) -> float:
+    """Tokens per second that the training iterator hands out for `path` (local folder or gs:// URL).
+
+    Counts batch × seq_len per batch (padding included when packing: it is what the train step consumes).
+    """
+    from trainer.config import DataConfig
+    from trainer.data.pipeline import make_train_iterator
+
+    it = make_train_iterator(DataConfig(path=path, packing=packing), seq_len=seq_len, global_batch_size=batch,
+                             seed=0, process_index=0, process_count=1)
+    try:
+        for _ in range(warmup):
+            next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        return batches * batch * seq_len / (time.perf_counter() - start)
+    finally:
+        it.close()
+
+
+def prepare_stdlib(out: str, max_files: Optional[int] = None, tokenizer: Optional[str] = None) -> dict[str, Any]:
+    """Prepare the stdlib corpus into `out`; seconds and tokens/s of the whole call (tokenizer training included)."""
+    from trainer.data.prepare import prepare
+
+    start = time.perf_counter()
+    manifest = prepare(corpus="stdlib", out=out, vocab_size=4096, tokenizer=tokenizer, max_files=max_files,
+                       progress=False, verbose=False)
+    seconds = time.perf_counter() - start
+    totals = manifest.totals()["all"]
+    return {"seconds": round(seconds, 2), "documents": totals["documents"], "tokens": totals["tokens"],
+            "tokens_per_s": round(totals["tokens"] / seconds)}
+
+
+def _pipeline_figures(path: str, seq_len: int, batch: int, batches: int) -> dict[str, float]:
+    out = {}
+    for mode, packing in (("concatenate", False), ("packing", True)):
+        out[f"{mode}_tokens_per_s"] = round(pipeline_tokens_per_s(path, packing, seq_len, batch, batches))
+        _log(f"{path} {mode}: {out[f'{mode}_tokens_per_s']:,} tokens/s")
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--max-files", type=int, default=None, help="prepare only part of the stdlib (quick runs)")
+    parser.add_argument("--skip-gcs", action="store_true")
+    args = parser.parse_args(argv)
+
+    result: dict[str, Any] = {"seq_len": args.seq_len, "batch": args.batch, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "stdlib")
+        _log("preparing the stdlib corpus ...")
+        result["prepare_stdlib"] = prepare_stdlib(local, args.max_files)
+        _log(f"prepare: {result['prepare_stdlib']}")
+        result["pipeline_local"] = _pipeline_figures(local, args.seq_len, args.batch, args.batches)
+        if not args.skip_gcs:
+            sys.path.insert(0, os.path.join(REPO, "tests"))
+            from gcs_emulator import gcs_emulator
+
+            with gcs_emulator() as gcs:
+                url = gcs.url("stdlib")
+                result["prepare_gcs"] = prepare_stdlib(url, args.max_files, os.path.join(local, "tokenizer.model"))
+                _log(f"prepare to gs://: {result['prepare_gcs']}")
+                result["pipeline_gcs"] = _pipeline_figures(url, args.seq_len, args.batch, args.batches)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
