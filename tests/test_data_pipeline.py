@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pytest
-from etils import epath
 
 from trainer.config import DataConfig, MixtureComponent, Stage
 from trainer.data.pipeline import make_eval_iterator, make_train_iterator
@@ -29,17 +28,19 @@ def row_tokens(batch):
     return np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
 
 
-def documents_of_stream(it, eos, count):
-    """Split a concatenated stream at EOS into the first `count` documents (tuples of ids, EOS included)."""
-    docs, current = [], []
-    while len(docs) < count:
-        for row in row_tokens(next(it)):
+def documents_of_streams(it, eos, counts):
+    """The documents each row position's stream carries (rows concatenate across batches per position), split at
+    EOS: the first counts[r] documents (tuples of ids, EOS included) of row position r."""
+    docs = [[] for _ in counts]
+    current = [[] for _ in counts]
+    while any(len(d) < c for d, c in zip(docs, counts)):
+        for r, row in enumerate(row_tokens(next(it))):
             for token in row.tolist():
-                current.append(token)
+                current[r].append(token)
                 if token == eos:
-                    docs.append(tuple(current))
-                    current = []
-    return docs[:count]
+                    docs[r].append(tuple(current[r]))
+                    current[r] = []
+    return [d[:c] for d, c in zip(docs, counts)]
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +78,35 @@ def test_batch_contract_in_concatenate_mode(prepared):
 
 
 def test_each_epoch_yields_every_train_document_once_on_one_and_two_hosts(prepared):
+    """A batch of 4 rows is 4 streams (data.shards = 4): stream s carries documents s, s+4, … of each epoch."""
     _, out, tok, train, _ = prepared
     data = DataConfig(path=out)
-    n = len(train)
-    single = documents_of_stream(train_iterator(data), tok.eos_id, 2 * n)
-    epoch1, epoch2 = single[:n], single[n:]
+    n, shards = len(train), 4
+    share = [len(range(s, n, shards)) for s in range(shards)]
+    streams = documents_of_streams(train_iterator(data, batch=4), tok.eos_id, [2 * c for c in share])
+    epoch1 = [d for s, c in zip(streams, share) for d in s[:c]]
+    epoch2 = [d for s, c in zip(streams, share) for d in s[c:]]
     assert sorted(epoch1) == sorted(train) and sorted(epoch2) == sorted(train)  # exactly the tokenizer's tokens
     assert epoch1 != epoch2  # a new permutation each epoch
-    host0 = documents_of_stream(train_iterator(data, batch=4, index=0, count=2), tok.eos_id, (n + 1) // 2)
-    host1 = documents_of_stream(train_iterator(data, batch=4, index=1, count=2), tok.eos_id, n // 2)
-    assert not set(host0) & set(host1)
-    assert sorted(host0 + host1) == sorted(train)
+    host0 = documents_of_streams(train_iterator(data, batch=4, index=0, count=2), tok.eos_id, share[:2])
+    host1 = documents_of_streams(train_iterator(data, batch=4, index=1, count=2), tok.eos_id, share[2:])
+    assert host0 + host1 == [s[:c] for s, c in zip(streams, share)]  # the hosts' rows are the single host's rows
+    flat0, flat1 = [d for s in host0 for d in s], [d for s in host1 for d in s]
+    assert not set(flat0) & set(flat1)
+    assert sorted(flat0 + flat1) == sorted(train)
+
+
+def test_two_hosts_feed_the_single_hosts_global_batch(prepared):
+    _, out, _, _, _ = prepared
+    for packing in (False, True):
+        data = DataConfig(path=out, packing=packing)
+        single = train_iterator(data, batch=8)
+        hosts = [train_iterator(data, batch=8, index=i, count=2) for i in range(2)]
+        for _ in range(6):
+            whole = next(single)
+            parts = [next(h) for h in hosts]
+            for key in whole:
+                np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 
 
 def test_packing_never_crosses_a_document_and_masks_padding(prepared):
@@ -132,9 +151,11 @@ def test_eval_iterator_is_deterministic_fresh_and_from_the_validation_split(prep
     for a, b in zip(first, second):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    stream = np.concatenate([row_tokens(b).reshape(-1) for b in first]).tolist()
-    cuts = [i + 1 for i, t in enumerate(stream) if t == tok.eos_id]
-    complete = {tuple(stream[a:b]) for a, b in zip([0] + cuts, cuts)}
+    complete = set()
+    for row in range(2):  # each row position is its own stream (data.shards = 2)
+        stream = np.concatenate([row_tokens(b)[row] for b in first]).tolist()
+        cuts = [i + 1 for i, t in enumerate(stream) if t == tok.eos_id]
+        complete |= {tuple(stream[a:b]) for a, b in zip([0] + cuts, cuts)}
     assert complete and complete <= val
 
 
@@ -202,18 +223,30 @@ def test_resume_is_exact_with_a_mixture_and_across_a_stage_boundary(components, 
                 np.testing.assert_array_equal(got[key], expected[step][key], err_msg=f"{key} at step {step}")
         assert restored.step == 9 and restored.stage == 1
         restored.close()
-    # The same through Grain's Orbax checkpoint handler (what CheckpointSave/CheckpointRestore call).
-    import grain
+    # Two hosts' states, merged as checkpoints do, resume one host exactly — and the other way round.
+    from trainer.data.pipeline import merge_states
 
-    it = train_iterator(data, seq_len=16, batch=4, seed=7)
+    hosts = [train_iterator(data, seq_len=16, batch=4, seed=7, index=i, count=2) for i in range(2)]
     for _ in range(5):
-        next(it)
-    grain.checkpoint.CheckpointHandler().save(epath.Path(tmp_path), item=it)
-    it.close()
+        for h in hosts:
+            next(h)
+    merged = json.loads(json.dumps(merge_states([h.get_state() for h in hosts])))
+    for h in hosts:
+        h.close()
     restored = train_iterator(data, seq_len=16, batch=4, seed=7)
-    grain.checkpoint.CheckpointHandler().restore(epath.Path(tmp_path), item=restored)
-    np.testing.assert_array_equal(next(restored)["inputs"], expected[5]["inputs"])
+    restored.set_state(merged)
+    for step in range(5, 9):
+        np.testing.assert_array_equal(next(restored)["inputs"], expected[step]["inputs"])
+    single = train_iterator(data, seq_len=16, batch=4, seed=7)
+    for _ in range(5):
+        next(single)
+    state = json.loads(json.dumps(single.get_state()))
+    single.close()
+    second = train_iterator(data, seq_len=16, batch=4, seed=7, index=1, count=2)
+    second.set_state(state)
+    np.testing.assert_array_equal(next(second)["inputs"], expected[5]["inputs"][2:])
     restored.close()
+    second.close()
     reference.close()
 
 

@@ -3,7 +3,7 @@
 Layout of a run folder (local or gs://):
     config.yaml                      the resolved config of the run
     checkpoints/<step>/state         params, optimizer state, step (Orbax, sharded arrays)
-    checkpoints/<step>/data          the Grain iterator state, one JSON per process
+    checkpoints/<step>/data          JSON: the data iterator state of every process, merged (any host count resumes)
     checkpoints/<step>/meta          JSON: the config and the step
 Orbax writes a step into a temporary folder and renames (or, on GCS, marks) it only when complete, so a process
 killed mid-write leaves nothing that `latest_step` would pick up: the previous complete step is restored instead.
@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import yaml
 
-from trainer import storage
+from trainer import distributed, storage
 from trainer.config import CheckpointConfig, Config, ConfigError, from_dict
 
 
@@ -57,30 +57,31 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iterator: Any, config: Config, force: bool = False) -> bool:
-        """Start saving `step` (returns once the device arrays are copied; the write continues in the background)."""
-        import grain
+        """Start saving `step` (returns once the device arrays are copied; the write continues in the background).
 
+        The data state is taken now, from every process, and merged: the loop moves on while the write runs.
+        """
+        from trainer.data.pipeline import merge_states
+
+        data_state = merge_states(distributed.allgather_json(data_iterator.get_state()))
         return self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(_snapshot(data_iterator)),
+                data=ocp.args.JsonSave(data_state),
                 meta=ocp.args.JsonSave({"step": step, "config": config.to_dict()}),
             ),
             force=force,
         )
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
-        """Restore `step` into arrays with the shardings of `abstract_state` (any mesh) and rewind the iterator."""
-        import grain
-
+        """Restore `step` into arrays with the shardings of `abstract_state` (any mesh, any number of hosts) and
+        rewind the data iterator to the same point of the stream."""
         restored = self.manager.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
         )
+        data_iterator.set_state(restored["data"])
         return restored["state"]
 
     def wait(self) -> None:
@@ -91,27 +92,6 @@ class Checkpointer:
         """Finish pending writes and release the manager's threads."""
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def _snapshot(iterator: Any) -> Any:
-    """The iterator's state frozen now: the async write may run after the loop has drawn further batches."""
-    import grain
-
-    class Snapshot(grain.DatasetIterator):
-        def __init__(self, state: dict[str, Any]):
-            super().__init__()
-            self._state = state
-
-        def __next__(self) -> Any:
-            raise StopIteration
-
-        def get_state(self) -> dict[str, Any]:
-            return self._state
-
-        def set_state(self, state: dict[str, Any]) -> None:
-            self._state = state
-
-    return Snapshot(iterator.get_state())
 
 
 def parse_reference(reference: str) -> tuple[str, int | None]:

@@ -144,6 +144,7 @@ class DataConfig:
     mixture: list[MixtureComponent] = field(default_factory=list)  # instead of `path`
     stages: list[Stage] = field(default_factory=list)  # instead of `path` / `mixture`
     packing: bool = False  # pack whole documents (first-fit) instead of concatenate-and-split
+    shards: Optional[int] = None  # row streams per global batch; None: gcd(64, global batch). Fixes the data order
     shuffle: bool = True
     worker_count: int = 0  # Grain worker processes per host
     prefetch: int = 2  # batches prepared ahead

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
+
+import numpy as np
 
 from trainer.config import ConfigError, DistributedConfig
 
@@ -49,3 +53,19 @@ def initialize(config: DistributedConfig) -> None:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     elif _on_multihost_tpu():
         jax.distributed.initialize()
+
+
+def allgather_json(obj: Any) -> list[Any]:
+    """Every process's `obj` (JSON-able), in process order; a collective: all processes must call it together."""
+    import jax
+
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int32))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: len(data)] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[:n])) for row, n in zip(gathered, lengths)]

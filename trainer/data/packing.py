@@ -89,12 +89,12 @@ def documents(
     *,
     seed: int,
     shuffle: bool,
-    process_index: int,
-    process_count: int,
+    shard_index: int,
+    shard_count: int,
 ) -> grain.MapDataset:
-    """This process's infinite stream of one split's documents: a global seeded shuffle per epoch, then a slice.
+    """One stream's infinite share of a split's documents: a global seeded shuffle per epoch, then every S-th.
 
-    Shuffling before slicing keeps the hosts disjoint within every epoch and, together, equal to the whole split.
+    Shuffling before slicing keeps the streams disjoint within every epoch and, together, equal to the whole split.
     """
     paths = manifest.shard_paths(split)
     if not paths:
@@ -104,7 +104,7 @@ def documents(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat()  # reseeds the shuffle each epoch
-    ds = ds[process_index::process_count]
+    ds = ds[shard_index::shard_count]
     return ds.map(Decode(manifest.dtype))
 
 

@@ -6,17 +6,21 @@ Batch contract (dict of numpy arrays, shape [global_batch_size // process_count,
     positions int32 (position in its document when packing; 0..seq_len-1 when concatenating).
 
 `make_train_iterator` returns a `TrainIterator`: infinite, exactly resumable from `get_state()` (a small JSON-able
-dict: batch number, stage, Grain's own state), usable as the item of `grain.checkpoint.CheckpointSave/Restore`.
+dict: batch number, stage, each row stream's Grain state). The global batch is made of `data.shards` row streams,
+never of hosts, so the data order doesn't depend on the number of processes, and the states of all hosts merge into
+one (`merge_states`) that resumes on any number of hosts.
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import sys
 import weakref
 from typing import Any, Iterator, Optional
 
 import grain
+import numpy as np
 
 from trainer.data import DataError
 from trainer.data import mixture as mixture_lib
@@ -47,33 +51,71 @@ def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def _batches(
+def shard_count(data: Any, global_batch_size: int, process_count: int) -> int:
+    """How many independent row streams make up every global batch (`data.shards`, default gcd(64, batch)).
+
+    The streams, not the hosts, own the documents: stream s reads documents s, s+S, s+2S, … of each epoch's
+    permutation and fills rows s·B/S … (s+1)·B/S − 1 of every global batch. A host feeds the streams of its
+    contiguous block of rows, so it reads only its share, and the global batch is the same for any number of hosts.
+    """
+    shards = data.shards or math.gcd(64, global_batch_size)
+    if global_batch_size % shards or shards % process_count:
+        raise DataError(
+            f"data.shards={shards} must divide train.global_batch_size={global_batch_size} and be a multiple of the "
+            f"{process_count} processes; set data.shards to such a number"
+        )
+    return shards
+
+
+def _streams(
     phase: mixture_lib.Phase,
     data: Any,
     *,
     split: str,
     seq_len: int,
-    batch_size: int,
+    global_batch_size: int,
     seed: int,
     shuffle: bool,
     stage: int,
-    process_index: int,
-    process_count: int,
-) -> grain.IterDataset:
-    """One stage's batches: each component's rows (own seeded shuffle), mixed by weight, batched, contract fields."""
-    read_options = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_BUFFER)
+    shards: list[int],
+    shard_count: int,
+) -> list[grain.IterDataset]:
+    """The row streams `shards` of one stage, each yielding its B/S rows of every global batch (stacked rows).
+
+    Each stream mixes its components' rows by weight; each component reads the stream's share of its documents
+    with its own seeded, epoch-aware shuffle (see `shard_count`).
+    """
+    rows_per_shard = global_batch_size // shard_count
+    read_options = grain.ReadOptions(num_threads=max(1, _READ_THREADS // len(shards)),
+                                     prefetch_buffer_size=max(16, _READ_BUFFER // len(shards)))
     streams = []
-    for index, component in enumerate(phase.components):
-        component_seed = mixture_lib.derive_seed(seed, stage, index)
-        docs = packing.documents(component.manifest, split, seed=component_seed, shuffle=shuffle,
-                                 process_index=process_index, process_count=process_count)
-        streams.append(packing.rows(
-            docs, seq_len=seq_len, packing=data.packing, seed=component_seed, shuffle=shuffle,
-            pad_id=int(component.manifest.tokenizer.get("pad_id", 0)),
-            packing_bins=max(_MIN_PACKING_BINS, batch_size), read_options=read_options,
-        ))
-    ds = mixture_lib.mix(streams, [c.weight for c in phase.components])
-    return ds.batch(batch_size, drop_remainder=True).map(packing.ToBatch())
+    for shard in shards:
+        parts = []
+        for index, component in enumerate(phase.components):
+            component_seed = mixture_lib.derive_seed(seed, stage, index)
+            docs = packing.documents(component.manifest, split, seed=component_seed, shuffle=shuffle,
+                                     shard_index=shard, shard_count=shard_count)
+            parts.append(packing.rows(
+                docs, seq_len=seq_len, packing=data.packing, seed=mixture_lib.derive_seed(component_seed, shard),
+                shuffle=shuffle, pad_id=int(component.manifest.tokenizer.get("pad_id", 0)),
+                packing_bins=max(_MIN_PACKING_BINS, rows_per_shard), read_options=read_options,
+            ))
+        streams.append(mixture_lib.mix(parts, [c.weight for c in phase.components]).batch(rows_per_shard))
+    return streams
+
+
+def host_shards(shard_count_: int, process_index: int, process_count: int) -> list[int]:
+    """The streams whose rows this process feeds: its contiguous block of the global batch."""
+    per_host = shard_count_ // process_count
+    return list(range(process_index * per_host, (process_index + 1) * per_host))
+
+
+_TO_BATCH = packing.ToBatch()
+
+
+def merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The streams' rows, stream after stream (the global batch's row order) → the train step's batch contract."""
+    return _TO_BATCH.map({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
 def _with_prefetch(ds: grain.IterDataset, data: Any) -> grain.IterDataset:
@@ -95,40 +137,40 @@ def _ensure_absl_flags() -> None:
         flags.FLAGS(sys.argv[:1], known_only=True)
 
 
-class TrainIterator(grain.DatasetIterator):
-    """Infinite per-host training batches that switch stage exactly at each `start_step` and resume exactly.
+class TrainIterator:
+    """This host's infinite training batches: one Grain iterator per row stream, switched stage by stage.
 
-    The state is {"step", "stage", "pipeline"}: the number of batches handed out, the stage they came from and
-    Grain's state of that stage's pipeline (indices and counters, never data).
+    The state is process-count free — {"step", "stage", "streams": {stream: Grain state}} — so the states of all
+    hosts merge into one (`merge_states`) and a run saved by N hosts resumes exactly on M hosts: each host picks
+    its own streams out of the merged state (`set_state`). States hold indices and counters, never data.
     """
 
     def __init__(self, data: Any, *, seq_len: int, global_batch_size: int, seed: int, process_index: int,
                  process_count: int):
-        super().__init__()
-        self._inner: Optional[grain.DatasetIterator] = None
+        self._inners: dict[int, Any] = {}
         if not 0 <= process_index < process_count:
             raise DataError(f"process_index {process_index} is outside 0..{process_count - 1}")
         if seq_len <= 0:
             raise DataError(f"seq_len must be positive, got {seq_len}")
+        per_host_batch_size(global_batch_size, process_count)
         self._data = data
         self._phases = mixture_lib.plan(data)
+        count = shard_count(data, global_batch_size, process_count)
         self._kwargs = dict(split="train", seq_len=seq_len, seed=seed, shuffle=data.shuffle,
-                            batch_size=per_host_batch_size(global_batch_size, process_count),
-                            process_index=process_index, process_count=process_count)
+                            global_batch_size=global_batch_size, shards=host_shards(count, process_index,
+                                                                                   process_count),
+                            shard_count=count)
         self._step = 0
         self._stage = 0
-        self._inner = self._open(0)
+        self._open(0)
         _open_iterators.add(self)
 
-    def _open(self, stage: int) -> grain.DatasetIterator:
-        ds = _batches(self._phases[stage], self._data, stage=stage, **self._kwargs)
-        return iter(_with_prefetch(ds, self._data))
-
-    def _switch(self, stage: int) -> None:
-        if self._inner is not None:
-            _close_and_wait(self._inner)
+    def _open(self, stage: int) -> None:
+        self.close()
         self._stage = stage
-        self._inner = self._open(stage)
+        streams = _streams(self._phases[stage], self._data, stage=stage, **self._kwargs)
+        self._inners = {shard: iter(_with_prefetch(ds, self._data))
+                        for shard, ds in zip(self._kwargs["shards"], streams)}
 
     @property
     def step(self) -> int:
@@ -140,37 +182,62 @@ class TrainIterator(grain.DatasetIterator):
         """Index of the stage the last batch came from."""
         return self._stage
 
+    def __iter__(self) -> "TrainIterator":
+        return self
+
     def __next__(self) -> dict[str, Any]:
-        if self._inner is None:
+        if not self._inners:
             raise ValueError("this TrainIterator was closed")
         stage = mixture_lib.phase_at(self._phases, self._step)
         if stage != self._stage:
-            self._switch(stage)
-        batch = next(self._inner)
+            self._open(stage)
+        batch = merge([next(it) for it in self._inners.values()])
         self._step += 1
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        """Small, JSON-able: the batch number, the stage and Grain's pipeline state."""
-        return {"step": self._step, "stage": self._stage, "pipeline": self._inner.get_state()}
+        """Small, JSON-able: the batch number, the stage and the Grain state of each of this host's streams."""
+        return {"step": self._step, "stage": self._stage,
+                "streams": {str(shard): it.get_state() for shard, it in self._inners.items()}}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Continue exactly where `state` was taken (a state saved on a stage boundary opens the next stage fresh)."""
+        """Continue exactly where `state` (this host's or a merged one) was taken; a stage boundary opens fresh."""
         step = int(state["step"])
         stage = mixture_lib.phase_at(self._phases, step)
-        self._switch(stage)
+        self._open(stage)
         self._step = step
-        if state.get("stage") == stage:
-            self._inner.set_state(_slices_as_tuples(state["pipeline"]))
-
-    def start_prefetch(self) -> None:
-        self._inner.start_prefetch()
+        if state.get("stage") != stage:
+            return
+        missing = [s for s in self._inners if str(s) not in state["streams"]]
+        if missing:
+            raise DataError(f"the saved data state has no stream {missing[0]}: it was saved with another data.shards "
+                            "or global batch size, which changes the data order; keep them to resume")
+        for shard, it in self._inners.items():
+            it.set_state(_slices_as_tuples(state["streams"][str(shard)]))
 
     def close(self) -> None:
-        """Stop prefetching and release the pipeline (idempotent)."""
-        if self._inner is not None:
-            _close_and_wait(self._inner)
-            self._inner = None
+        """Stop prefetching and release the pipelines (idempotent)."""
+        for it in self._inners.values():
+            _close_and_wait(it)
+        self._inners = {}
+
+
+class _StackedToBatch(grain.transforms.Map):
+    """[streams, rows per stream, length] → the batch contract, stream after stream."""
+
+    def map(self, stacked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return merge([{k: v[i] for k, v in stacked.items()} for i in range(len(next(iter(stacked.values()))))])
+
+
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One state from every host's `get_state()` (all at the same step): the union of their streams."""
+    steps = {(s["step"], s["stage"]) for s in states}
+    if len(steps) != 1:
+        raise ValueError(f"hosts are at different steps: {sorted(steps)}")
+    merged = {"step": states[0]["step"], "stage": states[0]["stage"], "streams": {}}
+    for s in states:
+        merged["streams"].update(s["streams"])
+    return merged
 
 
 def _slices_as_tuples(state: Any) -> Any:
@@ -200,9 +267,13 @@ def make_eval_iterator(data: Any, *, seq_len: int, global_batch_size: int, proce
     No shuffle, so every evaluation sees the same rows; the split repeats if it is shorter than asked.
     """
     phases = mixture_lib.plan(data)
-    ds = _batches(phases[-1], data, split="val", seq_len=seq_len,
-                  batch_size=per_host_batch_size(global_batch_size, process_count), seed=0, shuffle=False,
-                  stage=len(phases) - 1, process_index=process_index, process_count=process_count)
+    count = shard_count(data, global_batch_size, process_count)
+    shards = host_shards(count, process_index, process_count)
+    streams = _streams(phases[-1], data, split="val", seq_len=seq_len, global_batch_size=global_batch_size, seed=0,
+                       shuffle=False, stage=len(phases) - 1, shards=shards, shard_count=count)
+    # The streams take turns; `batch` stacks one turn (one part of each stream), `merge` lays them out in order.
+    ds = streams[0] if len(streams) == 1 else grain.IterDataset.mix(streams, [1 / len(streams)] * len(streams))
+    ds = ds.batch(len(streams)).map(_StackedToBatch())
     ds = grain.experimental.LimitIterDataset(ds, count=num_batches)
     if data.prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data.prefetch)
