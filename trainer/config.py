@@ -146,7 +146,7 @@ class DataConfig:
     packing: bool = False  # pack whole documents (first-fit) instead of concatenate-and-split
     shards: Optional[int] = None  # row streams per global batch; None: gcd(64, global batch). Fixes the data order
     shuffle: bool = True
-    worker_count: int = 0  # Grain worker processes per host
+    worker_count: int = 0  # Grain worker processes per row stream (0: a prefetch thread each)
     prefetch: int = 2  # batches prepared ahead
     prepare_corpus: Optional[Literal["stdlib"]] = None  # prepare this corpus into `path` when it holds no shards
     prepare_vocab_size: int = 4096
