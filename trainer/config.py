@@ -150,6 +150,7 @@ class DataConfig:
     prefetch: int = 2  # batches prepared ahead
     prepare_corpus: Optional[Literal["stdlib"]] = None  # prepare this corpus into `path` when it holds no shards
     prepare_vocab_size: int = 4096
+    prepare_val_fraction: float = 0.05  # documents prepare_corpus holds out for validation
 
 
 @dataclass(frozen=True)

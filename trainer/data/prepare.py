@@ -115,8 +115,10 @@ def ensure_prepared(data: Any, progress: bool = True) -> Optional[Manifest]:
         return None
     if storage.exists(storage.join(data.path, shards_lib.MANIFEST_FILE)):
         return None
-    return prepare(corpus=data.prepare_corpus, out=data.path, vocab_size=data.prepare_vocab_size, progress=progress,
-                   command=f"auto-prepare corpus={data.prepare_corpus} vocab_size={data.prepare_vocab_size}")
+    return prepare(corpus=data.prepare_corpus, out=data.path, vocab_size=data.prepare_vocab_size,
+                   val_fraction=data.prepare_val_fraction, progress=progress,
+                   command=f"auto-prepare corpus={data.prepare_corpus} vocab_size={data.prepare_vocab_size} "
+                           f"val_fraction={data.prepare_val_fraction}")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
