@@ -63,6 +63,7 @@ def _cli(*args):
         (["configs/tiny.yml", "mesh.fsdp=3"], "uses 3 devices per slice but 8 are present"),
         (["configs/tiny.yml", "train.global_batch_size=12"], "not divisible by the data-parallel size 8"),
         (["configs/missing.yml"], "config file not found"),
+        (["configs/tiny.yml", "model.attention=splash"], "model.attention=splash needs a TPU but this run is on cpu"),
     ],
 )
 def test_cli_refuses_bad_configs_with_one_line(args, message):

@@ -61,14 +61,24 @@ def test_stop_and_resume_is_bitwise_identical(corpus, reference, tmp_path):
 
 
 def test_kill_9_at_random_moments_then_resume(corpus, reference, tmp_path):
+    """Killed while stepping and while writing checkpoints (every 2 steps): never a partial checkpoint loaded."""
     ref_losses, ref_params = reference
     config, run_dir = _config(tmp_path, corpus)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
     rng = random.Random(0)
     for attempt in range(3):
+        before = len(losses(run_dir)) if os.path.exists(metrics) else 0
+        target = min(before + rng.randint(1, 3), STEPS - 1)
         proc = start(config)
-        time.sleep(rng.uniform(3.0, 9.0))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(metrics) and max(losses(run_dir), default=0) >= target:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.3))  # land anywhere in the next step or checkpoint write
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
+    assert os.listdir(os.path.join(run_dir, "checkpoints"))
     train(config)
     final = losses(run_dir)
     assert final == ref_losses
@@ -204,3 +214,21 @@ def test_main_job_with_placeholder_bucket_fails_in_one_line():
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "example placeholder" in lines[0] and "trainer.data.prepare" in lines[0]
+
+
+def test_restore_from_another_run_params_only_or_whole_state(corpus, reference, tmp_path):
+    _, ref_params = reference
+    source, source_dir = _config(tmp_path, corpus, name="source")
+    train(source)
+    # params only: a fresh optimizer and step 0; warmup makes step 1's learning rate 0, so the params stay the source's
+    config, run_dir = _config(tmp_path, corpus, name="finetune", train={"steps": 2},
+                              checkpoint={"restore_from": source_dir + ":8", "every_steps": 1})
+    out = train(config)
+    assert "started from" in out and "params only" in out
+    assert_params_equal(final_params(run_dir, 1), ref_params)
+    assert losses(run_dir)[1] < losses(source_dir)[1] - 0.3  # starts where the source ended, not from scratch
+    # the whole state: the step and optimizer moments continue (steps 9 and 10 of the same schedule)
+    config, run_dir = _config(tmp_path, corpus, name="continue", train={"steps": 10},
+                              checkpoint={"restore_from": source_dir, "restore_params_only": False})
+    train(config)
+    assert sorted(losses(run_dir)) == [9, 10]

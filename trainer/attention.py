@@ -14,26 +14,28 @@ import numpy as np
 IMPLEMENTATIONS = ("dot_product", "cudnn", "splash")
 
 
+PLATFORM = {"dot_product": None, "cudnn": "gpu", "splash": "tpu"}
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, implementation: str) -> jax.Array:
-    """Causal attention with the named kernel; raises a clear error when the kernel can't run on this backend."""
+    """Causal attention with the named kernel (call `check_available` first for a clear error off its backend)."""
     if implementation == "dot_product":
         return dot_product_attention(q, k, v, segment_ids)
     if implementation == "cudnn":
-        _require_platform("cudnn", "gpu")
         return cudnn_attention(q, k, v, segment_ids)
     if implementation == "splash":
-        _require_platform("splash", "tpu")
         return splash_attention(q, k, v, segment_ids)
     raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
 
 
-def _require_platform(name: str, platform: str) -> None:
-    actual = jax.devices()[0].platform
-    if actual != platform:
-        raise ValueError(
-            f"model.attention={name} needs a {platform.upper()} but this run is on {actual}; "
-            "use model.attention=dot_product"
-        )
+def check_available(implementation: str) -> None:
+    """Refuse, in one line, a kernel that this run's backend can't execute (cuDNN off GPUs, Splash off TPUs)."""
+    from trainer.config import ConfigError
+
+    needed, actual = PLATFORM[implementation], jax.devices()[0].platform
+    if needed is not None and actual != needed:
+        raise ConfigError(f"model.attention={implementation} needs a {needed.upper()} but this run is on {actual}; "
+                          "use model.attention=dot_product")
 
 
 def causal_segment_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer import checkpoint, distributed, flops, sharding, storage
+from trainer.attention import check_available
 from trainer.config import Config, ConfigError
 from trainer.metrics import MetricsLogger
 from trainer.train import BATCH_KEYS, Trainer, TrainState, make_trainer
@@ -184,6 +185,7 @@ def run(config: Config) -> int:
     """Run the job described by `config` to `train.steps`; returns the process exit code."""
     _check_reachable(config)
     distributed.initialize(config.distributed)
+    check_available(config.model.attention)
     mesh = sharding.make_mesh(config.mesh)
     mesh_shape = dict(mesh.shape)
     sharding.check_batch_divisible(config, mesh_shape, jax.process_count())

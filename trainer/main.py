@@ -36,6 +36,9 @@ def dry_run(config: Config, devices: int | None) -> int:
     mesh_shape = sharding.resolve_mesh_shape(config.mesh, num_devices)
     sharding.check_batch_divisible(config, mesh_shape)
     if devices is None:
+        from trainer.attention import check_available
+
+        check_available(config.model.attention)
         mesh = sharding.make_mesh(config.mesh)
     else:
         mesh = AbstractMesh(tuple(mesh_shape.values()), sharding.AXES, axis_types=(AxisType.Auto,) * 3)
