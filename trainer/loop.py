@@ -354,7 +354,7 @@ def _print_sample(config: Config, trainer: Trainer, params: Any, log: MetricsLog
     from trainer.sample import greedy
 
     tokenizer = load_tokenizer(storage.join(config.run.dir, "tokenizer"))
-    text = "def "
+    text = "import os\n"
     prompt = tokenizer.encode(text)
     tokens = greedy(config, trainer.mesh, params, prompt, config.log.sample_tokens)
     log.say("sample (greedy):\n" + text + tokenizer.decode(tokens[len(prompt):]))
