@@ -160,7 +160,8 @@ def _initial_state(config: Config, trainer: Trainer, ckpt: checkpoint.Checkpoint
             state = other.manager.restore(step, args=checkpoint.ocp.args.Composite(
                 state=checkpoint.ocp.args.StandardRestore(trainer.abstract_state)))["state"]
             other.close()
-        log.say(f"started from {reference} (step {step}, {'params only' if config.checkpoint.restore_params_only else 'whole state'})")
+        what = "params only" if config.checkpoint.restore_params_only else "whole state"
+        log.say(f"started from {reference} (step {step}, {what})")
     return state
 
 
