@@ -8,8 +8,11 @@ Prints ONE JSON object on stdout (progress on stderr):
   prepare_gcs        the same shards written to gs:// on gcp-storage-emulator (tokenizer reused): seconds, tokens_per_s
   pipeline_local     tokens/s handed out by `make_train_iterator` from local shards, concatenate and packing
   pipeline_gcs       the same read through array_record's GCS reader from the emulator
+  train_step         tokens/s the train step of configs/tiny.yml and of the bench's "small" model consumes here
+                     (bench.step's measurement, one device), and `headroom`: the slowest pipeline figure over it
+                     (goal ≥ 100: the input pipeline never holds training back)
 Pipeline figures: batches of --batch × --seq-len tokens after 3 warm-up batches, one process, no Grain workers,
-prefetch 2 (the defaults of data.*). Another bench (train step) consumes `pipeline_tokens_per_s` to compare.
+prefetch 2 (the defaults of data.*).
 """
 
 from __future__ import annotations
@@ -75,6 +78,22 @@ def _pipeline_figures(path: str, seq_len: int, batch: int, batches: int) -> dict
     return out
 
 
+def _train_consumption(result: dict[str, Any]) -> dict[str, Any]:
+    """Tokens/s the train step of the tiny and the small config consumes on one device, and the pipeline's headroom."""
+    from bench.step import _load, bench_jax_step
+
+    slowest = min(v for key in ("pipeline_local", "pipeline_gcs") for v in result.get(key, {}).values())
+    out: dict[str, Any] = {}
+    for name in ("tiny", "small"):
+        config = _load(os.path.join(REPO, "configs", f"{name}.yml"), [])
+        _log(f"train step of configs/{name}.yml ...")
+        timing = bench_jax_step(config, steps=3, warmup=1)["timing"]
+        consumed = config.train.global_batch_size * config.train.seq_len / timing["median_s"]
+        out[name] = {"tokens_per_s": consumed, "headroom": slowest / consumed}
+    out["goal_headroom_min"] = 100
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=1024)
@@ -82,6 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--max-files", type=int, default=None, help="prepare only part of the stdlib (quick runs)")
     parser.add_argument("--skip-gcs", action="store_true")
+    parser.add_argument("--skip-train", action="store_true", help="no train-step consumption figures")
     args = parser.parse_args(argv)
 
     result: dict[str, Any] = {"seq_len": args.seq_len, "batch": args.batch, "cpus": os.cpu_count()}
@@ -100,6 +120,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 result["prepare_gcs"] = prepare_stdlib(url, args.max_files, os.path.join(local, "tokenizer.model"))
                 _log(f"prepare to gs://: {result['prepare_gcs']}")
                 result["pipeline_gcs"] = _pipeline_figures(url, args.seq_len, args.batch, args.batches)
+    if not args.skip_train:
+        result["train_step"] = _train_consumption(result)
     print(json.dumps(result))
     return 0
 

@@ -7,7 +7,7 @@ Batches are dicts of [batch, length] arrays: `inputs`, `targets` (int32), `loss_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +46,9 @@ class Trainer:
     abstract_state: TrainState  # ShapeDtypeStructs, no memory
     state_shardings: TrainState
     batch_sharding: NamedSharding
-    init: Callable[[jax.Array], TrainState]
-    train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
-    eval_step: Callable[[Any, Batch], dict[str, jax.Array]]
+    init: "InMesh"  # rng -> TrainState
+    train_step: "InMesh"  # (TrainState, Batch) -> (TrainState, metrics)
+    eval_step: "InMesh"  # (params, Batch) -> {"nll_sum", "tokens"}
 
 
 def make_trainer(config: Config, mesh: Mesh) -> Trainer:
@@ -94,13 +94,6 @@ def make_trainer(config: Config, mesh: Mesh) -> Trainer:
         nll, z, tokens = _loss_sums(model, config, params, batch)
         return {"nll_sum": nll, "tokens": tokens}
 
-    def traced(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapped(*args: Any) -> Any:
-            with sharding.activate(mesh, config):
-                return fn(*args)
-
-        return wrapped
-
     with sharding.activate(mesh, config):
         jit_init = jax.jit(init, out_shardings=state_shardings)
         jit_train = jax.jit(
@@ -111,8 +104,27 @@ def make_trainer(config: Config, mesh: Mesh) -> Trainer:
     return Trainer(
         config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
         state_shardings=state_shardings, batch_sharding=batch_sharding,
-        init=traced(jit_init), train_step=traced(jit_train), eval_step=traced(jit_eval),
+        init=InMesh(jit_init, mesh, config), train_step=InMesh(jit_train, mesh, config),
+        eval_step=InMesh(jit_eval, mesh, config),
     )
+
+
+@dataclass(frozen=True)
+class InMesh:
+    """A jitted function that traces with its mesh and logical rules current: call it, or `lower` it (AOT)."""
+
+    fn: Any
+    mesh: Mesh
+    config: Config
+
+    def __call__(self, *args: Any) -> Any:
+        with sharding.activate(self.mesh, self.config):
+            return self.fn(*args)
+
+    def lower(self, *args: Any) -> Any:
+        """`jax.jit(...).lower` under the mesh: `.compile()` the result to time or inspect compilation."""
+        with sharding.activate(self.mesh, self.config):
+            return self.fn.lower(*args)
 
 
 def _loss_sums(model: Transformer, config: Config, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
