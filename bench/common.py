@@ -76,24 +76,29 @@ def median_time(fn: Callable[[], Any], iters: int, warmup: int = 1, label: str |
     }
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, label: str | None = None) -> dict[str, Any]:
-    """Time several blocking callables round-robin: round i runs each of them once, in order.
+def block_rounds(
+    fns: dict[str, Callable[[], Any]], rounds: int, timed_per_block: int, settle: int = 1, label: str | None = None
+) -> dict[str, Any]:
+    """Time several blocking callables in alternating blocks: each round runs, for each callable in turn, `settle`
+    untimed calls and then `timed_per_block` timed ones.
 
-    On a shared machine a neighbour's burst then hits all of them alike, so their ratios (ours vs a baseline, a step
-    vs the matmul roof) stay meaningful even when the absolute figures move. Returns, per name, what `median_time`
-    returns (warm them up before).
+    Alternating blocks (rather than one long run each) spread a neighbour's burst on a shared machine over all of
+    them; the untimed calls at the start of every block absorb the cost of switching (caches, allocator and thread
+    pools left in another framework's state: a JAX step right after a torch step measured ~30% slower here).
+    Returns, per name, what `median_time` returns.
     """
     walls: dict[str, list[float]] = {name: [] for name in fns}
     cpus: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(max(1, rounds)):
-        parts = []
+    for r in range(max(1, rounds)):
         for name, fn in fns.items():
-            seconds, cpu, _ = timed_cpu(fn)
-            walls[name].append(seconds)
-            cpus[name].append(cpu)
-            parts.append(f"{name} {seconds:.3f} s (cpu {cpu:.2f})")
-        if label:
-            log(f"{label} round {i + 1}/{rounds}: " + ", ".join(parts))
+            warm_up(fn, settle)
+            for _ in range(max(1, timed_per_block)):
+                seconds, cpu, _ = timed_cpu(fn)
+                walls[name].append(seconds)
+                cpus[name].append(cpu)
+            if label:
+                shown = ", ".join(f"{t:.3f}" for t in walls[name][-timed_per_block:])
+                log(f"{label} round {r + 1}/{rounds} {name}: {shown} s (cpu {cpus[name][-1]:.2f} s last)")
     return {
         name: {
             "median_s": statistics.median(walls[name]),

@@ -1,12 +1,12 @@
 """Train-step throughput on this machine, against the dense-matmul roof and against PyTorch; compile time vs depth.
 
-    python -m bench.step [--config configs/small.yml] [--steps N] [--skip-torch] [--skip-compile] [--stock]
-                         [section.key=value ...]
+    python -m bench.step [--config configs/small.yml] [--steps N] [--rounds R] [--skip-torch] [--skip-compile]
+                         [--stock] [section.key=value ...]
 
 Prints ONE JSON object on stdout (progress on stderr):
-  tokens_per_s, model_tflops   the jitted `Trainer.train_step` on a one-device mesh, median of --steps timed steps after
-                               the compiling first call and --warmup untimed ones; model FLOPs are
-                               `trainer.flops.flops_per_token` (6·N + attention, recomputation not counted)
+  tokens_per_s, model_tflops   the jitted `Trainer.train_step` on a one-device mesh, median of --steps timed steps;
+                               model FLOPs are `trainer.flops.flops_per_token` (6·N + attention, recomputation not
+                               counted)
   matmul_tflops                a jitted [S×S]@[S×S] jnp.dot in the model's compute dtype, same process: the dense roof
                                of this backend; cpu_mfu = model_tflops / matmul_tflops
   torch_tokens_per_s           the same shapes in transformers' LlamaForCausalLM + torch.optim.AdamW (+ grad clipping,
@@ -14,8 +14,9 @@ Prints ONE JSON object on stdout (progress on stderr):
   compile_s_{2,24}_layers      `.lower(abstract state, batch)` + `.compile()` of the jitted train step of the same config
                                with 2 and 24 scanned layers (nothing allocated); compile_ratio_24_vs_2 = 24 / 2
 
-The timed JAX step, the reference matmuls and the torch step run round-robin (one of each per round), so a neighbour's
-burst on a shared machine hits them alike and the ratios hold better than the absolute figures.
+After compiling, the JAX step, the reference matmuls and the torch step are timed in --rounds alternating blocks, each
+block opened by --warmup untimed calls (a JAX step right after a torch step measured up to ~30% slower), so a neighbour's burst on a
+shared machine is spread over all of them.
 
 The bench runs on one device (mesh.data = mesh.fsdp = mesh.tensor = 1, the first device). On CPU it measures the
 options that were fastest there (CPU_DEFAULTS, CPU_XLA_FLAG below; docs/bench.md has the table); `--stock` measures the
@@ -37,7 +38,7 @@ if __package__ in (None, ""):  # `python bench/step.py`: make the repo importabl
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    REPO, interleaved_times, log, loadavg, machine_info, print_json, ratio, timed, warm_up,
+    REPO, block_rounds, log, loadavg, machine_info, print_json, ratio, timed,
 )
 
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "small.yml")
@@ -57,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=DEFAULT_CONFIG, help="model/recipe YAML (default: configs/small.yml)")
-    p.add_argument("--steps", type=int, default=4, help="timed rounds: JAX step, matmuls, torch step (medians)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first (compiling) call")
+    p.add_argument("--steps", type=int, default=4, help="timed train steps per framework (median reported)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating blocks the timed steps are split into")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls at the start of every block")
     p.add_argument("--matmul-size", type=int, default=4096, help="S of the [S×S]@[S×S] reference matmul")
     p.add_argument("--compile-layers", default="2,24", help="two layer counts whose compile times are compared")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: os.cpu_count(), like XLA)")
@@ -73,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for item in args.overrides:
         if "=" not in item:
             p.error(f"override {item!r} must look like section.key=value")
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be ≥ 1 and --warmup ≥ 0")
+    if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
+        p.error("--steps and --rounds must be ≥ 1, --warmup ≥ 0")
+    args.rounds = min(args.rounds, args.steps)
     return args
 
 
@@ -113,8 +116,8 @@ def _set_cpu_xla_flag(stock: bool) -> str | None:
 # ---------------------------------------------------------------------------------------------- the pieces
 
 
-def prepare_jax_step(config: Any, host_batch: dict[str, Any], warmup: int) -> dict[str, Any]:
-    """The jitted train step on one device, compiled (first call timed) and warmed up; `step()` runs one and blocks."""
+def prepare_jax_step(config: Any, host_batch: dict[str, Any]) -> dict[str, Any]:
+    """The jitted train step on one device, compiled by a first (timed) call; `step()` runs one and blocks."""
     import jax
 
     from trainer.train import make_trainer
@@ -132,7 +135,6 @@ def prepare_jax_step(config: Any, host_batch: dict[str, Any], warmup: int) -> di
     log("jax: first train step (trace + compile + run) ...")
     first_s, _ = timed(step)
     log(f"jax: first call {first_s:.2f} s")
-    warm_up(step, warmup, label="jax step")
     return {"step": step, "first_call_s": first_s, "loss": lambda: float(holder["metrics"]["loss"])}
 
 
@@ -154,8 +156,8 @@ def prepare_matmul(size: int, dtype: str) -> Callable[[], None]:
     return run
 
 
-def prepare_torch_step(config: Any, host_batch: dict[str, Any], warmup: int, threads: int) -> dict[str, Any]:
-    """The same shapes in transformers' LlamaForCausalLM + torch.optim.AdamW (+ grad clipping), fp32, warmed up."""
+def prepare_torch_step(config: Any, host_batch: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The same shapes in transformers' LlamaForCausalLM + torch.optim.AdamW (+ grad clipping), fp32."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -198,8 +200,8 @@ def prepare_torch_step(config: Any, host_batch: dict[str, Any], warmup: int, thr
     def matmul() -> None:
         a @ b
 
-    warm_up(step, max(1, warmup), label="torch step")  # at least one: the first eager step allocates
-    matmul()
+    seconds, _ = timed(step)  # the first eager step allocates gradients and optimizer state
+    log(f"torch: first step {seconds:.2f} s")
     return {
         "step": step, "matmul": matmul, "matmul_flops": 2.0 * n**3, "matmul_size": n,
         "params": sum(p.numel() for p in model.parameters()), "loss": lambda: holder["loss"],
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     host_batch = _random_batch()(0, t.global_batch_size, t.seq_len, m.vocab_size)
 
     # prepare (compile, warm up) everything, then time round-robin
-    jax_step = prepare_jax_step(config, host_batch, args.warmup)
+    jax_step = prepare_jax_step(config, host_batch)
     fns: dict[str, Callable[[], None]] = {"jax_step": jax_step["step"]}
     fns["matmul"] = prepare_matmul(args.matmul_size, m.compute_dtype)
     if m.compute_dtype != "float32":
@@ -282,10 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     torch_step = None
     if not args.skip_torch:
         log(f"torch: LlamaForCausalLM + AdamW, fp32, {threads} threads ...")
-        torch_step = prepare_torch_step(config, host_batch, args.warmup, threads)
+        torch_step = prepare_torch_step(config, host_batch, threads)
         fns["torch_step"] = torch_step["step"]
         fns["torch_matmul"] = torch_step["matmul"]
-    times = interleaved_times(fns, args.steps, label="timed")
+    per_block = -(-args.steps // args.rounds)
+    times = block_rounds(fns, args.rounds, per_block, settle=args.warmup, label="timed")
 
     step_s, step_cpu_s = times["jax_step"]["median_s"], times["jax_step"]["cpu_median_s"]
     tokens_per_s = tokens_per_step / step_s
@@ -326,8 +329,9 @@ def main(argv: list[str] | None = None) -> None:
     load_end = loadavg()
     notes = [
         f"machine shared with other jobs: load average {info['loadavg_at_start']} at start, {load_end} at end on "
-        f"{info['cpu_count']} cores; medians of {args.steps} round-robin rounds (JAX step, matmuls, torch step) after "
-        f"{args.warmup} warm-up; step_cpu_s / cpu_mfu_cputime use CPU time and move less with the load",
+        f"{info['cpu_count']} cores; medians of {args.rounds * per_block} timed calls each, in {args.rounds} alternating "
+        f"blocks (JAX step, matmuls, torch step), {args.warmup} untimed call(s) opening every block; "
+        "step_cpu_s / cpu_mfu_cputime use CPU time and move less with the load",
         f"model: compute {m.compute_dtype}, params {m.param_dtype}, remat {m.remat_policy}, "
         f"scan_layers {m.scan_layers}, attention {m.attention}; bench defaults {defaults or 'none'} "
         f"(before the command line's overrides); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
