@@ -171,24 +171,6 @@ def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, A
     return config, params, step
 
 
-def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, Any], int]:
-    """A run's config and params as numpy arrays on the host, whatever mesh saved them (for exporters)."""
-    run_dir, ref_step = parse_reference(path)
-    step = step if step is not None else ref_step
-    config = read_run_config(run_dir)
-    directory, step = _find_step(run_dir, step)
-    item_path = storage.join(directory, str(step), "state")
-    checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(item_path)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
-    target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    restored = checkpointer.restore(
-        item_path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-    )
-    return config, restored["params"], step
-
-
 def save_params(run_dir: str, config: Config, params: dict[str, Any], step: int = 0) -> None:
     """Write a params-only checkpoint and the config into a run folder (a starting point for `restore_from`)."""
     storage.makedirs(run_dir)

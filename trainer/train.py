@@ -91,7 +91,7 @@ def make_trainer(config: Config, mesh: Mesh) -> Trainer:
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        nll, z, tokens = _loss_sums(model, config, params, batch)
+        nll, z, tokens = _loss_sums(model, params, batch)
         return {"nll_sum": nll, "tokens": tokens}
 
     with sharding.activate(mesh, config):
@@ -127,7 +127,7 @@ class InMesh:
             return self.fn.lower(*args)
 
 
-def _loss_sums(model: Transformer, config: Config, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _loss_sums(model: Transformer, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Summed next-token cross-entropy and z-loss over positions whose loss mask is 1, in fp32, and the token count."""
     logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
     logits = logits.astype(jnp.float32)
@@ -147,7 +147,7 @@ def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch
     z_weight = config.train.z_loss
 
     def summed_loss(p: Any, mb: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-        nll, z, tokens = _loss_sums(model, config, p, mb)
+        nll, z, tokens = _loss_sums(model, p, mb)
         return nll + z_weight * z, (nll, z, tokens)
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
