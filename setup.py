@@ -1,8 +1,10 @@
-"""Install: `pip install -e .` (CPU), plus extras: hf (export), tfds, tpu, gpu, dev (tests and test-only tools)."""
+"""Install: `pip install -e .` (CPU), plus extras: hf (export), parquet, tfds, tpu, gpu, cloud, dev (tests)."""
 
 from setuptools import find_packages, setup
 
-HF = ["torch>=2.3", "transformers>=4.45", "safetensors>=0.4", "gguf>=0.10", "accelerate>=1.0"]
+# transformers 5: the exporters write `rope_parameters` and load models with `dtype=`.
+HF = ["torch>=2.3", "transformers>=5.0", "safetensors>=0.4", "gguf>=0.19", "accelerate>=1.0"]
+PARQUET = ["pyarrow>=15"]
 
 setup(
     name="trainer",
@@ -11,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*", "launch"]),
     install_requires=[
-        # APIs of this stack move fast: the ranges are the ones measured (see ../shared/STACK.md).
+        # APIs of this stack move fast: the ranges are the ones tested (docs/pitfalls.md lists what they rely on).
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",
         "optax>=0.2.8,<0.3",
@@ -25,19 +27,23 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        # imported directly, though the packages above bring them too
+        "fsspec>=2024.6",
+        "absl-py>=2.0",
+        "ml-dtypes>=0.4",
+        "portpicker>=1.6",  # launch/local.py
     ],
     extras_require={
         "hf": HF,
+        "parquet": PARQUET,
         "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "cloud": ["google-cloud-tpu>=1.18"],
-        "dev": HF + [
+        "dev": HF + PARQUET + [
             "pytest>=8",
             "pytest-timeout>=2.3",
-            "portpicker>=1.6",
             "gcp-storage-emulator>=2024.8",
-            "pyarrow>=15",
             "google-cloud-tpu>=1.18",
             "psutil>=5.9",
         ],

@@ -55,7 +55,7 @@ def write_checkpoint(config_path: str, run_dir: str) -> dict:
     from trainer.checkpoint import save_params
     from trainer.config import load_config
     from trainer.data.tokenizer import train_sentencepiece
-    from trainer.model import Transformer
+    from trainer.model.transformer import Transformer
 
     config = load_config(config_path, ["model.param_dtype=float32", "model.scan_layers=true"])
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, dir=run_dir))
@@ -87,14 +87,13 @@ def peak_rss() -> int:
 
 def child(run_dir: str, out: str, dtype: str) -> None:
     """One export in this fresh process; prints its figures as JSON."""
-    import psutil
-
     import jax  # noqa: F401  (imported up front so that the baseline holds every library)
     import orbax.checkpoint  # noqa: F401
+    import psutil
     import transformers  # noqa: F401
     from transformers import GenerationConfig, LlamaConfig, LlamaTokenizerFast  # noqa: F401
 
-    from trainer import convert_to_hf
+    from trainer.export import hf as convert_to_hf
 
     baseline = psutil.Process().memory_info().rss
     args = convert_to_hf.parse_args(["--checkpoint", run_dir, "--out", out, "--dtype", dtype, "--no-verify"])

@@ -87,13 +87,13 @@ def _train_consumption(result: dict[str, Any]) -> dict[str, Any]:
 
     from trainer.config import load_config
     from trainer.sharding import make_mesh
-    from trainer.train import make_trainer
+    from trainer.step import make_step_functions
 
     slowest = min(v for key in ("pipeline_local", "pipeline_gcs") for v in result.get(key, {}).values())
     out: dict[str, Any] = {}
     for name in ("tiny", "small"):
         config = load_config(os.path.join(REPO, "configs", f"{name}.yml"), ["mesh.fsdp=1"])
-        trainer = make_trainer(config, make_mesh(config.mesh, jax.devices()[:1]))
+        trainer = make_step_functions(config, make_mesh(config.mesh, jax.devices()[:1]))
         t = config.train
         tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (t.global_batch_size, t.seq_len + 1))
         batch = jax.device_put({

@@ -4,7 +4,7 @@
                          [--stock] [section.key=value ...]
 
 Prints ONE JSON object on stdout (progress on stderr):
-  tokens_per_s, model_tflops   the jitted `Trainer.train_step` on a one-device mesh, median of --steps timed steps;
+  tokens_per_s, model_tflops   the jitted `StepFunctions.train_step` on a one-device mesh, median of --steps timed steps;
                                model FLOPs are `trainer.flops.flops_per_token` (6·N + attention, recomputation not
                                counted)
   matmul_tflops                a jitted [S×S]@[S×S] jnp.dot in the model's compute dtype, same process: the dense roof
@@ -38,7 +38,14 @@ if __package__ in (None, ""):  # `python bench/step.py`: make the repo importabl
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    REPO, block_rounds, log, loadavg, machine_info, print_json, ratio, timed,
+    REPO,
+    block_rounds,
+    loadavg,
+    log,
+    machine_info,
+    print_json,
+    ratio,
+    timed,
 )
 
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "small.yml")
@@ -120,9 +127,9 @@ def prepare_jax_step(config: Any, host_batch: dict[str, Any]) -> dict[str, Any]:
     """The jitted train step on one device, compiled by a first (timed) call; `step()` runs one and blocks."""
     import jax
 
-    from trainer.train import make_trainer
+    from trainer.step import make_step_functions
 
-    trainer = make_trainer(config, _mesh(config))
+    trainer = make_step_functions(config, _mesh(config))
     batch = jax.device_put(host_batch, trainer.batch_sharding)
     holder: dict[str, Any] = {"state": trainer.init(jax.random.key(config.train.seed))}
     jax.block_until_ready(holder["state"])
@@ -215,12 +222,12 @@ def _lower_train_step(trainer: Any, config: Any, *args: Any) -> Any:
     step = trainer.train_step
     if hasattr(step, "lower"):  # trainer.train.InMesh
         return step.lower(*args)
-    # an older Trainer whose train_step is a plain wrapper closing over the jit object `fn`
+    # an older StepFunctions whose train_step is a plain wrapper closing over the jit object `fn`
     from trainer import sharding
 
     fn = inspect.getclosurevars(step).nonlocals.get("fn")
     if fn is None or not hasattr(fn, "lower"):
-        raise RuntimeError("can't lower Trainer.train_step: it has no .lower and wraps no jax.jit function `fn`")
+        raise RuntimeError("can't lower StepFunctions.train_step: it has no .lower and wraps no jax.jit function `fn`")
     with sharding.activate(trainer.mesh, config):
         return fn.lower(*args)
 
@@ -229,10 +236,10 @@ def bench_compile(config_path: str, overrides: list[str], layers: int) -> dict[s
     """Seconds to trace+lower and to compile the train step with `layers` scanned layers (abstract inputs only)."""
     import jax
 
-    from trainer.train import BATCH_KEYS, make_trainer
+    from trainer.step import BATCH_KEYS, make_step_functions
 
     config = _load(config_path, list(overrides) + [f"model.num_layers={layers}", "model.scan_layers=true"])
-    trainer = make_trainer(config, _mesh(config))
+    trainer = make_step_functions(config, _mesh(config))
     shape = (config.train.global_batch_size, config.train.seq_len)
     dtypes = {"loss_mask": "float32"}
     batch = {k: jax.ShapeDtypeStruct(shape, dtypes.get(k, "int32"), sharding=trainer.batch_sharding) for k in BATCH_KEYS}
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
 
-    from trainer.flops import flops_per_token, param_count
+    from trainer.model.flops import flops_per_token, param_count
 
     on_cpu = jax.default_backend() == "cpu"
     defaults = list(CPU_DEFAULTS) if on_cpu and not args.stock else []

@@ -11,7 +11,7 @@ Usage (any test that needs gs://):
 
 or as a pytest fixture: `from gcs_emulator import gcs  # noqa: F401` and take `gcs` as an argument.
 
-The environment variables come from /work/shared/STACK.md; they are set for the duration of the block and restored
+The environment variables are those docs/pitfalls.md lists; they are set for the duration of the block and restored
 afterwards. `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false` is read by gcsfs at import time, so this module sets it on import
 (before a test imports gcsfs); it only disables an experimental gcsfs feature that stalls against the emulator.
 Each block gets its own bucket, because the emulator ignores list offsets and a ranged delete wipes a whole bucket.

@@ -27,6 +27,8 @@ def download_with_generation(request, response, storage, *args, **kwargs):
 objects.download = download_with_generation  # before the server module builds its routing table from it
 
 if __name__ == "__main__":
-    from gcp_storage_emulator.__main__ import main  # imports the server, which now routes to the wrapper
+    from gcp_storage_emulator.__main__ import (
+        main,  # imports the server, which now routes to the wrapper
+    )
 
     sys.exit(main(sys.argv[1:]))

@@ -72,3 +72,40 @@ def test_cli_refuses_bad_configs_with_one_line(args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert message in lines[0]
+
+
+def _differences(defaults: object, written: object, key: str) -> list[str]:
+    """Where base.yml (`written`) and the dataclass defaults disagree: a missing or extra key, a value or a type."""
+    if isinstance(defaults, dict) and key != "mesh.rules":
+        if not isinstance(written, dict):
+            return [f"{key}: a section in the dataclasses, {written!r} in base.yml"]
+        out = [f"{key}.{k}: missing from base.yml" for k in defaults.keys() - written.keys()]
+        out += [f"{key}.{k}: not a config key" for k in written.keys() - defaults.keys()]
+        for k in defaults.keys() & written.keys():
+            out += _differences(defaults[k], written[k], f"{key}.{k}".lstrip("."))
+        return out
+    if defaults != written or (defaults is not None and type(defaults) is not type(written)):
+        return [f"{key}: default {defaults!r} ({type(defaults).__name__}), base.yml {written!r} "
+                f"({type(written).__name__})"]
+    return []
+
+
+def test_base_yml_is_the_dataclasses_twin():
+    """configs/base.yml documents every key with its default: it must hold exactly the dataclasses' keys and values."""
+    import yaml
+
+    from trainer.config import Config
+
+    with open(os.path.join(CONFIGS, "base.yml")) as f:
+        written = yaml.safe_load(f)
+    assert _differences(Config().to_dict(), written, "") == []
+    assert _differences({"a": 1, "b": 2.0}, {"a": 1.0, "c": 2.0}, "") != []  # the comparison itself can fail
+
+
+def test_renamed_key_is_read_with_a_note(tmp_path, capsys):
+    path = tmp_path / "old.yml"
+    path.write_text(f"base: {os.path.join(CONFIGS, 'tiny.yml')}\ndata:\n  shards: 4\n")
+    assert load_config(str(path)).data.streams == 4
+    assert "data.shards is now data.streams" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="set only data.streams"):
+        load_config(str(path), ["data.streams=8"])

@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from test_convert_mapping import random_params
 from test_convert_tokenizer import TEMPLATE, sentencepiece
-from trainer import checkpoint, convert_to_hf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainer import checkpoint
 from trainer.config import Config, ModelConfig
+from trainer.export import hf as convert_to_hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128,

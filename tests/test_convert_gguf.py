@@ -8,12 +8,14 @@ import gguf
 import numpy as np
 import pytest
 import sentencepiece as spm
-from transformers import AutoTokenizer
-
 from test_convert_mapping import random_params
 from test_convert_tokenizer import held_out_strings, sentencepiece
-from trainer import convert_to_hf, gguf_export, hf_mapping
+from transformers import AutoTokenizer
+
 from trainer.config import ModelConfig
+from trainer.export import gguf as gguf_export
+from trainer.export import mapping
+from trainer.export.tokenizer import write_tokenizer
 
 HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # transformers' GGUF model loader needs it
 
@@ -25,7 +27,7 @@ MODEL = ModelConfig(vocab_size=520, embed_dim=64, num_layers=2, num_heads=4, num
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
-    convert_to_hf.write_tokenizer(sentencepiece(), str(folder), str(folder), add_bos=True)
+    write_tokenizer(sentencepiece(), str(folder), str(folder), add_bos=True)
     return str(folder)
 
 
@@ -73,7 +75,7 @@ def test_qk_rows_are_stored_in_llama_cpp_order(tmp_path, tokenizer_dir):
     path = str(tmp_path / "m.gguf")
     gguf_export.write_gguf(path, MODEL, params, tokenizer_dir, sentencepiece(), "f16")
     stored = {t.name: np.asarray(t.data, np.float32) for t in gguf.GGUFReader(path).tensors}
-    hf = dict(hf_mapping.to_hf(params, MODEL))
+    hf = dict(mapping.to_hf(params, MODEL))
     k = hf["model.layers.1.self_attn.k_proj.weight"]
     head = k[:16]  # one kv head [head_dim, embed]: llama.cpp wants rows 0, 8, 1, 9, ... (pairs of the two halves)
     expected = np.stack([head[:8], head[8:]], axis=1).reshape(16, -1)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from trainer import convert_to_hf, hf_mapping, parity
 from trainer.config import ModelConfig, load_config
-from trainer.model import Transformer
+from trainer.export import hf as convert_to_hf
+from trainer.export import mapping, parity
+from trainer.export.safetensors import SafetensorsFolder
+from trainer.model.transformer import Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(compute_dtype="float32", remat_policy="none", num_layers=2, max_seq_len=64)
@@ -104,7 +106,7 @@ def test_config_json_states_every_architecture_field(tmp_path):
     assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"], cfg["dtype"]) == (2, 3, 0, "bfloat16")
     with open(tmp_path / "generation_config.json") as f:
         assert json.load(f)["eos_token_id"] == 3
-    assert hf_mapping.model_config(cfg, model) == model  # ModelConfig → LlamaConfig → ModelConfig
+    assert mapping.model_config(cfg, model) == model  # ModelConfig → LlamaConfig → ModelConfig
 
 
 def test_sharding_writes_an_index_that_names_every_tensor(tmp_path):
@@ -113,27 +115,27 @@ def test_sharding_writes_an_index_that_names_every_tensor(tmp_path):
     export(model, params, str(tmp_path), max_shard=100_000)
     with open(tmp_path / "model.safetensors.index.json") as f:
         index = json.load(f)
-    assert set(index["weight_map"]) == set(hf_mapping.hf_shapes(model))
+    assert set(index["weight_map"]) == set(mapping.hf_shapes(model))
     assert len(set(index["weight_map"].values())) > 2
-    files = convert_to_hf.SafetensorsFolder(str(tmp_path))
-    back = hf_mapping.from_hf(files.__getitem__, model)
+    files = SafetensorsFolder(str(tmp_path))
+    back = mapping.from_hf(files.__getitem__, model)
     jax.tree.map(np.testing.assert_array_equal, back, params)  # ours → HF → ours is bitwise
 
 
 def test_unsupported_hf_configs_and_mismatched_params_fail_with_one_line():
     model = ARCHITECTURES["mha_tied"]
-    base = hf_mapping.llama_config(model, bos_id=None, eos_id=None, pad_id=None).to_dict()
-    with pytest.raises(hf_mapping.MappingError, match="RoPE scaling 'llama3' is not supported"):
-        hf_mapping.model_config({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}})
-    with pytest.raises(hf_mapping.MappingError, match="attention_bias=True is not supported"):
-        hf_mapping.model_config({**base, "attention_bias": True})
-    with pytest.raises(hf_mapping.MappingError, match="model_type 'mistral'"):
-        hf_mapping.model_config({**base, "model_type": "mistral"})
+    base = mapping.llama_config(model, bos_id=None, eos_id=None, pad_id=None).to_dict()
+    with pytest.raises(mapping.MappingError, match="RoPE scaling 'llama3' is not supported"):
+        mapping.model_config({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}})
+    with pytest.raises(mapping.MappingError, match="attention_bias=True is not supported"):
+        mapping.model_config({**base, "attention_bias": True})
+    with pytest.raises(mapping.MappingError, match="model_type 'mistral'"):
+        mapping.model_config({**base, "model_type": "mistral"})
     params = random_params(model)
-    with pytest.raises(hf_mapping.MappingError, match="has shape .* but the config implies"):
-        hf_mapping.check_params(params, dataclasses.replace(model, embed_dim=32))
-    with pytest.raises(hf_mapping.MappingError, match="does not match its params"):
-        hf_mapping.check_params(params, dataclasses.replace(model, num_layers=3))
+    with pytest.raises(mapping.MappingError, match="has shape .* but the config implies"):
+        mapping.check_params(params, dataclasses.replace(model, embed_dim=32))
+    with pytest.raises(mapping.MappingError, match="does not match its params"):
+        mapping.check_params(params, dataclasses.replace(model, num_layers=3))
 
 
 def test_a_tampered_weight_fails_the_read_back_check(tmp_path):

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 from flax import linen as nn
+from test_convert_tokenizer import sentencepiece
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from test_convert_tokenizer import sentencepiece
-from trainer import checkpoint, convert_from_hf, convert_to_hf
-from trainer.model import Transformer
+from trainer import checkpoint
+from trainer.export import hf as convert_to_hf
+from trainer.export import import_hf as convert_from_hf
+from trainer.export.safetensors import SafetensorsFolder
+from trainer.export.tokenizer import write_tokenizer
+from trainer.model.transformer import Transformer
 
 ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "tie_word_embeddings",
@@ -32,7 +36,7 @@ def write_hf_model(folder: str, dtype: torch.dtype) -> None:
         for name, p in model.named_parameters():
             p.normal_(1.0 if "norm" in name else 0.0, 0.2 if "norm" in name else 0.1)
     model.to(dtype).save_pretrained(folder)
-    convert_to_hf.write_tokenizer(sentencepiece(), folder, folder, add_bos=True)
+    write_tokenizer(sentencepiece(), folder, folder, add_bos=True)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -48,7 +52,7 @@ def test_hf_to_ours_to_hf_is_bitwise(tmp_path, capsys, dtype):
 
     assert convert_to_hf.main(["--checkpoint", run, "--out", out, "--dtype", dtype]) == 0
     assert "parity ok" in capsys.readouterr().out
-    before, after = convert_to_hf.SafetensorsFolder(src), convert_to_hf.SafetensorsFolder(out)
+    before, after = SafetensorsFolder(src), SafetensorsFolder(out)
     assert sorted(before.names()) == sorted(after.names())
     for name in before.names():
         a, b = before[name], after[name]
@@ -70,7 +74,7 @@ def test_training_can_restore_from_the_imported_run(tmp_path, capsys):
     params, step = checkpoint.restore_params_from(run, abstract)
     assert step == 0
     q = np.asarray(params["layers"]["attention"]["query"]["kernel"])  # [layers, embed, heads, head_dim]
-    hf_q = convert_to_hf.SafetensorsFolder(src)["model.layers.1.self_attn.q_proj.weight"]  # [heads·hd, embed]
+    hf_q = SafetensorsFolder(src)["model.layers.1.self_attn.q_proj.weight"]  # [heads·hd, embed]
     np.testing.assert_array_equal(q[1].reshape(64, 128).T, hf_q)
 
     assert convert_from_hf.main(["--hf", src, "--out", run]) == 2  # an existing run folder needs --force

@@ -8,8 +8,12 @@ import sysconfig
 
 from transformers import AutoTokenizer
 
-from trainer import convert_to_hf
-from trainer.data.tokenizer import SentencePieceTokenizer, open_tokenizer, train_sentencepiece
+from trainer.data.tokenizer import (
+    SentencePieceTokenizer,
+    open_tokenizer,
+    train_sentencepiece,
+)
+from trainer.export.tokenizer import check_tokenizer, write_tokenizer
 
 STDLIB = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -37,7 +41,7 @@ def test_exported_sentencepiece_tokenizer_encodes_exactly_like_sentencepiece(tmp
     (source / "chat_template.jinja").write_text(TEMPLATE)
     out = tmp_path / "hf"
     out.mkdir()
-    convert_to_hf.write_tokenizer(tok, str(source), str(out), add_bos=True)
+    write_tokenizer(tok, str(source), str(out), add_bos=True)
 
     hf = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     strings = held_out_strings()
@@ -50,18 +54,18 @@ def test_exported_sentencepiece_tokenizer_encodes_exactly_like_sentencepiece(tmp
     rendered = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert rendered == "<|user|>hi\n"
     assert (out / "tokenizer.model").read_bytes() == tok.model_proto
-    convert_to_hf.check_tokenizer(tok, str(out))  # the CLI's own check agrees
+    check_tokenizer(tok, str(out))  # the CLI's own check agrees
 
 
 def test_hf_tokenizer_folders_are_copied_as_they_are(tmp_path):
     sp_out = tmp_path / "first"
     sp_out.mkdir()
-    convert_to_hf.write_tokenizer(sentencepiece(), str(tmp_path), str(sp_out), add_bos=False)
+    write_tokenizer(sentencepiece(), str(tmp_path), str(sp_out), add_bos=False)
     hf_tok = open_tokenizer(str(sp_out))  # tokenizer.json wins over tokenizer.model
     assert hf_tok.kind == "hf"
     out = tmp_path / "second"
     out.mkdir()
-    convert_to_hf.write_tokenizer(hf_tok, str(sp_out), str(out), add_bos=True)
+    write_tokenizer(hf_tok, str(sp_out), str(out), add_bos=True)
     again = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     assert again.encode("def f(x):\n    return x", add_special_tokens=False) == hf_tok.encode("def f(x):\n    return x")
     assert again.encode("x")[0] != hf_tok.bos_id  # no BOS: the folder's own setting, not the argument

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import numpy as np
-
 from gcs_emulator import gcs_emulator
+
 from trainer import storage
 from trainer.config import DataConfig
 from trainer.data.pipeline import make_eval_iterator, make_train_iterator

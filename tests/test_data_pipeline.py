@@ -11,8 +11,8 @@ import pytest
 from trainer.config import DataConfig, MixtureComponent, Stage
 from trainer.data.pipeline import make_eval_iterator, make_train_iterator
 from trainer.data.prepare import prepare
-from trainer.data.units import is_validation
 from trainer.data.tokenizer import load_tokenizer
+from trainer.data.units import is_validation
 
 QUIET = dict(workers=1, progress=False, verbose=False)
 WORDS = "the quick brown fox jumps over lazy dog while we import numpy as np and return self".split()
@@ -78,7 +78,7 @@ def test_batch_contract_in_concatenate_mode(prepared):
 
 
 def test_each_epoch_yields_every_train_document_once_on_one_and_two_hosts(prepared):
-    """A batch of 4 rows is 4 streams (data.shards = 4): stream s carries documents s, s+4, … of each epoch."""
+    """A batch of 4 rows is 4 streams (data.streams = 4): stream s carries documents s, s+4, … of each epoch."""
     _, out, tok, train, _ = prepared
     data = DataConfig(path=out)
     n, shards = len(train), 4
@@ -152,7 +152,7 @@ def test_eval_iterator_is_deterministic_fresh_and_from_the_validation_split(prep
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     complete = set()
-    for row in range(2):  # each row position is its own stream (data.shards = 2)
+    for row in range(2):  # each row position is its own stream (data.streams = 2)
         stream = np.concatenate([row_tokens(b)[row] for b in first]).tolist()
         cuts = [i + 1 for i, t in enumerate(stream) if t == tok.eos_id]
         complete |= {tuple(stream[a:b]) for a, b in zip([0] + cuts, cuts)}

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from trainer import storage
-from trainer.data import shards as shards_lib
 from trainer.config import DataConfig
+from trainer.data import shards as shards_lib
 from trainer.data.prepare import ensure_prepared, prepare
-from trainer.data.units import is_validation
 from trainer.data.tokenizer import load_tokenizer
+from trainer.data.units import is_validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "alpha beta gamma delta def return self import class for while None True False print value".split()
@@ -134,7 +134,7 @@ def test_jsonl_and_parquet_inputs_with_bos(corpus, tmp_path):
 
 
 def test_hugging_face_tokenizer_folder_is_stored_and_loaded(corpus, tmp_path):
-    """An HF tokenizer folder (made from the SentencePiece model as STACK.md describes) drives preparation."""
+    """An HF tokenizer folder (made from the SentencePiece model as docs/pitfalls.md describes) drives preparation."""
     texts, out, _ = corpus
     from transformers import LlamaTokenizerFast
 

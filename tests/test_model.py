@@ -11,13 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from batches import random_batch
 from flax import linen as nn
 
-from batches import random_batch
-from trainer import flops
 from trainer.config import ModelConfig, load_config
 from trainer.main import main
-from trainer.model import Transformer, stack_layers, unstack_layers
+from trainer.model import flops
+from trainer.model.layout import stack_layers, unstack_layers
+from trainer.model.transformer import Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ModelConfig(vocab_size=256, embed_dim=64, num_layers=3, num_heads=4, num_kv_heads=2, mlp_dim=128,

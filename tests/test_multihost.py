@@ -14,8 +14,16 @@ import sys
 
 import numpy as np
 import pytest
-
-from runs import REPO, assert_params_equal, final_params, losses, prepare_corpus, train, trainer_env, write_config
+from runs import (
+    REPO,
+    assert_params_equal,
+    final_params,
+    losses,
+    prepare_corpus,
+    train,
+    trainer_env,
+    write_config,
+)
 
 STEPS = 5
 

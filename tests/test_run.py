@@ -12,9 +12,17 @@ import time
 
 import numpy as np
 import pytest
-
-from runs import REPO, assert_params_equal, final_params, losses, prepare_corpus, start, train, trainer_env, \
-    write_config
+from runs import (
+    REPO,
+    assert_params_equal,
+    final_params,
+    losses,
+    prepare_corpus,
+    start,
+    train,
+    trainer_env,
+    write_config,
+)
 
 STEPS = 8
 

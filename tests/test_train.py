@@ -5,11 +5,11 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-
 from batches import random_batch
+
 from trainer import sharding
 from trainer.config import from_dict
-from trainer.train import make_trainer
+from trainer.step import make_step_functions
 
 BASE = {
     "model": {"vocab_size": 512, "embed_dim": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
@@ -28,7 +28,7 @@ def _config(**sections):
 
 def _losses(config, batches, devices):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:devices])
-    trainer = make_trainer(config, mesh)
+    trainer = make_step_functions(config, mesh)
     state = trainer.init(jax.random.key(config.train.seed))
     losses = []
     for batch in batches:

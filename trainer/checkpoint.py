@@ -21,7 +21,8 @@ import orbax.checkpoint as ocp
 import yaml
 
 from trainer import distributed, storage
-from trainer.config import CheckpointConfig, Config, ConfigError, from_dict
+from trainer.config import CheckpointConfig, Config, from_dict
+from trainer.errors import CheckpointError
 
 
 class _StepMetadataElsewhere(logging.Filter):
@@ -34,9 +35,6 @@ class _StepMetadataElsewhere(logging.Filter):
 
 logging.getLogger("absl").addFilter(_StepMetadataElsewhere())
 
-
-class CheckpointError(ConfigError):
-    """A checkpoint that can't be used; the message says what is missing and what to do."""
 
 
 def checkpoint_dir(run_dir: str) -> str:
@@ -146,6 +144,16 @@ def restore_params_from(reference: str, abstract_params: Any) -> tuple[Any, int]
     """Only the params of another run's checkpoint (`RUN_DIR[:STEP]`), into the shardings of `abstract_params`."""
     run_dir, step = parse_reference(reference)
     return _restore_params(run_dir, step, abstract_params, lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding))
+
+
+def restore_state_from(reference: str, abstract_state: Any) -> tuple[Any, int]:
+    """The whole train state of another run's checkpoint (`RUN_DIR[:STEP]`, default its latest), into the shardings of
+    `abstract_state`; the data iterator is not restored (this run reads its own data from the start)."""
+    run_dir, step = parse_reference(reference)
+    directory, step = _find_step(run_dir, step)
+    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"], step
 
 
 def _restore_params(run_dir: str, step: int | None, target: Any, restore_arg: Any) -> tuple[Any, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,10 +18,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value a person must change; the message is one actionable line."""
-
+from trainer.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------- sections
 
@@ -144,7 +142,7 @@ class DataConfig:
     mixture: list[MixtureComponent] = field(default_factory=list)  # instead of `path`
     stages: list[Stage] = field(default_factory=list)  # instead of `path` / `mixture`
     packing: bool = False  # pack whole documents (first-fit) instead of concatenate-and-split
-    shards: Optional[int] = None  # row streams per global batch; None: gcd(64, global batch). Fixes the data order
+    streams: Optional[int] = None  # row streams per global batch; None: gcd(64, global batch). Fixes the data order
     shuffle: bool = True
     worker_count: int = 0  # Grain worker processes per row stream (0: a prefetch thread each)
     prefetch: int = 2  # batches prepared ahead
@@ -180,6 +178,7 @@ class LogConfig:
     every_steps: int = 10
     tensorboard: bool = True
     sample_tokens: int = 64  # greedy tokens printed at the end of the run (0: none)
+    sample_prompt: str = "import os\n"  # the prompt of that sample
 
 
 @dataclass(frozen=True)
@@ -231,8 +230,25 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     return config
 
 
+# Keys renamed since a release; a config (or a run folder's config.yaml) that still uses the old name loads with a
+# one-line note, so existing runs resume.
+RENAMED_KEYS = {("data", "shards"): "streams"}
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build a typed `Config` from nested dicts, failing on unknown keys (naming the nearest) and wrong types."""
+    for (section, old), new in RENAMED_KEYS.items():
+        values = raw.get(section)
+        if isinstance(values, dict) and old in values:
+            if values.get(new) is not None and values[new] != values[old]:
+                raise ConfigError(f"{section}.{old} is the old name of {section}.{new}; set only {section}.{new}")
+            values = dict(values)
+            old_value = values.pop(old)
+            if values.get(new) is None:
+                values[new] = old_value
+            raw = {**raw, section: values}
+            print(f"note: config key {section}.{old} is now {section}.{new}; read as {section}.{new}",
+                  file=sys.stderr)
     return _build(Config, raw, prefix="")
 
 

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from trainer.config import Config, ConfigError, load_config
+from trainer.config import Config, load_config
+from trainer.errors import ConfigError, cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,41 +30,39 @@ def dry_run(config: Config, devices: int | None) -> int:
     import jax
     from jax.sharding import AbstractMesh, AxisType
 
-    from trainer import sharding, summary
-    from trainer.train import make_trainer
+    from trainer import sharding
+    from trainer.run import summary
+    from trainer.step import make_step_functions
 
     num_devices = devices if devices is not None else jax.device_count()
     mesh_shape = sharding.resolve_mesh_shape(config.mesh, num_devices)
     sharding.check_batch_divisible(config, mesh_shape)
     if devices is None:
-        from trainer.attention import check_available
+        from trainer.model.attention import check_available
 
         check_available(config.model.attention)
         mesh = sharding.make_mesh(config.mesh)
     else:
         mesh = AbstractMesh(tuple(mesh_shape.values()), sharding.AXES, axis_types=(AxisType.Auto,) * 3)
-    trainer = make_trainer(config, mesh)
-    text, record = summary.summarize(config, trainer.abstract_state, mesh_shape)
+    step_fns = make_step_functions(config, mesh)
+    text, record = summary.summarize(config, step_fns.abstract_state, mesh_shape)
     print(text)
     print(json.dumps(record))
     return 0
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate and run (or dry-run) the job; a config mistake is one line on stderr and exit code 2."""
     args = parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        if args.devices is not None and not args.dry_run:
-            raise ConfigError("--devices only plans a --dry-run; a real run uses the devices present")
-        if args.dry_run:
-            return dry_run(config, args.devices)
-        from trainer.loop import run
+    config = load_config(args.config, args.overrides)
+    if args.devices is not None and not args.dry_run:
+        raise ConfigError("--devices only plans a --dry-run; a real run uses the devices present")
+    if args.dry_run:
+        return dry_run(config, args.devices)
+    from trainer.run.job import run
 
-        return run(config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(config)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from trainer.config import ConfigError
-
-
-class DataError(ConfigError):
-    """Bad input data or a data path a person must fix; the message is one actionable line (exit code 2)."""
-
+from trainer.errors import DataError  # noqa: F401  (re-exported: `from trainer.data import DataError`)
 
 _LAZY = {
     "ensure_prepared": "trainer.data.prepare",

@@ -89,8 +89,8 @@ def documents(
     *,
     seed: int,
     shuffle: bool,
-    shard_index: int,
-    shard_count: int,
+    stream_index: int,
+    stream_count: int,
 ) -> grain.MapDataset:
     """One stream's infinite share of a split's documents: a global seeded shuffle per epoch, then every S-th.
 
@@ -104,7 +104,7 @@ def documents(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat()  # reseeds the shuffle each epoch
-    ds = ds[shard_index::shard_count]
+    ds = ds[stream_index::stream_count]
     return ds.map(Decode(manifest.dtype))
 
 

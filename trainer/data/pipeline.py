@@ -6,7 +6,7 @@ Batch contract (dict of numpy arrays, shape [global_batch_size // process_count,
     positions int32 (position in its document when packing; 0..seq_len-1 when concatenating).
 
 `make_train_iterator` returns a `TrainIterator`: infinite, exactly resumable from `get_state()` (a small JSON-able
-dict: batch number, stage, each row stream's Grain state). The global batch is made of `data.shards` row streams,
+dict: batch number, stage, each row stream's Grain state). The global batch is made of `data.streams` row streams,
 never of hosts, so the data order doesn't depend on the number of processes, and the states of all hosts merge into
 one (`merge_states`) that resumes on any number of hosts.
 """
@@ -22,9 +22,8 @@ from typing import Any, Iterator, Optional
 import grain
 import numpy as np
 
-from trainer.data import DataError
+from trainer.data import DataError, packing
 from trainer.data import mixture as mixture_lib
-from trainer.data import packing
 
 _READ_THREADS = 4  # threads reading documents from ArrayRecord (local or GCS) ahead of packing
 _READ_BUFFER = 64  # documents read ahead (per component)
@@ -51,20 +50,20 @@ def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def shard_count(data: Any, global_batch_size: int, process_count: int) -> int:
-    """How many independent row streams make up every global batch (`data.shards`, default gcd(64, batch)).
+def stream_count(data: Any, global_batch_size: int, process_count: int) -> int:
+    """How many independent row streams make up every global batch (`data.streams`, default gcd(64, batch)).
 
     The streams, not the hosts, own the documents: stream s reads documents s, s+S, s+2S, … of each epoch's
     permutation and fills rows s·B/S … (s+1)·B/S − 1 of every global batch. A host feeds the streams of its
     contiguous block of rows, so it reads only its share, and the global batch is the same for any number of hosts.
     """
-    shards = data.shards or math.gcd(64, global_batch_size)
-    if global_batch_size % shards or shards % process_count:
+    count = data.streams or math.gcd(64, global_batch_size)
+    if global_batch_size % count or count % process_count:
         raise DataError(
-            f"data.shards={shards} must divide train.global_batch_size={global_batch_size} and be a multiple of the "
-            f"{process_count} processes; set data.shards to such a number"
+            f"data.streams={count} must divide train.global_batch_size={global_batch_size} and be a multiple of the "
+            f"{process_count} processes; set data.streams to such a number"
         )
-    return shards
+    return count
 
 
 def _streams(
@@ -77,36 +76,36 @@ def _streams(
     seed: int,
     shuffle: bool,
     stage: int,
-    shards: list[int],
-    shard_count: int,
+    stream_ids: list[int],
+    stream_count: int,
 ) -> list[grain.IterDataset]:
-    """The row streams `shards` of one stage, each yielding its B/S rows of every global batch (stacked rows).
+    """The row streams `stream_ids` of one stage, each yielding its B/S rows of every global batch (stacked rows).
 
     Each stream mixes its components' rows by weight; each component reads the stream's share of its documents
-    with its own seeded, epoch-aware shuffle (see `shard_count`).
+    with its own seeded, epoch-aware shuffle (see `stream_count`).
     """
-    rows_per_shard = global_batch_size // shard_count
-    read_options = grain.ReadOptions(num_threads=max(1, _READ_THREADS // len(shards)),
-                                     prefetch_buffer_size=max(16, _READ_BUFFER // len(shards)))
+    rows_per_stream = global_batch_size // stream_count
+    read_options = grain.ReadOptions(num_threads=max(1, _READ_THREADS // len(stream_ids)),
+                                     prefetch_buffer_size=max(16, _READ_BUFFER // len(stream_ids)))
     streams = []
-    for shard in shards:
+    for stream in stream_ids:
         parts = []
         for index, component in enumerate(phase.components):
             component_seed = mixture_lib.derive_seed(seed, stage, index)
             docs = packing.documents(component.manifest, split, seed=component_seed, shuffle=shuffle,
-                                     shard_index=shard, shard_count=shard_count)
+                                     stream_index=stream, stream_count=stream_count)
             parts.append(packing.rows(
-                docs, seq_len=seq_len, packing=data.packing, seed=mixture_lib.derive_seed(component_seed, shard),
+                docs, seq_len=seq_len, packing=data.packing, seed=mixture_lib.derive_seed(component_seed, stream),
                 shuffle=shuffle, pad_id=int(component.manifest.tokenizer.get("pad_id", 0)),
-                packing_bins=max(_MIN_PACKING_BINS, rows_per_shard), read_options=read_options,
+                packing_bins=max(_MIN_PACKING_BINS, rows_per_stream), read_options=read_options,
             ))
-        streams.append(mixture_lib.mix(parts, [c.weight for c in phase.components]).batch(rows_per_shard))
+        streams.append(mixture_lib.mix(parts, [c.weight for c in phase.components]).batch(rows_per_stream))
     return streams
 
 
-def host_shards(shard_count_: int, process_index: int, process_count: int) -> list[int]:
+def host_streams(stream_count_: int, process_index: int, process_count: int) -> list[int]:
     """The streams whose rows this process feeds: its contiguous block of the global batch."""
-    per_host = shard_count_ // process_count
+    per_host = stream_count_ // process_count
     return list(range(process_index * per_host, (process_index + 1) * per_host))
 
 
@@ -155,11 +154,11 @@ class TrainIterator:
         per_host_batch_size(global_batch_size, process_count)
         self._data = data
         self._phases = mixture_lib.plan(data)
-        count = shard_count(data, global_batch_size, process_count)
+        count = stream_count(data, global_batch_size, process_count)
         self._kwargs = dict(split="train", seq_len=seq_len, seed=seed, shuffle=data.shuffle,
-                            global_batch_size=global_batch_size, shards=host_shards(count, process_index,
+                            global_batch_size=global_batch_size, stream_ids=host_streams(count, process_index,
                                                                                    process_count),
-                            shard_count=count)
+                            stream_count=count)
         self._step = 0
         self._stage = 0
         self._open(0)
@@ -169,8 +168,8 @@ class TrainIterator:
         self.close()
         self._stage = stage
         streams = _streams(self._phases[stage], self._data, stage=stage, **self._kwargs)
-        self._inners = {shard: iter(_with_prefetch(ds, self._data))
-                        for shard, ds in zip(self._kwargs["shards"], streams)}
+        self._inners = {stream: iter(_with_prefetch(ds, self._data))
+                        for stream, ds in zip(self._kwargs["stream_ids"], streams)}
 
     @property
     def step(self) -> int:
@@ -198,7 +197,7 @@ class TrainIterator:
     def get_state(self) -> dict[str, Any]:
         """Small, JSON-able: the batch number, the stage and the Grain state of each of this host's streams."""
         return {"step": self._step, "stage": self._stage,
-                "streams": {str(shard): it.get_state() for shard, it in self._inners.items()}}
+                "streams": {str(stream): it.get_state() for stream, it in self._inners.items()}}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state` (this host's or a merged one) was taken; a stage boundary opens fresh."""
@@ -210,10 +209,10 @@ class TrainIterator:
             return
         missing = [s for s in self._inners if str(s) not in state["streams"]]
         if missing:
-            raise DataError(f"the saved data state has no stream {missing[0]}: it was saved with another data.shards "
+            raise DataError(f"the saved data state has no stream {missing[0]}: it was saved with another data.streams "
                             "or global batch size, which changes the data order; keep them to resume")
-        for shard, it in self._inners.items():
-            it.set_state(_slices_as_tuples(state["streams"][str(shard)]))
+        for stream, it in self._inners.items():
+            it.set_state(_slices_as_tuples(state["streams"][str(stream)]))
 
     def close(self) -> None:
         """Stop prefetching and release the pipelines (idempotent)."""
@@ -267,10 +266,10 @@ def make_eval_iterator(data: Any, *, seq_len: int, global_batch_size: int, proce
     No shuffle, so every evaluation sees the same rows; the split repeats if it is shorter than asked.
     """
     phases = mixture_lib.plan(data)
-    count = shard_count(data, global_batch_size, process_count)
-    shards = host_shards(count, process_index, process_count)
+    count = stream_count(data, global_batch_size, process_count)
+    stream_ids = host_streams(count, process_index, process_count)
     streams = _streams(phases[-1], data, split="val", seq_len=seq_len, global_batch_size=global_batch_size, seed=0,
-                       shuffle=False, stage=len(phases) - 1, shards=shards, shard_count=count)
+                       shuffle=False, stage=len(phases) - 1, stream_ids=stream_ids, stream_count=count)
     # The streams take turns; `batch` stacks one turn (one part of each stream), `merge` lays them out in order.
     ds = streams[0] if len(streams) == 1 else grain.IterDataset.mix(streams, [1 / len(streams)] * len(streams))
     ds = ds.batch(len(streams)).map(_StackedToBatch())

@@ -20,13 +20,13 @@ import time
 from typing import Any, Iterator, Optional, Sequence
 
 from trainer import storage
-from trainer.data import DataError
+from trainer.data import DataError, sources
 from trainer.data import shards as shards_lib
-from trainer.data import sources
 from trainer.data import tokenizer as tokenizer_lib
 from trainer.data import units as units_lib
 from trainer.data.shards import Manifest, ShardInfo
 from trainer.data.units import WorkUnit
+from trainer.errors import ExitCode, cli
 
 TOKENIZER_SAMPLE_CHARS = 16_000_000  # enough for a 4k-32k BPE; the stdlib corpus (12 M chars) fits whole
 _MAX_REPORTED_INPUTS = 100  # replacement counts listed per input in the manifest
@@ -272,6 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: returns 0, or 2 after one `error: ...` line on stderr for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -284,13 +285,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tfds_data_dir=args.tfds_data_dir, progress=not args.no_progress,
             command=shlex.join(["python", "-m", "trainer.data.prepare", *argv]),
         )
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ def resolve(
         items.extend(_file_item(f, text_field) for f in files)
     if max_files:
         items = items[:max_files]
+    if any(i.kind == "parquet" for i in items):
+        _import_pyarrow()
     items = _with_relative_names(items)
     return items, "inputs: " + ", ".join(inputs) + f" ({len(items)} items)"
 
@@ -275,6 +277,13 @@ def _value_document(key: str, value: object, item: Item) -> Iterator[Document]:
     else:
         raise DataError(f"{item.path}: field {item.field!r} holds {type(value).__name__}, not text")
     yield Document(key, text, replaced)
+
+
+def _import_pyarrow():
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise DataError('Parquet input needs pyarrow: pip install -e ".[parquet]"') from None
 
 
 def _import_tfds():

@@ -165,7 +165,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, num_threads: int 
     """Train a BPE model whose decode gives back the exact input text.
 
     byte_fallback covers any character; identity normalization, no dummy prefix and kept whitespace make
-    decode(encode(x)) == x (and agree with HF's LlamaTokenizerFast, see STACK.md); pad/unk/bos/eos are 0/1/2/3.
+    decode(encode(x)) == x (and agree with HF's LlamaTokenizerFast, see docs/pitfalls.md); pad/unk/bos/eos are 0/1/2/3.
     """
     import sentencepiece as spm
 

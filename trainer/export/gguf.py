@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from trainer import hf_mapping, parity
-from trainer.config import ConfigError, ModelConfig
+from trainer.config import ModelConfig
+from trainer.errors import ConversionError
+from trainer.export import mapping, parity
 
 QUANT_NAMES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
 KIND_OF = {"F32": "float32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}  # GGML type → parity rounding kind
@@ -35,7 +36,7 @@ def gguf_names(model: ModelConfig) -> dict[str, str]:
     gguf = _gguf()
     table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.num_layers)
     names = {}
-    for name in hf_mapping.hf_shapes(model):
+    for name in mapping.hf_shapes(model):
         base, suffix = name.rsplit(".", 1)
         names[name] = f"{table.get_name(base)}.{suffix}"
     return names
@@ -92,7 +93,7 @@ def _add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: 
         except (FileNotFoundError, TypeError):
             continue
     if vocab is None:
-        raise ConfigError("GGUF export supports SentencePiece, LLaMA-style and GPT-2-style BPE tokenizers only; "
+        raise ConversionError("GGUF export supports SentencePiece, LLaMA-style and GPT-2-style BPE tokenizers only; "
                           "use --format hf for this tokenizer")
     tokens, scores, types = [], [], []
     for text, score, kind in vocab.all_tokens():
@@ -100,7 +101,7 @@ def _add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: 
         scores.append(score)
         types.append(kind)
     if len(tokens) > vocab_size:
-        raise ConfigError(f"the tokenizer has {len(tokens)} tokens but model.vocab_size is {vocab_size}")
+        raise ConversionError(f"the tokenizer has {len(tokens)} tokens but model.vocab_size is {vocab_size}")
     for i in range(len(tokens), vocab_size):  # llama.cpp needs one token per embedding row
         tokens.append(f"[PAD{i}]".encode())
         scores.append(-1000.0)
@@ -135,7 +136,7 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
                gguf_type: str, name: str = "model") -> int:
     """Write the GGUF tensor by tensor (tensor infos first, then each converted tensor); returns the file's bytes."""
     gguf = _gguf()
-    shapes = hf_mapping.hf_shapes(model)
+    shapes = mapping.hf_shapes(model)
     names = gguf_names(model)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     writer.add_name(name)
@@ -160,13 +161,13 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for hf, w in hf_mapping.to_hf(params, model):
+    for hf, w in mapping.to_hf(params, model):
         w = np.asarray(w, np.float32)
         heads = _heads_if_permuted(hf, model)
         if heads is not None:
             w = permute_qk(w, heads)
         if gguf_type == "f16" and np.max(np.abs(w)) > np.finfo(np.float16).max:
-            raise ConfigError(f"{hf} exceeds the float16 range: use --gguf-type bf16 or q8_0")
+            raise ConversionError(f"{hf} exceeds the float16 range: use --gguf-type bf16 or q8_0")
         writer.write_tensor_data(gguf.quants.quantize(np.ascontiguousarray(w), types[hf]))
     writer.close()
     return os.path.getsize(path)
@@ -190,18 +191,18 @@ def read_gguf(path: str, model: ModelConfig) -> tuple[dict[str, np.ndarray], dic
 def check_gguf_weights(path: str, model: ModelConfig, params: dict[str, Any]) -> dict[str, Any]:
     """Read the GGUF back: each tensor within its quantisation's bound of ours; returns the stored weights as params."""
     tensors, kinds = read_gguf(path, model)
-    missing = sorted(set(hf_mapping.hf_shapes(model)) - set(tensors))
+    missing = sorted(set(mapping.hf_shapes(model)) - set(tensors))
     if missing:
         raise parity.ParityError(f"the GGUF lacks {missing[0]} (and {len(missing) - 1} more)")
-    parity.check_weights(hf_mapping.to_hf(params, model), tensors.__getitem__, kinds.__getitem__)
-    return hf_mapping.from_hf(tensors.__getitem__, dataclasses.replace(model, scan_layers="layers" in params))
+    parity.check_weights(mapping.to_hf(params, model), tensors.__getitem__, kinds.__getitem__)
+    return mapping.from_hf(tensors.__getitem__, dataclasses.replace(model, scan_layers="layers" in params))
 
 
 def verify_gguf(folder: str, filename: str, model: ModelConfig, params: dict[str, Any], gguf_type: str) -> str:
     """The weights read back, then transformers' GGUF loader against our model on the stored weights (fp32)."""
     stored = check_gguf_weights(os.path.join(folder, filename), model, params)
     if importlib.util.find_spec("accelerate") is None:
-        raise ConfigError("the GGUF parity check loads the file with transformers, which needs accelerate: "
+        raise ConversionError("the GGUF parity check loads the file with transformers, which needs accelerate: "
                           "pip install accelerate (or pass --no-verify)")
     tokens = parity.sample_tokens(model.vocab_size, length=min(64, model.max_seq_len))
     ours_stored = parity.jax_logits(model, stored, tokens)

@@ -23,12 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from trainer.config import ConfigError, ModelConfig
-
-
-class MappingError(ConfigError):
-    """Parameters or a Hugging Face config that do not fit the model; the message is one actionable line."""
-
+from trainer.config import ModelConfig
+from trainer.errors import MappingError
 
 # (our path inside a layer, HF name inside `model.layers.N.`)
 _LAYER_TENSORS = (

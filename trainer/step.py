@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer import sharding
 from trainer.config import Config
-from trainer.model import Transformer
+from trainer.model.transformer import Transformer
 from trainer.optim import make_optimizer
 
 Batch = dict[str, jax.Array]
@@ -35,8 +35,8 @@ class TrainState:
 
 
 @dataclass(frozen=True)
-class Trainer:
-    """The compiled pieces of one job on one mesh: model, optimizer, shardings and jitted functions."""
+class StepFunctions:
+    """The jitted step functions of one job on one mesh, with the model, optimizer and shardings they close over."""
 
     config: Config
     mesh: Mesh
@@ -50,8 +50,12 @@ class Trainer:
     train_step: "InMesh"  # (TrainState, Batch) -> (TrainState, metrics)
     eval_step: "InMesh"  # (params, Batch) -> {"nll_sum", "tokens"}
 
+    def global_batch(self, local: dict[str, Any]) -> Batch:
+        """This process's rows of a batch (numpy) → global arrays laid out for the steps (every process calls it)."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, local[k]) for k in BATCH_KEYS}
 
-def make_trainer(config: Config, mesh: Mesh) -> Trainer:
+
+def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
     """Build model, optimizer and the jitted init / train / eval functions with explicit shardings (nothing allocated)."""
     model = Transformer(config.model)
     tx, schedule = make_optimizer(config.optimizer, config.train.steps)
@@ -101,7 +105,7 @@ def make_trainer(config: Config, mesh: Mesh) -> Trainer:
             out_shardings=(state_shardings, replicated), donate_argnums=0,
         )
         jit_eval = jax.jit(eval_step, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
-    return Trainer(
+    return StepFunctions(
         config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
         state_shardings=state_shardings, batch_sharding=batch_sharding,
         init=InMesh(jit_init, mesh, config), train_step=InMesh(jit_train, mesh, config),

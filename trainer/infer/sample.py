@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from trainer import sharding
 from trainer.config import Config
-from trainer.model import Transformer
+from trainer.model.transformer import Transformer
 
 
 def greedy(config: Config, mesh: Any, params: Any, prompt: list[int], num_tokens: int) -> list[int]:

@@ -30,7 +30,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | No
 
 def check_available(implementation: str) -> None:
     """Refuse, in one line, a kernel that this run's backend can't execute (cuDNN off GPUs, Splash off TPUs)."""
-    from trainer.config import ConfigError
+    from trainer.errors import ConfigError
 
     needed, actual = PLATFORM[implementation], jax.devices()[0].platform
     if needed is not None and actual != needed:
@@ -76,8 +76,12 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     GQA by repeating kv heads per group; the kernel wants [heads, length, head_dim] per example and a pre-scaled query.
     """
     from flax import linen as nn
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernel,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as masks,
+    )
 
     batch, length, heads, head_dim = q.shape
     groups = heads // k.shape[2]

@@ -16,14 +16,12 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from trainer.config import ConfigError, ModelConfig
+from trainer.config import ModelConfig
+from trainer.errors import ParityError
 
 TOLERANCE = 1e-4  # |Δlogit| / max|logit| between two fp32 programs running the same weights
 DRIFT_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}
 
-
-class ParityError(ConfigError):
-    """The exported model does not reproduce ours; the message is one line with the figure and the tolerance."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +52,7 @@ def jax_logits(model: ModelConfig, params: dict[str, Any], tokens: np.ndarray) -
     """Our `trainer.model.Transformer` in fp32 on `tokens` [batch, length] → logits [batch, length, vocab]."""
     import jax
 
-    from trainer.model import Transformer
+    from trainer.model.transformer import Transformer
 
     as_fp32 = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     module = Transformer(fp32_model(model, params))

@@ -8,8 +8,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from trainer import flops, sharding
+from trainer import sharding
 from trainer.config import Config
+from trainer.model import flops
 
 
 def _path(path: tuple[Any, ...]) -> str:

@@ -1,0 +1,74 @@
+"""Errors a person can act on, the exit codes every command uses, and the wrapper that turns one into the other.
+
+Every user-facing mistake (a config value, a path, a corrupt file, an export that can't be written) raises a subclass
+of `ConfigError` whose message is one line saying what to change. `cli` runs a command's `main`, prints such an error
+as `error: <message>` on stderr and returns its exit code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import sys
+from typing import Callable
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of every command (the supervisor decides on restarts from them)."""
+
+    OK = 0
+    FAILURE = 1  # a crash, or a check that ran and failed (e.g. export parity)
+    USAGE = 2  # a config, argument, path or file a person must fix; restarting won't help
+    NONFINITE = 3  # training stopped after too many non-finite steps in a row
+    INTERRUPTED = 130  # Ctrl-C (SIGINT); a checkpoint was saved
+    TERMINATED = 143  # SIGTERM (preemption); a checkpoint was saved
+
+
+class ConfigError(ValueError):
+    """Input a person must change (config, argument, path, file); the message is one actionable line."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DataError(ConfigError):
+    """Input data or a prepared dataset the pipeline can't use."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that can't be found, read or restored."""
+
+
+class MappingError(ConfigError):
+    """Parameters or an HF config that don't match the LLaMA layout the exporters map."""
+
+
+class ConversionError(ConfigError):
+    """Input the exporters can't use (output folder, tokenizer, dtype range)."""
+
+
+class ParityError(ConfigError):
+    """An export whose weights, logits or tokenizer differ from the run's beyond tolerance."""
+
+    exit_code = ExitCode.FAILURE
+
+
+def report(error: ConfigError) -> int:
+    """Print `error` as one line on stderr; return its exit code."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    return int(error.exit_code)
+
+
+def cli(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a command's `main(argv)`: a `ConfigError` becomes one line and its exit code, Ctrl-C exit 130."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return int(main(*args, **kwargs))
+        except ConfigError as e:
+            return report(e)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr, flush=True)
+            return int(ExitCode.INTERRUPTED)
+
+    return wrapped

@@ -1,0 +1,1 @@
+"""Evaluation of a model: `loss` (validation loss and perplexity on the held-out split)."""

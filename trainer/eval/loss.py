@@ -1,0 +1,28 @@
+"""Validation loss and perplexity of a model on the held-out split of its data."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+
+from trainer.config import Config
+from trainer.step import StepFunctions
+
+
+def evaluate(config: Config, step_fns: StepFunctions, params: Any) -> dict[str, float]:
+    """Validation loss and perplexity over `eval.batches` deterministic batches of the held-out split."""
+    from trainer.data.pipeline import make_eval_iterator
+
+    batches = make_eval_iterator(config.data, seq_len=config.train.seq_len,
+                                 global_batch_size=config.train.global_batch_size,
+                                 process_index=jax.process_index(), process_count=jax.process_count(),
+                                 num_batches=config.eval.batches)
+    nll, tokens = 0.0, 0.0
+    for local in batches:
+        out = jax.device_get(step_fns.eval_step(params, step_fns.global_batch(local)))
+        nll += float(out["nll_sum"])
+        tokens += float(out["tokens"])
+    loss = nll / max(tokens, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}

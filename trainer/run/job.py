@@ -1,0 +1,152 @@
+"""The job around the step loop: checks that fail fast, data preparation, the run folder, and the state to start
+from (this run's latest checkpoint, another run's, or fresh).
+
+A stopped run (SIGTERM, Ctrl-C, a crash) started again with the same run folder continues exactly as if it had
+never stopped: the train state and every process's data iterator come back from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+
+from trainer import checkpoint, distributed, sharding, storage
+from trainer.config import Config
+from trainer.errors import ConfigError
+from trainer.model.attention import check_available
+from trainer.run.loop import StopRequest, train
+from trainer.run.metrics import MetricsLogger
+from trainer.step import StepFunctions, TrainState, make_step_functions
+
+PLACEHOLDER = "YOUR_BUCKET"
+
+
+def _data_paths(config: Config) -> list[str]:
+    d = config.data
+    paths = [d.path] if d.path else []
+    paths += [c.path for c in d.mixture] + [c.path for s in d.stages for c in s.mixture]
+    return paths
+
+
+def check_reachable(config: Config) -> None:
+    """Fail in one line, before any work, on a placeholder bucket or a path this machine can't reach."""
+    from trainer.data.shards import prepare_hint
+
+    for key, path in [("run.dir", config.run.dir)] + [("data.path", p) for p in _data_paths(config)]:
+        if PLACEHOLDER in path:
+            raise ConfigError(
+                f"{key}={path} is the example placeholder: prepare your shards with "
+                f"`{prepare_hint('gs://<bucket>/<name>/data')}` and override data.path=gs://<bucket>/... "
+                "and run.dir=gs://<bucket>/... (docs/data.md)")
+        if storage.is_remote(path):
+            quiet = logging.getLogger("gcsfs")
+            level = quiet.level
+            quiet.setLevel(logging.CRITICAL)  # its retry tracebacks would bury the one line below
+            try:
+                storage.exists(path)
+            except Exception as e:  # network, DNS, credentials: whatever the storage client raises
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                raise ConfigError(f"can't reach {key}={path} ({reason}); check the machine's network and "
+                                  "credentials, or point it at a reachable folder") from None
+            finally:
+                quiet.setLevel(level)
+
+
+def _prepare_data(config: Config) -> None:
+    from trainer.data.prepare import ensure_prepared
+
+    if jax.process_index() == 0:
+        ensure_prepared(config.data)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("data prepared")
+
+
+def _check_run_dir(config: Config) -> None:
+    """Refuse to resume a run folder written with a different model (its checkpoints could not be restored)."""
+    path = storage.join(config.run.dir, "config.yaml")
+    if not storage.exists(path):
+        return
+    previous = checkpoint.read_run_config(config.run.dir)
+    if previous.model != config.model:
+        raise ConfigError(f"{config.run.dir} holds a run of a different model; use a new run.dir or the same model.*")
+
+
+def _copy_tokenizer(config: Config) -> None:
+    from trainer.data import mixture
+
+    source = mixture.plan(config.data)[0].components[0].path
+    target = storage.join(config.run.dir, "tokenizer")
+    for name in ("tokenizer.model", "tokenizer"):
+        src = storage.join(source, name)
+        if storage.exists(src) and not storage.isdir(src):
+            storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(src))
+        elif storage.isdir(src):
+            for file in storage.listdir(src):
+                storage.write_bytes_atomic(storage.join(target, file), storage.read_bytes(storage.join(src, file)))
+
+
+def _initial_state(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any,
+                   log: MetricsLogger) -> TrainState:
+    latest = ckpt.latest_step()
+    if latest is not None:
+        log.say(f"resuming from {ckpt.directory}/{latest}")
+        return ckpt.restore(latest, step_fns.abstract_state, data_iter)
+    state = step_fns.init(jax.random.key(config.train.seed))
+    if config.checkpoint.restore_from:
+        reference = config.checkpoint.restore_from
+        if config.checkpoint.restore_params_only:
+            params, step = checkpoint.restore_params_from(reference, step_fns.abstract_state.params)
+            state = state.replace(params=params)
+        else:
+            state, step = checkpoint.restore_state_from(reference, step_fns.abstract_state)
+        what = "params only" if config.checkpoint.restore_params_only else "whole state"
+        log.say(f"started from {reference} (step {step}, {what})")
+    return state
+
+
+def run(config: Config) -> int:
+    """Run the job described by `config` to `train.steps`; returns the process exit code."""
+    check_reachable(config)
+    distributed.initialize(config.distributed)
+    check_available(config.model.attention)
+    mesh = sharding.make_mesh(config.mesh)
+    mesh_shape = dict(mesh.shape)
+    sharding.check_batch_divisible(config, mesh_shape, jax.process_count())
+    is_main = jax.process_index() == 0
+    log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard)
+
+    _prepare_data(config)
+    from trainer.data import pipeline
+
+    vocab = pipeline.dataset_vocab_size(config.data)
+    if vocab is not None and vocab > config.model.vocab_size:
+        raise ConfigError(f"the data's tokenizer has {vocab} ids but model.vocab_size={config.model.vocab_size}; "
+                          f"set model.vocab_size={vocab} or more")
+    _check_run_dir(config)
+    if is_main:
+        storage.makedirs(config.run.dir)
+        checkpoint.write_run_config(config.run.dir, config)
+        _copy_tokenizer(config)
+        log.say(pipeline.describe(config.data))
+
+    pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
+        config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
+    step_fns = make_step_functions(config, mesh)
+    data_iter = pipeline.make_train_iterator(
+        config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+        seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
+    state = _initial_state(config, step_fns, ckpt, data_iter, log)
+    stop = StopRequest()
+    try:
+        return train(config, step_fns, ckpt, data_iter, state, stop, log)
+    finally:
+        stop.restore()
+        ckpt.close()
+        data_iter.close()
+        log.close()

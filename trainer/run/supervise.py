@@ -1,0 +1,72 @@
+"""`python -m trainer.supervise [--max-restarts N] [--backoff S] -- python -m trainer.main CONFIG ...`
+
+Restarts a crashed training job with exponential back-off; each restart resumes from the run's latest checkpoint
+(the trainer does that by itself). Stops on success, on a stop request (SIGTERM/SIGINT, forwarded to the job),
+and on errors a restart can't fix: a bad config (exit code 2) or repeated non-finite losses (exit code 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+
+from trainer.errors import ConfigError, cli
+
+FINAL_EXIT_CODES = {0: "finished", 2: "configuration error", 3: "non-finite losses", 130: "interrupted",
+                    143: "stopped by SIGTERM"}
+
+
+def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff: float = 300.0) -> int:
+    """Run `command` until it succeeds or fails in a way a restart can't fix; returns the last exit code."""
+    child: subprocess.Popen | None = None
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        restarts = 0
+        while True:
+            child = subprocess.Popen(command)
+            code = child.wait()
+            if code in FINAL_EXIT_CODES or stopping:
+                why = FINAL_EXIT_CODES.get(code, "stop requested")
+                print(f"supervise: job exited with code {code} ({why}); not restarting", file=sys.stderr, flush=True)
+                return code
+            if restarts >= max_restarts:
+                print(f"supervise: job exited with code {code}; giving up after {restarts} restart(s)",
+                      file=sys.stderr, flush=True)
+                return code
+            delay = min(backoff * 2**restarts, max_backoff)
+            restarts += 1
+            print(f"supervise: job exited with code {code}; restart {restarts}/{max_restarts} in {delay:.1f}s "
+                  "(resuming from the latest checkpoint)", file=sys.stderr, flush=True)
+            time.sleep(delay)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    """Parse `[options] -- command ...` and supervise the command."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.supervise", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--max-restarts", type=int, default=10, help="restarts before giving up (default 10)")
+    parser.add_argument("--backoff", type=float, default=5.0, help="first delay in seconds, doubled each time")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- followed by the job's command")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ConfigError("give the job's command after --, e.g. -- python -m trainer.main configs/tiny.yml")
+    return supervise(command, args.max_restarts, args.backoff)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
