@@ -75,7 +75,8 @@ def measure(megabytes: int, directory: str, mesh: jax.sharding.Mesh) -> dict[str
 def main() -> None:
     """Measure each size and print the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000],
+                        help="train-state sizes to save and restore, in MiB (default: 100 1000)")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder, removed after)")
     args = parser.parse_args()
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))

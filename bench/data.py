@@ -118,11 +118,11 @@ def _train_consumption(result: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per row (default 1024)")
+    parser.add_argument("--batch", type=int, default=16, help="rows per batch (default 16)")
+    parser.add_argument("--batches", type=int, default=100, help="batches timed per pipeline (default 100)")
     parser.add_argument("--max-files", type=int, default=None, help="prepare only part of the stdlib (quick runs)")
-    parser.add_argument("--skip-gcs", action="store_true")
+    parser.add_argument("--skip-gcs", action="store_true", help="no gs:// figures (no emulator started)")
     parser.add_argument("--skip-train", action="store_true", help="no train-step consumption figures")
     args = parser.parse_args(argv)
 

@@ -56,6 +56,9 @@ def test_run_folder_has_config_metrics_curve_tensorboard_and_tokenizer(corpus, r
     assert {"config.yaml", "metrics.jsonl", "loss.png", "tensorboard", "checkpoints", "tokenizer"} <= names
     rows = [l for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert any('"eval_loss"' in r for r in rows) and all('"step"' in r for r in rows)
+    again = train(config)  # a finished run started again says so and changes nothing
+    assert "already done" in again and "sample (greedy)" not in again
+    assert [l for l in open(os.path.join(run_dir, "metrics.jsonl"))] == rows
 
 
 def test_stop_and_resume_is_bitwise_identical(corpus, reference, tmp_path):

@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder (local)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="safetensors dtype (default: the checkpoint's param dtype, i.e. lossless)")
-    p.add_argument("--format", choices=("hf", "gguf"), default="hf")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf: a transformers folder (safetensors); gguf: one llama.cpp file (default: hf)")
     p.add_argument("--gguf-type", choices=("f16", "bf16", "q8_0"), default="f16", help="with --format gguf")
     p.add_argument("--max-shard-size", default="2GB", help="largest safetensors file, e.g. 2GB, 500MB")
     p.add_argument("--tokenizer", default=None,

@@ -71,8 +71,13 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any, state: TrainState,
            stop: StopRequest, log: MetricsLogger) -> int:
+    """Run steps from `state` to `train.steps`; returns the exit code (OK, NONFINITE, or the stop signal's)."""
     t = config.train
     step = int(jax.device_get(state.step))
+    if step >= t.steps:
+        log.say(f"already done: {config.run.dir} holds step {step} of train.steps={t.steps}; raise train.steps to "
+                "train on, or choose a new run.dir")
+        return ExitCode.OK
     tokens_per_step = t.global_batch_size * t.seq_len
     speed = Speedometer(tokens_per_step, flops.flops_per_token(config.model, t.seq_len), jax.device_count(),
                         flops.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops))
@@ -88,6 +93,7 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
             log.flush()
 
     first_step = step
+    log.say("compiling the train step (the first step includes it) …")
     window_start, window_steps, started = time.perf_counter(), 0, time.perf_counter()
     pending: tuple[int, Any] | None = None  # the previous step's metrics, checked once the next step is queued
 

@@ -13,14 +13,20 @@ import subprocess
 import sys
 import time
 
-from trainer.errors import ConfigError, cli
+from trainer.errors import ConfigError, ExitCode, cli
 
-FINAL_EXIT_CODES = {0: "finished", 2: "configuration error", 3: "non-finite losses", 130: "interrupted",
-                    143: "stopped by SIGTERM"}
+FINAL_EXIT_CODES = {ExitCode.OK: "finished", ExitCode.USAGE: "configuration error",
+                    ExitCode.NONFINITE: "non-finite losses", ExitCode.INTERRUPTED: "interrupted",
+                    ExitCode.TERMINATED: "stopped by SIGTERM"}
 
 
-def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff: float = 300.0) -> int:
-    """Run `command` until it succeeds or fails in a way a restart can't fix; returns the last exit code."""
+def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff: float = 300.0,
+              healthy_after: float = 3600.0) -> int:
+    """Run `command` until it succeeds or fails in a way a restart can't fix; returns the last exit code.
+
+    `max_restarts` counts crashes in a row: a job that ran `healthy_after` seconds or more before crashing made
+    progress, so the count and the back-off start again (a week-long run may meet many unrelated crashes).
+    """
     child: subprocess.Popen | None = None
     stopping = False
 
@@ -34,8 +40,13 @@ def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff
     try:
         restarts = 0
         while True:
+            started = time.monotonic()
             child = subprocess.Popen(command)
             code = child.wait()
+            if time.monotonic() - started >= healthy_after and restarts:
+                print(f"supervise: the job ran {time.monotonic() - started:.0f}s before exiting: restart count reset",
+                      file=sys.stderr, flush=True)
+                restarts = 0
             if code in FINAL_EXIT_CODES or stopping:
                 why = FINAL_EXIT_CODES.get(code, "stop requested")
                 print(f"supervise: job exited with code {code} ({why}); not restarting", file=sys.stderr, flush=True)
@@ -58,14 +69,17 @@ def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff
 def main(argv: list[str] | None = None) -> int:
     """Parse `[options] -- command ...` and supervise the command."""
     parser = argparse.ArgumentParser(prog="python -m trainer.supervise", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--max-restarts", type=int, default=10, help="restarts before giving up (default 10)")
+    parser.add_argument("--max-restarts", type=int, default=10,
+                        help="restarts in a row before giving up (default 10)")
     parser.add_argument("--backoff", type=float, default=5.0, help="first delay in seconds, doubled each time")
+    parser.add_argument("--healthy-after", type=float, default=3600.0,
+                        help="a job that ran this many seconds before crashing resets the restart count (default 3600)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- followed by the job's command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise ConfigError("give the job's command after --, e.g. -- python -m trainer.main configs/tiny.yml")
-    return supervise(command, args.max_restarts, args.backoff)
+    return supervise(command, args.max_restarts, args.backoff, healthy_after=args.healthy_after)
 
 
 if __name__ == "__main__":
