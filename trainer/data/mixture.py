@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import grain
 
+from trainer.config import DataConfig
 from trainer.data import DataError
 from trainer.data.shards import Manifest, read_manifest
 
@@ -33,7 +34,7 @@ class Phase:
     components: tuple[Component, ...]
 
 
-def plan(data: Any) -> list[Phase]:
+def plan(data: DataConfig) -> list[Phase]:
     """The stages of a DataConfig, manifests read and checked (same tokenizer everywhere, positive weights)."""
     if data.stages:
         raw = [(s.start_step, [(c.path, c.weight) for c in s.mixture]) for s in data.stages]

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 import grain
 import numpy as np
 
+from trainer.config import DataConfig
 from trainer.data import DataError, packing
 from trainer.data import mixture as mixture_lib
 
@@ -50,7 +51,7 @@ def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def stream_count(data: Any, global_batch_size: int, process_count: int) -> int:
+def stream_count(data: DataConfig, global_batch_size: int, process_count: int) -> int:
     """How many independent row streams make up every global batch (`data.streams`, default gcd(64, batch)).
 
     The streams, not the hosts, own the documents: stream s reads documents s, s+S, s+2S, … of each epoch's
@@ -68,7 +69,7 @@ def stream_count(data: Any, global_batch_size: int, process_count: int) -> int:
 
 def _streams(
     phase: mixture_lib.Phase,
-    data: Any,
+    data: DataConfig,
     *,
     split: str,
     seq_len: int,
@@ -117,7 +118,7 @@ def merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return _TO_BATCH.map({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
-def _with_prefetch(ds: grain.IterDataset, data: Any) -> grain.IterDataset:
+def _with_prefetch(ds: grain.IterDataset, data: DataConfig) -> grain.IterDataset:
     if data.worker_count > 0:
         _ensure_absl_flags()
         options = grain.MultiprocessingOptions(num_workers=data.worker_count,
@@ -144,7 +145,7 @@ class TrainIterator:
     its own streams out of the merged state (`set_state`). States hold indices and counters, never data.
     """
 
-    def __init__(self, data: Any, *, seq_len: int, global_batch_size: int, seed: int, process_index: int,
+    def __init__(self, data: DataConfig, *, seq_len: int, global_batch_size: int, seed: int, process_index: int,
                  process_count: int):
         self._inners: dict[int, Any] = {}
         if not 0 <= process_index < process_count:
@@ -252,14 +253,14 @@ def _slices_as_tuples(state: Any) -> Any:
     return state
 
 
-def make_train_iterator(data: Any, *, seq_len: int, global_batch_size: int, seed: int, process_index: int,
+def make_train_iterator(data: DataConfig, *, seq_len: int, global_batch_size: int, seed: int, process_index: int,
                         process_count: int) -> TrainIterator:
     """This process's infinite training batches for `data` (a DataConfig); see the module docstring for the contract."""
     return TrainIterator(data, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed,
                          process_index=process_index, process_count=process_count)
 
 
-def make_eval_iterator(data: Any, *, seq_len: int, global_batch_size: int, process_index: int, process_count: int,
+def make_eval_iterator(data: DataConfig, *, seq_len: int, global_batch_size: int, process_index: int, process_count: int,
                        num_batches: int) -> Iterator[dict[str, Any]]:
     """`num_batches` deterministic batches of the validation split (the last stage's mixture), fresh each call.
 
@@ -306,7 +307,7 @@ def _close_and_wait(it: grain.DatasetIterator) -> None:
         stack.extend(getattr(node, "_parents", ()))
 
 
-def describe(data: Any) -> str:
+def describe(data: DataConfig) -> str:
     """One line per stage for the logs: sources, sizes, weights and how rows are built."""
     phases = mixture_lib.plan(data)
     lines = []
@@ -335,7 +336,7 @@ def _short(n: int) -> str:
     return str(n)
 
 
-def dataset_vocab_size(data: Any) -> Optional[int]:
+def dataset_vocab_size(data: DataConfig) -> Optional[int]:
     """The tokenizer vocabulary of the configured data (to check model.vocab_size against); None when unset."""
     if not (data.path or data.mixture or data.stages):
         return None

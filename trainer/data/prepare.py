@@ -20,6 +20,7 @@ import time
 from typing import Any, Iterator, Optional, Sequence
 
 from trainer import storage
+from trainer.config import DataConfig
 from trainer.data import DataError, sources
 from trainer.data import shards as shards_lib
 from trainer.data import tokenizer as tokenizer_lib
@@ -105,7 +106,7 @@ def prepare(
     return manifest
 
 
-def ensure_prepared(data: Any, progress: bool = True) -> Optional[Manifest]:
+def ensure_prepared(data: DataConfig, progress: bool = True) -> Optional[Manifest]:
     """Prepare `data.prepare_corpus` into `data.path` when that folder holds no manifest yet (first run of a recipe).
 
     Returns the new manifest, or None when nothing had to be done. On several hosts, call it on one process (or on
