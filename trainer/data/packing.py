@@ -15,6 +15,7 @@ import grain
 import numpy as np
 
 from trainer.data import DataError
+from trainer.data.integrity import ShardSource
 from trainer.data.shards import Manifest, decode_record
 
 
@@ -100,7 +101,7 @@ def documents(
     if not paths:
         hint = " (prepare with --val-fraction > 0)" if split == "val" else ""
         raise DataError(f"{manifest.location} holds no {split} documents{hint}")
-    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+    ds = grain.MapDataset.source(ShardSource(manifest, split))  # a damaged shard fails naming its file
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat()  # reseeds the shuffle each epoch

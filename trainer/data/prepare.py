@@ -3,6 +3,7 @@
     python -m trainer.data.prepare --corpus stdlib --out data/stdlib --vocab-size 4096
     python -m trainer.data.prepare --input 'corpus/*.jsonl' --text-field text --out gs://bucket/data/web
     python -m trainer.data.prepare --input docs/ --tokenizer hf_tokenizer_folder/ --bos --out data/docs
+    python -m trainer.data.prepare --verify data/docs      (every shard's record count and sha256 vs the manifest)
 
 Inputs are read in parallel (one work unit = a group of input files), documents get EOS (and BOS with --bos), a
 seeded hash of each document's key sends it to the validation split, and every unit writes a sidecar after its shards
@@ -115,7 +116,11 @@ def ensure_prepared(data: DataConfig, progress: bool = True) -> Optional[Manifes
     if not data.prepare_corpus or not data.path:
         return None
     if storage.exists(storage.join(data.path, shards_lib.MANIFEST_FILE)):
-        return None
+        try:
+            shards_lib.read_manifest(data.path)
+            return None
+        except DataError as e:  # a damaged manifest: prepare again; finished parts are verified and kept
+            print(f"warning: {e.args[0].split(';')[0]}; preparing {data.path} again", file=sys.stderr)
     return prepare(corpus=data.prepare_corpus, out=data.path, vocab_size=data.prepare_vocab_size,
                    val_fraction=data.prepare_val_fraction, progress=progress,
                    command=f"auto-prepare corpus={data.prepare_corpus} vocab_size={data.prepare_vocab_size} "
@@ -176,8 +181,11 @@ def _claim_folder(out: str, tok: tokenizer_lib.Tokenizer) -> str:
     manifest_path = storage.join(out, shards_lib.MANIFEST_FILE)
     theirs: Optional[str] = None
     if storage.exists(manifest_path):
-        theirs = storage.read_json(manifest_path).get("tokenizer", {}).get("sha256")
-    else:
+        try:
+            theirs = storage.read_json(manifest_path).get("tokenizer", {}).get("sha256")
+        except (ValueError, AttributeError):  # a damaged manifest: judge by the tokenizer file; it gets rewritten
+            pass
+    if theirs is None:
         existing = _existing_tokenizer(out)
         if existing is not None:
             theirs = existing.sha256
@@ -256,7 +264,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="text files/folders/globs (one document per file), .jsonl, .parquet, tfds:NAME[:SPLIT], "
                           "hf:PATH_OR_NAME[:SPLIT]; repeatable")
     src.add_argument("--corpus", choices=["stdlib"], help="the built-in corpus: this Python's standard library sources")
-    p.add_argument("--out", required=True, help="output folder or gs://bucket/path")
+    src.add_argument("--verify", metavar="DIR",
+                     help="check a prepared folder instead: every shard's record count and sha256 against its "
+                          "manifest (exit 1 and the damaged shards listed when any differ)")
+    p.add_argument("--out", help="output folder or gs://bucket/path (required unless --verify)")
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--vocab-size", type=int, default=4096,
                      help="train a SentencePiece BPE of this size (default 4096)")
@@ -277,7 +288,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: returns 0, or 2 after one `error: ...` line on stderr for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verify:
+        from trainer.data.integrity import verify_folder
+
+        return verify_folder(args.verify, progress=not args.no_progress)
+    if not args.out:
+        parser.error("the following arguments are required: --out")
     try:
         prepare(
             inputs=args.input or (), out=args.out, vocab_size=args.vocab_size, corpus=args.corpus,

@@ -126,12 +126,22 @@ def read_manifest(path: str) -> Manifest:
     if not storage.exists(manifest_path):
         what = "does not exist" if not storage.exists(path) else "holds no manifest.json (not prepared, or unfinished)"
         raise DataError(f"data path {path} {what}; prepare it with: {prepare_hint(path)}")
-    raw = storage.read_json(manifest_path)
+    damaged = (f"; re-run the prepare command that made it with the same --out (finished parts are verified and "
+               f"kept, the manifest is rewritten): {prepare_hint(path)}")
+    try:
+        raw = storage.read_json(manifest_path)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a truncated or overwritten file
+        raise DataError(f"{manifest_path} is damaged (not valid JSON: {e})" + damaged) from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{manifest_path} is damaged (not a JSON object)" + damaged)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(f"{manifest_path} has format version {version}; this trainer reads {FORMAT_VERSION}: "
                         "prepare it again")
-    return Manifest.from_dict(raw, location=path)
+    try:
+        return Manifest.from_dict(raw, location=path)
+    except (TypeError, ValueError, AttributeError) as e:  # keys missing or of the wrong type
+        raise DataError(f"{manifest_path} is damaged (unexpected content: {e})" + damaged) from None
 
 
 def write_manifest(folder: str, manifest: Manifest) -> None:

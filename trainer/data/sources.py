@@ -251,6 +251,17 @@ def _read_jsonl(item: Item) -> Iterator[Document]:
 
 
 def _read_parquet(item: Item) -> Iterator[Document]:
+    import pyarrow
+
+    try:
+        yield from _parquet_documents(item)
+    except pyarrow.ArrowException as e:  # not Parquet, truncated, or a damaged page
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{item.path} is not a readable Parquet file ({reason}); replace it or leave it out of "
+                        "--input") from None
+
+
+def _parquet_documents(item: Item) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     with storage.open_file(item.path, "rb") as f:

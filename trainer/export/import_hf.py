@@ -41,8 +41,15 @@ def read_hf_config(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{path} is missing: --hf must be a Hugging Face model folder")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is damaged (not valid JSON: {e}): re-download or re-save the model folder") \
+            from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} is damaged (not a JSON object): re-download or re-save the model folder")
+    return config
 
 
 def resolved_config(hf_config: dict[str, Any], run_dir: str) -> Config:

@@ -78,18 +78,19 @@ class SafetensorsFolder:
     """Read access by tensor name to the safetensors files of a written folder (what the parity check reads back)."""
 
     def __init__(self, folder: str):
-        from safetensors import safe_open
-
         index = os.path.join(folder, "model.safetensors.index.json")
         if os.path.exists(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
+            try:
+                with open(index) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConversionError(f"{index} is damaged ({type(e).__name__}: {e}): re-download or re-save the "
+                                      "model folder") from None
         else:
-            with safe_open(os.path.join(folder, "model.safetensors"), framework="numpy") as handle:
+            with _open(os.path.join(folder, "model.safetensors")) as handle:
                 weight_map = {name: "model.safetensors" for name in handle.keys()}
         self._weight_map = weight_map
-        self._files = {name: safe_open(os.path.join(folder, name), framework="numpy")
-                       for name in sorted(set(weight_map.values()))}
+        self._files = {name: _open(os.path.join(folder, name)) for name in sorted(set(weight_map.values()))}
 
     def names(self) -> list[str]:
         """Every tensor name in the folder."""
@@ -102,4 +103,22 @@ class SafetensorsFolder:
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._weight_map:
             raise MappingError(f"tensor {name} is missing from the safetensors files")
-        return self._files[self._weight_map[name]].get_tensor(name)
+        file = self._weight_map[name]
+        try:
+            return self._files[file].get_tensor(name)
+        except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
+            raise ConversionError(f"tensor {name} of {file} can't be read ({e}): re-download or re-save the "
+                                  "model folder") from None
+
+
+def _open(path: str) -> Any:
+    """`safe_open` whose failure (missing, truncated or not safetensors) is one line naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path} is missing: the folder's weights (or their index) are incomplete")
+    try:
+        return safe_open(path, framework="numpy")
+    except SafetensorError as e:
+        raise ConversionError(f"{path} is damaged or truncated ({e}): re-download or re-save the model folder") \
+            from None
