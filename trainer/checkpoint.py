@@ -11,9 +11,12 @@ killed mid-write leaves nothing that `latest_step` would pick up: the previous c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any
+import re
+import sys
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -35,6 +38,44 @@ class _StepMetadataElsewhere(logging.Filter):
 
 logging.getLogger("absl").addFilter(_StepMetadataElsewhere())
 
+
+def _quiet_abandoned_reads(previous: Any) -> Any:
+    """When a restore fails (a damaged step), Orbax closes its event loop while tensorstore reads are still in
+    flight; each read that completes later reports 'Event loop is closed' as an unraisable exception, dozens of
+    tracebacks that say nothing about the failure (reported in one line). Those, and only those, are dropped."""
+
+    def hook(unraisable: Any) -> None:
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+                and tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"):
+            return
+        previous(unraisable)
+
+    return hook
+
+
+sys.unraisablehook = _quiet_abandoned_reads(sys.unraisablehook)
+
+
+
+DAMAGED_DIR = "damaged_checkpoints"  # where steps that can't be restored are kept, beside checkpoints/
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED")
+
+
+def _gist(error: BaseException) -> str:
+    """A tensorstore/Orbax error in a few words: its status code and innermost clause (they run to 2,000 chars)."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0].split(" [tensorstore_spec")[0]
+    code = re.match(r"[A-Z_]{4,}: ", text)
+    if code is None:
+        return text[:200]
+    return (code.group(0) + text.rsplit(": ", 1)[-1])[:200]
+
+
+def _is_transient(error: BaseException) -> bool:
+    """A store that is unreachable or refused access (retrying later may work), rather than damaged data."""
+    return any(code in str(error)[:300] for code in _TRANSIENT) or isinstance(error, (ConnectionError, TimeoutError))
 
 
 def checkpoint_dir(run_dir: str) -> str:
@@ -65,6 +106,55 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         """The newest complete step, or None when the run has no checkpoint yet."""
         return self.manager.latest_step()
+
+    def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, int] | None:
+        """Restore the newest step that can be read; None when the run has no checkpoint yet.
+
+        A committed step whose files were damaged afterwards (truncated by a disk or a bad copy: Orbax's commit
+        marker can't tell) costs that step, not the run: when an older step restores, the damaged newer ones are
+        moved to `RUN/damaged_checkpoints/` (out of Orbax's view, never deleted) with one warning line each, and the
+        run continues from the older step exactly as if they had never been written. When no step restores (a
+        different optimizer or a store that can't be reached), nothing is moved: one CheckpointError.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failed: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+                error = None
+            except Exception as e:  # tensorstore / Orbax / JSON errors of a damaged step
+                if _is_transient(e):
+                    raise CheckpointError(f"can't read checkpoint {self.directory}/{step} ({_gist(e)}): the store "
+                                          "is unreachable or refused; run again when it is back") from None
+                error = _gist(e)
+            if all(distributed.allgather_json(error is None)):  # every process restored this step
+                for bad, reason in failed:
+                    aside = self._set_aside(bad)
+                    if jax.process_index() == 0:
+                        print(f"warning: checkpoint {self.directory}/{bad} is damaged ({reason}); moved it to "
+                              f"{aside} and resuming from step {step}", file=sys.stderr, flush=True)
+                if failed:
+                    self.manager.reload()
+                return state, step
+            failed.append((step, error or "another process could not read it"))
+        if not failed:
+            return None
+        listed = ", ".join(str(s) for s, _ in failed)
+        raise CheckpointError(f"no checkpoint of {self.directory} can be restored (steps {listed}; newest: "
+                              f"{failed[0][1]}): was the run's optimizer or code changed? Use a new run.dir, or "
+                              "move checkpoints/ away to start over")
+
+    def _set_aside(self, step: int) -> str:
+        """Move a damaged step out of Orbax's view to RUN/damaged_checkpoints/<step>[-n] (process 0; all wait)."""
+        target_dir = storage.join(os.path.dirname(self.directory.rstrip("/")), DAMAGED_DIR)
+        target = storage.join(target_dir, str(step))
+        if jax.process_index() == 0:
+            n = 1
+            while storage.exists(target):
+                target, n = storage.join(target_dir, f"{step}-{n}"), n + 1
+            storage.move(storage.join(self.directory, str(step)), target)
+        target = distributed.allgather_json(target)[0]
+        return target
 
     def save(self, step: int, state: Any, data_iterator: Any, config: Config, force: bool = False) -> bool:
         """Start saving `step` (returns once the device arrays are copied; the write continues in the background).
@@ -151,7 +241,7 @@ def restore_state_from(reference: str, abstract_state: Any) -> tuple[Any, int]:
     `abstract_state`; the data iterator is not restored (this run reads its own data from the start)."""
     run_dir, step = parse_reference(reference)
     directory, step = _find_step(run_dir, step)
-    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+    with _explained(run_dir, directory, step), ocp.CheckpointManager(directory, item_names=("state",)) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], step
 
@@ -159,11 +249,30 @@ def restore_state_from(reference: str, abstract_state: Any) -> tuple[Any, int]:
 def _restore_params(run_dir: str, step: int | None, target: Any, restore_arg: Any) -> tuple[Any, int]:
     directory, step = _find_step(run_dir, step)
     item = {"params": target}
-    restored = ocp.PyTreeCheckpointer().restore(
-        storage.join(directory, str(step), "state"),
-        args=ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(restore_arg, item), partial_restore=True),
-    )
+    with _explained(run_dir, directory, step):
+        restored = ocp.PyTreeCheckpointer().restore(
+            storage.join(directory, str(step), "state"),
+            args=ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(restore_arg, item),
+                                        partial_restore=True),
+        )
     return restored["params"], step
+
+
+@contextlib.contextmanager
+def _explained(run_dir: str, directory: str, step: int) -> Iterator[None]:
+    """Turn a failure to read step `step` of another run into one line naming the step and the steps to use instead."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:  # tensorstore / Orbax errors of a damaged (or unreachable) step
+        if _is_transient(e):
+            raise CheckpointError(f"can't read checkpoint {directory}/{step} ({_gist(e)}): the store is unreachable "
+                                  "or refused; try again when it is back") from None
+        older = [s for s in sorted(ocp.utils.checkpoint_steps(directory)) if s < step]
+        instead = (f"use an earlier step, e.g. {run_dir}:{older[-1]}" if older else
+                   "it is the run's only checkpoint")
+        raise CheckpointError(f"checkpoint step {step} of {run_dir} is damaged ({_gist(e)}); {instead}") from None
 
 
 def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, Any], int]:
@@ -172,8 +281,13 @@ def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, A
     step = step if step is not None else ref_step
     config = read_run_config(run_dir)
     directory, step = _find_step(run_dir, step)
-    metadata = ocp.PyTreeCheckpointer().metadata(storage.join(directory, str(step), "state"))
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    with _explained(run_dir, directory, step):
+        metadata = ocp.PyTreeCheckpointer().metadata(storage.join(directory, str(step), "state"))
+        if hasattr(metadata, "item_metadata"):
+            if metadata.item_metadata is None:
+                raise ValueError("its metadata can't be read")
+            metadata = metadata.item_metadata
+        tree = metadata.tree
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])
     params, step = _restore_params(run_dir, step, target, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
     return config, params, step

@@ -157,6 +157,16 @@ def put_file(local_path: str, dest: str) -> None:
             os.remove(local_path)
 
 
+def move(src: str, dst: str) -> None:
+    """Move the file or folder `src` to `dst` (a rename locally; copy then delete on object stores)."""
+    if is_remote(src):
+        fs, p = filesystem(src)
+        fs.mv(p, filesystem(dst)[1], recursive=True)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(_local(dst))), exist_ok=True)
+    shutil.move(_local(src), _local(dst))
+
+
 def remove(path: str) -> None:
     """Delete the file at `path` if it exists."""
     fs, p = filesystem(path)

@@ -91,10 +91,11 @@ def _copy_tokenizer(config: Config) -> None:
 
 def _initial_state(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any,
                    log: MetricsLogger) -> TrainState:
-    latest = ckpt.latest_step()
-    if latest is not None:
-        log.say(f"resuming from {ckpt.directory}/{latest}")
-        return ckpt.restore(latest, step_fns.abstract_state, data_iter)
+    restored = ckpt.restore_latest(step_fns.abstract_state, data_iter)  # a damaged newest step: the one before
+    if restored is not None:
+        state, step = restored
+        log.say(f"resuming from {ckpt.directory}/{step}")
+        return state
     state = step_fns.init(jax.random.key(config.train.seed))
     if config.checkpoint.restore_from:
         reference = config.checkpoint.restore_from
