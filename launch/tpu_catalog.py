@@ -62,6 +62,11 @@ class Accelerator:
         return GENERATIONS[self.generation]["runtime"]
 
     @property
+    def chips(self) -> int:
+        """Number of chips of the slice: v4/v5p sizes count TensorCores (2 per chip), v5e/v6e sizes count chips."""
+        return self.size // 2 if self.generation in ("v4", "v5p") else self.size
+
+    @property
     def hosts(self) -> int:
         """Number of TPU VM workers (hosts) of the slice: what `--worker=all` reaches."""
         if self.generation in ("v4", "v5p"):

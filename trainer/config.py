@@ -149,6 +149,7 @@ class DataConfig:
     prepare_corpus: Optional[Literal["stdlib"]] = None  # prepare this corpus into `path` when it holds no shards
     prepare_vocab_size: int = 4096
     prepare_val_fraction: float = 0.05  # documents prepare_corpus holds out for validation
+    synthetic: bool = False  # random tokens of the configured shape instead of shards (measure speed before data)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,16 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases logging beside TensorBoard and JSONL (the `wandb` extra); off while `project` is None."""
+
+    project: Optional[str] = None
+    entity: Optional[str] = None  # None: the account's default entity
+    name: Optional[str] = None  # None: the run folder's name
+    mode: Literal["online", "offline"] = "online"  # offline: write run files locally (`wandb sync` later)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """What the loop reports and how often."""
 
@@ -179,6 +190,8 @@ class LogConfig:
     tensorboard: bool = True
     sample_tokens: int = 64  # greedy tokens printed at the end of the run (0: none)
     sample_prompt: str = "import os\n"  # the prompt of that sample
+    profile_steps: Optional[list[int]] = None  # [start, end]: a jax.profiler trace of these steps in run.dir/profile
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass(frozen=True)
@@ -416,6 +429,9 @@ def validate(config: Config) -> None:
     starts = [s.start_step for s in config.data.stages]
     if starts != sorted(set(starts)):
         raise ConfigError(f"data.stages start steps must increase strictly, got {starts}")
+    profile = config.log.profile_steps
+    if profile is not None and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+        raise ConfigError(f"log.profile_steps must be [start, end] with 1 <= start <= end, got {profile}")
     for mixture in [config.data.mixture] + [s.mixture for s in config.data.stages]:
         if any(c.weight <= 0 for c in mixture):
             raise ConfigError("every data mixture weight must be positive")

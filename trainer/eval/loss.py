@@ -13,12 +13,16 @@ from trainer.step import StepFunctions
 
 def evaluate(config: Config, step_fns: StepFunctions, params: Any) -> dict[str, float]:
     """Validation loss and perplexity over `eval.batches` deterministic batches of the held-out split."""
-    from trainer.data.pipeline import make_eval_iterator
+    shape = dict(seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+                 process_index=jax.process_index(), process_count=jax.process_count(), num_batches=config.eval.batches)
+    if config.data.synthetic:
+        from trainer.data import synthetic
 
-    batches = make_eval_iterator(config.data, seq_len=config.train.seq_len,
-                                 global_batch_size=config.train.global_batch_size,
-                                 process_index=jax.process_index(), process_count=jax.process_count(),
-                                 num_batches=config.eval.batches)
+        batches = synthetic.make_eval_iterator(vocab_size=config.model.vocab_size, seed=config.train.seed, **shape)
+    else:
+        from trainer.data.pipeline import make_eval_iterator
+
+        batches = make_eval_iterator(config.data, **shape)
     nll, tokens = 0.0, 0.0
     for local in batches:
         out = jax.device_get(step_fns.eval_step(params, step_fns.global_batch(local)))

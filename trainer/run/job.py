@@ -15,9 +15,12 @@ import jax
 from trainer import checkpoint, distributed, sharding, storage
 from trainer.config import Config
 from trainer.errors import ConfigError
+from trainer.model import flops
 from trainer.model.attention import check_available
+from trainer.run import budget
 from trainer.run.loop import StopRequest, train
 from trainer.run.metrics import MetricsLogger
+from trainer.run.profile import StepProfiler
 from trainer.step import StepFunctions, TrainState, make_step_functions
 
 PLACEHOLDER = "YOUR_BUCKET"
@@ -25,6 +28,8 @@ PLACEHOLDER = "YOUR_BUCKET"
 
 def _data_paths(config: Config) -> list[str]:
     d = config.data
+    if d.synthetic:
+        return []  # no shards are read
     paths = [d.path] if d.path else []
     paths += [c.path for c in d.mixture] + [c.path for s in d.stages for c in s.mixture]
     return paths
@@ -89,6 +94,17 @@ def _copy_tokenizer(config: Config) -> None:
                 storage.write_bytes_atomic(storage.join(target, file), storage.read_bytes(storage.join(src, file)))
 
 
+def _train_iterator(config: Config) -> Any:
+    """This process's training batches: the Grain pipeline over the shards, or synthetic tokens."""
+    from trainer.data import pipeline, synthetic
+
+    shape = dict(seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+                 seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    if config.data.synthetic:
+        return synthetic.make_train_iterator(vocab_size=config.model.vocab_size, **shape)
+    return pipeline.make_train_iterator(config.data, **shape)
+
+
 def _initial_state(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any,
                    log: MetricsLogger) -> TrainState:
     restored = ckpt.restore_latest(step_fns.abstract_state, data_iter)  # a damaged newest step: the one before
@@ -118,12 +134,17 @@ def run(config: Config) -> int:
     mesh_shape = dict(mesh.shape)
     sharding.check_batch_divisible(config, mesh_shape, jax.process_count())
     is_main = jax.process_index() == 0
-    log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard)
+    log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard,
+                        wandb=config.log.wandb, config=config.to_dict())
+    log.describe_run(config.run.dir, flops.param_count(config.model),
+                     config.train.global_batch_size * config.train.seq_len)
 
-    _prepare_data(config)
+    real_data = not config.data.synthetic
+    if real_data:
+        _prepare_data(config)
     from trainer.data import pipeline
 
-    vocab = pipeline.dataset_vocab_size(config.data)
+    vocab = pipeline.dataset_vocab_size(config.data) if real_data else None
     if vocab is not None and vocab > config.model.vocab_size:
         raise ConfigError(f"the data's tokenizer has {vocab} ids but model.vocab_size={config.model.vocab_size}; "
                           f"set model.vocab_size={vocab} or more")
@@ -131,22 +152,28 @@ def run(config: Config) -> int:
     if is_main:
         storage.makedirs(config.run.dir)
         checkpoint.write_run_config(config.run.dir, config)
-        _copy_tokenizer(config)
-        log.say(pipeline.describe(config.data))
+        if real_data:
+            _copy_tokenizer(config)
+            log.say(pipeline.describe(config.data))
+        else:
+            log.say(f"data: synthetic, uniformly random tokens 0..{config.model.vocab_size - 1} from train.seed "
+                    "(no shards, no tokenizer; the loss stays near ln(vocab))")
+        log.say(budget.run_line(config))
 
-    pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
-        config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
+    if real_data:
+        pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
+            config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
     step_fns = make_step_functions(config, mesh)
-    data_iter = pipeline.make_train_iterator(
-        config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
-        seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    data_iter = _train_iterator(config)
     ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
     state = _initial_state(config, step_fns, ckpt, data_iter, log)
     stop = StopRequest()
+    profiler = StepProfiler(config.log.profile_steps, config.run.dir, enabled=is_main, say=log.say)
     try:
-        return train(config, step_fns, ckpt, data_iter, state, stop, log)
+        return train(config, step_fns, ckpt, data_iter, state, stop, log, profiler)
     finally:
+        profiler.stop()
         stop.restore()
         ckpt.close()
         data_iter.close()

@@ -21,6 +21,7 @@ from trainer.errors import ExitCode
 from trainer.eval.loss import evaluate
 from trainer.model import flops
 from trainer.run.metrics import MetricsLogger
+from trainer.run.profile import StepProfiler
 from trainer.step import StepFunctions, TrainState
 
 # Test hooks (environment variables, read once per run) that exercise the fault paths of the loop:
@@ -70,8 +71,9 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any, state: TrainState,
-           stop: StopRequest, log: MetricsLogger) -> int:
+           stop: StopRequest, log: MetricsLogger, profiler: StepProfiler | None = None) -> int:
     """Run steps from `state` to `train.steps`; returns the exit code (OK, NONFINITE, or the stop signal's)."""
+    profiler = profiler or StepProfiler(None, config.run.dir, enabled=False)
     t = config.train
     step = int(jax.device_get(state.step))
     if step >= t.steps:
@@ -112,8 +114,10 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
         local = next(data_iter)
         if step + 1 in poisoned:
             local = {**local, "loss_mask": np.full_like(local["loss_mask"], np.nan)}
-        state, metrics = step_fns.train_step(state, step_fns.global_batch(local))
+        with profiler.step(step + 1):
+            state, metrics = step_fns.train_step(state, step_fns.global_batch(local))
         step += 1
+        profiler.after(step, metrics)
         window_steps += 1
         if step in stop_at:
             stop.signal = signal.SIGTERM
@@ -194,6 +198,9 @@ def _log_step(log: MetricsLogger, speed: Speedometer, step: int, total: int, val
 
 def _print_sample(config: Config, step_fns: StepFunctions, params: Any, log: MetricsLogger) -> None:
     if config.log.sample_tokens <= 0:
+        return
+    if config.data.synthetic:
+        log.say("no sample: synthetic data has no tokenizer")
         return
     from trainer.data.tokenizer import load_tokenizer
     from trainer.infer.sample import greedy

@@ -1,4 +1,5 @@
-"""What a run reports: the step line on the console, metrics.jsonl, TensorBoard scalars and the loss-curve PNG.
+"""What a run reports: the step line on the console, metrics.jsonl, TensorBoard scalars, the loss-curve PNG and, when
+`log.wandb.project` is set, the same rows in Weights & Biases.
 
 Only process 0 writes. For a gs:// run folder the files are written to a local staging folder and copied up at
 every checkpoint and at the end (object stores can't append).
@@ -11,18 +12,24 @@ import json
 import os
 import sys
 import tempfile
+import uuid
 from typing import Any
 
 from trainer import storage
+from trainer.config import WandbConfig
+from trainer.errors import ConfigError
 
 
 class MetricsLogger:
-    """Appends metric rows to JSONL and TensorBoard and prints a compact step line."""
+    """Appends metric rows to JSONL, TensorBoard and W&B and prints a compact step line."""
 
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, wandb: WandbConfig | None = None,
+                 config: dict[str, Any] | None = None):
         self.run_dir = run_dir
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
+        self.title_parts: tuple[str, int, int] | None = None
+        self.wandb_run: Any = None
         if storage.is_remote(run_dir):
             digest = hashlib.sha1(run_dir.encode()).hexdigest()[:12]
             self.local_dir = os.path.join(tempfile.gettempdir(), f"trainer-run-{digest}")
@@ -39,6 +46,22 @@ class MetricsLogger:
                 from tensorboardX import SummaryWriter
 
                 self.writer = SummaryWriter(os.path.join(self.local_dir, "tensorboard"))
+            if wandb is not None and wandb.project:
+                self.wandb_run = _start_wandb(wandb, run_dir, self.local_dir, config or {})
+
+    def describe_run(self, run_dir: str, params: int, tokens_per_step: int) -> None:
+        """What the loss curve's title names: the run, its model size, and (from the last step) the tokens seen."""
+        self.title_parts = (os.path.basename(run_dir.rstrip("/")) or run_dir, params, tokens_per_step)
+
+    def title(self) -> str | None:
+        """The loss curve's title: run name, parameters, tokens seen so far."""
+        if self.title_parts is None:
+            return None
+        from trainer.run.budget import human_count
+
+        name, params, tokens_per_step = self.title_parts
+        steps = max((r["step"] for r in self.rows if "loss" in r), default=0)
+        return f"{name}: {human_count(params)} parameters, {human_count(steps * tokens_per_step)} tokens seen"
 
     def _load_existing_rows(self) -> None:
         path = os.path.join(self.local_dir, "metrics.jsonl")
@@ -58,6 +81,8 @@ class MetricsLogger:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and value is not None:
                     self.writer.add_scalar(key, value, row["step"])
+        if self.wandb_run is not None:
+            self.wandb_run.log(row)
 
     def say(self, text: str) -> None:
         """Print a line from process 0."""
@@ -71,7 +96,7 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.flush()
         if plot:
-            plot_losses(self.rows, os.path.join(self.local_dir, "loss.png"))
+            plot_losses(self.rows, os.path.join(self.local_dir, "loss.png"), self.title())
         if storage.is_remote(self.run_dir):
             for root, _, files in os.walk(self.local_dir):
                 for name in files:
@@ -81,14 +106,40 @@ class MetricsLogger:
                         storage.write_bytes_atomic(storage.join(self.run_dir, relative), f.read())
 
     def close(self) -> None:
-        """Flush and release the TensorBoard writer."""
+        """Flush and release the TensorBoard writer; finish the W&B run."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
 
 
-def plot_losses(rows: list[dict[str, Any]], path: str) -> None:
-    """A PNG of training loss (and validation loss where measured) against the step."""
+def _start_wandb(options: WandbConfig, run_dir: str, local_dir: str, config: dict[str, Any]) -> Any:
+    """A W&B run whose history gets every metrics row (keyed by our `step`); a restarted run continues the same
+    W&B run: its id is kept in run.dir/wandb_id. Files go to run.dir/wandb (offline runs: `wandb sync` them)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("log.wandb.project is set but the wandb package is missing: pip install -e \".[wandb]\" "
+                          "(or set log.wandb.project=null)") from None
+    id_path = storage.join(run_dir, "wandb_id")
+    run_id = storage.read_bytes(id_path).decode().strip() if storage.exists(id_path) else uuid.uuid4().hex[:12]
+    storage.write_bytes_atomic(id_path, run_id.encode())
+    try:
+        run = wandb.init(project=options.project, entity=options.entity, mode=options.mode, id=run_id,
+                         name=options.name or os.path.basename(run_dir.rstrip("/")), resume="allow", config=config,
+                         dir=local_dir)
+    except Exception as e:  # no login, no network, a wrong entity: whatever W&B raises, one line for the person
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise ConfigError(f"W&B did not start ({reason}): run `wandb login` or set WANDB_API_KEY, "
+                          "or log.wandb.mode=offline") from None
+    run.define_metric("*", step_metric="step")
+    return run
+
+
+def plot_losses(rows: list[dict[str, Any]], path: str, title: str | None = None) -> None:
+    """A PNG of training loss (and validation loss where measured) against the step, titled when `title` is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,6 +155,8 @@ def plot_losses(rows: list[dict[str, Any]], path: str) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
