@@ -1,10 +1,11 @@
-"""Install: `pip install -e .` (CPU), plus extras: hf (export), parquet, tfds, tpu, gpu, cloud, dev (tests)."""
+"""Install: `pip install -e .` (CPU), plus extras: hf (export), parquet, tfds, tpu, gpu, cloud, wandb, dev."""
 
 from setuptools import find_packages, setup
 
 # transformers 5: the exporters write `rope_parameters` and load models with `dtype=`.
 HF = ["torch>=2.3", "transformers>=5.0", "safetensors>=0.4", "gguf>=0.19", "accelerate>=1.0"]
 PARQUET = ["pyarrow>=15"]
+WANDB = ["wandb>=0.31"]  # log.wandb; the version its offline-history test reads
 
 setup(
     name="trainer",
@@ -36,11 +37,12 @@ setup(
     extras_require={
         "hf": HF,
         "parquet": PARQUET,
+        "wandb": WANDB,
         "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "cloud": ["google-cloud-tpu>=1.18"],
-        "dev": HF + PARQUET + [
+        "dev": HF + PARQUET + WANDB + [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
