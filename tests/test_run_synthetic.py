@@ -43,6 +43,20 @@ def test_synthetic_run_trains_evaluates_and_skips_the_sample(reference):
     assert all(5.5 < loss < 7.0 for loss in ref_losses.values())  # random tokens: about ln(512) = 6.24
 
 
+def test_a_synthetic_run_folder_is_not_continued_on_real_data(reference):
+    import dataclasses
+
+    from trainer.checkpoint import read_run_config
+    from trainer.errors import ConfigError
+    from trainer.run.job import _check_run_dir
+
+    _, run_dir, _, _ = reference
+    config = read_run_config(run_dir)
+    _check_run_dir(config)
+    with pytest.raises(ConfigError, match="synthetic data; use a new run.dir"):
+        _check_run_dir(dataclasses.replace(config, data=dataclasses.replace(config.data, synthetic=False)))
+
+
 def test_synthetic_stop_and_resume_is_bitwise_identical(reference, tmp_path):
     _, _, ref_losses, ref_params = reference
     config, run_dir = _config(tmp_path, "resumed", observe=False)

@@ -78,6 +78,9 @@ def _check_run_dir(config: Config) -> None:
     previous = checkpoint.read_run_config(config.run.dir)
     if previous.model != config.model:
         raise ConfigError(f"{config.run.dir} holds a run of a different model; use a new run.dir or the same model.*")
+    if previous.data.synthetic != config.data.synthetic:
+        kind = "synthetic" if previous.data.synthetic else "real"
+        raise ConfigError(f"{config.run.dir} holds a run on {kind} data; use a new run.dir to switch data.synthetic")
 
 
 def _copy_tokenizer(config: Config) -> None:
