@@ -203,6 +203,7 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
 
 
 def _find_step(run_dir: str, step: int | None) -> tuple[str, int]:
+    storage.check_reachable(run_dir, "the run folder")
     directory = _absolute(checkpoint_dir(run_dir))
     if not storage.exists(directory):
         raise CheckpointError(f"no checkpoint at {run_dir}: expected a run folder holding checkpoints/")
@@ -218,6 +219,7 @@ def _find_step(run_dir: str, step: int | None) -> tuple[str, int]:
 
 def read_run_config(run_dir: str) -> Config:
     """The resolved config a run folder was written with."""
+    storage.check_reachable(run_dir, "the run folder")
     path = storage.join(run_dir, "config.yaml")
     if not storage.exists(path):
         raise CheckpointError(f"{path} is missing: not a run folder of this trainer")

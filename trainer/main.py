@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, args.overrides)
     if args.devices is not None and not args.dry_run:
         raise ConfigError("--devices only plans a --dry-run; a real run uses the devices present")
+    if args.devices is not None and args.devices < 1:
+        raise ConfigError(f"--devices {args.devices}: plan for at least 1 device, e.g. --devices 256")
     if args.dry_run:
         return dry_run(config, args.devices)
     from trainer.run.job import run

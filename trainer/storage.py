@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import shutil
+import socket
+import sys
+import tempfile
 import threading
+import time
+import urllib.parse
 import uuid
 from typing import IO, Any
 
 import fsspec
+
+from trainer.errors import ConfigError
 
 _fs_cache: dict[tuple[str, str], fsspec.AbstractFileSystem] = {}
 _fs_lock = threading.Lock()
@@ -67,6 +75,85 @@ def clear_cache() -> None:
     """Forget cached filesystem clients (after the GCS endpoint changes, e.g. between emulator-backed tests)."""
     with _fs_lock:
         _fs_cache.clear()
+
+
+def _endpoint(path: str) -> tuple[str, int] | None:
+    """Host and port that serve a gs:// path (the emulator's when STORAGE_EMULATOR_HOST is set); None otherwise."""
+    if path.split("://", 1)[0] not in ("gs", "gcs"):
+        return None
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if not emulator:
+        return "storage.googleapis.com", 443
+    url = urllib.parse.urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+    return url.hostname or "localhost", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _gist(error: BaseException) -> str:
+    return ((str(error).strip().splitlines() or [type(error).__name__])[-1] or type(error).__name__)[:200]
+
+
+def check_reachable(path: str, what: str, attempts: int = 3, first_wait: float = 2.0, timeout: float = 5.0) -> None:
+    """Fail in one line, within seconds, when the object store behind `path` can't be reached (a no-op locally).
+
+    Storage clients retry a dead endpoint for about a minute and log every attempt; this connects to the endpoint
+    first, `attempts` times with doubling waits, printing one line per wait (what it waits for), then asks the
+    client whether `path` exists with its logs silenced. `what` names the setting in messages (e.g. `run.dir`).
+    The connection waits 2 + 4 s by default: long enough for a network coming back, short of the client's minute.
+    """
+    if not is_remote(path):
+        return
+    endpoint = _endpoint(path)
+    if endpoint is not None:
+        wait = first_wait
+        for attempt in range(1, attempts + 1):
+            try:
+                socket.create_connection(endpoint, timeout=timeout).close()
+                break
+            except OSError as e:
+                reason = e.strerror or _gist(e)
+                if attempt == attempts:
+                    raise ConfigError(f"can't reach {path} ({what}): {endpoint[0]}:{endpoint[1]} {reason} after "
+                                      f"{attempts} attempts; check the machine's network, or use a local folder") \
+                        from None
+                print(f"waiting for {endpoint[0]}:{endpoint[1]} to reach {path} ({what}): {reason}; retry "
+                      f"{attempt}/{attempts - 1} in {wait:.0f}s", file=sys.stderr, flush=True)
+                time.sleep(wait)
+                wait *= 2
+    quiet = logging.getLogger("gcsfs")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its retry tracebacks would bury the one line below
+    try:
+        exists(path)
+    except Exception as e:  # DNS, credentials, permissions: whatever the storage client raises
+        raise ConfigError(f"can't reach {path} ({what}): {_gist(e)}; check the machine's network and "
+                          "credentials, or use a reachable folder") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def check_writable(path: str, what: str) -> None:
+    """Fail in one line when the folder `path` can't be created or written (before any slow work); a gs:// path is
+    checked for reachability only (a test write would leave objects in a user's bucket)."""
+    if is_remote(path):
+        check_reachable(path, what)
+        return
+    local = os.path.abspath(_local(path))
+    if os.path.exists(local) and not os.path.isdir(local):
+        raise ConfigError(f"{what} {path} exists and is not a folder")
+    existing = local
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{what} {path} can't be created: {existing} is a file")
+    try:  # os.access alone is not enough: root passes it on read-only mounts
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"{what} {path} can't be written ({e.strerror or e} in {existing}); choose another "
+                          "folder") from None
 
 
 def exists(path: str) -> bool:

@@ -145,6 +145,7 @@ def verify_folder(folder: str, progress: bool = True) -> int:
     from trainer.data.shards import read_manifest
     from trainer.errors import ExitCode
 
+    storage.check_reachable(folder, "--verify")
     manifest = read_manifest(folder)
     with tqdm(total=len(manifest.shards), unit="shard", desc="verify", disable=None if progress else True, file=sys.stderr,
               dynamic_ncols=True) as bar:

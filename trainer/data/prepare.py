@@ -31,6 +31,7 @@ from trainer.data.units import WorkUnit
 from trainer.errors import ExitCode, cli
 
 TOKENIZER_SAMPLE_CHARS = 16_000_000  # enough for a 4k-32k BPE; the stdlib corpus (12 M chars) fits whole
+MAX_REPLACED_SHARE = 0.2  # random bytes decode to ~44% U+FFFD; text in a legacy 8-bit encoding to a few %
 _MAX_REPORTED_INPUTS = 100  # replacement counts listed per input in the manifest
 
 
@@ -66,8 +67,12 @@ def prepare(
         raise DataError("no output given: pass --out DIR_OR_GS_URL")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    storage.check_writable(out, "--out")  # before the slow part (a tokenizer to train), not after
+    for spec in inputs:
+        storage.check_reachable(spec, "--input")
     workers = max(1, workers or os.cpu_count() or 1)
     items, source = sources.resolve(inputs, corpus, text_field, tfds_data_dir, max_files)
+    _check_decodable(items, seed)
     tok = _get_tokenizer(out, items, tokenizer, vocab_size, workers, seed, verbose)
     dtype = shards_lib.choose_dtype(tok.vocab_size, dtype)
     if bos and tok.bos_id is None:
@@ -152,6 +157,31 @@ def _get_tokenizer(out: str, items: list[sources.Item], path: Optional[str], voc
     if verbose:
         print(f"training a SentencePiece BPE tokenizer (vocab {vocab_size:,}) on {sum(map(len, texts)):,} characters")
     return tokenizer_lib.train_sentencepiece(texts, vocab_size, num_threads=workers)
+
+
+def _check_decodable(items: list[sources.Item], seed: int, sample_chars: int = 1_000_000) -> None:
+    """Refuse input that is mostly not UTF-8 text (binary files, another encoding) before training a tokenizer on
+    it: more than MAX_REPLACED_SHARE of a seeded sample's characters are U+FFFD replacements."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    chars = replaced = 0
+    worst = (0.0, "")
+    for item in order:
+        for doc in sources.read_documents(item):
+            if not doc.text:
+                continue
+            chars += len(doc.text)
+            replaced += doc.replaced
+            worst = max(worst, (doc.replaced / len(doc.text), doc.key))
+            if chars >= sample_chars:
+                break
+        if chars >= sample_chars:
+            break
+    if chars and replaced / chars > MAX_REPLACED_SHARE:
+        raise DataError(
+            f"the input is not UTF-8 text: {100 * replaced / chars:.0f}% of a {chars:,}-character sample are invalid "
+            f"bytes replaced with U+FFFD (worst: {worst[1]}, {100 * worst[0]:.0f}%; refused above "
+            f"{100 * MAX_REPLACED_SHARE:.0f}%); convert it to UTF-8 or leave binary files out of --input")
 
 
 def _existing_tokenizer(out: str) -> Optional[tokenizer_lib.Tokenizer]:

@@ -7,7 +7,6 @@ never stopped: the train state and every process's data iterator come back from 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import jax
@@ -45,18 +44,7 @@ def check_reachable(config: Config) -> None:
                 f"{key}={path} is the example placeholder: prepare your shards with "
                 f"`{prepare_hint('gs://<bucket>/<name>/data')}` and override data.path=gs://<bucket>/... "
                 "and run.dir=gs://<bucket>/... (docs/data.md)")
-        if storage.is_remote(path):
-            quiet = logging.getLogger("gcsfs")
-            level = quiet.level
-            quiet.setLevel(logging.CRITICAL)  # its retry tracebacks would bury the one line below
-            try:
-                storage.exists(path)
-            except Exception as e:  # network, DNS, credentials: whatever the storage client raises
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-                raise ConfigError(f"can't reach {key}={path} ({reason}); check the machine's network and "
-                                  "credentials, or point it at a reachable folder") from None
-            finally:
-                quiet.setLevel(level)
+        storage.check_reachable(path, key)  # seconds and one line, not the storage client's minute of retries
 
 
 def _prepare_data(config: Config) -> None:

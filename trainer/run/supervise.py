@@ -41,7 +41,11 @@ def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff
         restarts = 0
         while True:
             started = time.monotonic()
-            child = subprocess.Popen(command)
+            try:
+                child = subprocess.Popen(command)
+            except OSError as e:  # no such program, not executable: a restart can't help
+                raise ConfigError(f"can't start {command[0]!r}: {e.strerror or e}; check the command after --") \
+                    from None
             code = child.wait()
             if time.monotonic() - started >= healthy_after and restarts:
                 print(f"supervise: the job ran {time.monotonic() - started:.0f}s before exiting: restart count reset",
