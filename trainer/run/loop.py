@@ -117,7 +117,8 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
         with profiler.step(step + 1):
             state, metrics = step_fns.train_step(state, step_fns.global_batch(local))
         step += 1
-        profiler.after(step, metrics)
+        if profiler.after(step, metrics):  # writing the trace is no step's time
+            window_start, window_steps = time.perf_counter(), 0
         window_steps += 1
         if step in stop_at:
             stop.signal = signal.SIGTERM

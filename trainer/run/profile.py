@@ -41,11 +41,14 @@ class StepProfiler:
             return jax.profiler.StepTraceAnnotation("train", step_num=step)
         return contextlib.nullcontext()
 
-    def after(self, step: int, outputs: Any) -> None:
-        """Call after step `step` was dispatched: at the window's last step, wait for it and write the trace."""
+    def after(self, step: int, outputs: Any) -> bool:
+        """Call after step `step` was dispatched: at the window's last step, wait for it and write the trace
+        (returns True then, so the loop can leave that time out of its throughput)."""
         if self.active and step >= self.window[1]:
             jax.block_until_ready(outputs)
             self.stop()
+            return True
+        return False
 
     def _start(self) -> None:
         target = storage.join(self.run_dir, "profile")
