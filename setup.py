@@ -1,4 +1,4 @@
-"""Install: `pip install -e .` (CPU), plus extras: hf (export), parquet, tfds, tpu, gpu, cloud, wandb, dev."""
+"""Install: `pip install -e .` (CPU), plus extras: hf (export), eval, parquet, tfds, tpu, gpu, cloud, wandb, dev."""
 
 from setuptools import find_packages, setup
 
@@ -6,6 +6,9 @@ from setuptools import find_packages, setup
 HF = ["torch>=2.3", "transformers>=5.0", "safetensors>=0.4", "gguf>=0.19", "accelerate>=1.0"]
 PARQUET = ["pyarrow>=15"]
 WANDB = ["wandb>=0.31"]  # log.wandb; the version its offline-history test reads
+# lm-evaluation-harness: `trainer.eval` subclasses its TemplateLM and reads its task files; its API moves between minor
+# releases, so the range is the one tested.
+EVAL = ["lm-eval>=0.4.13,<0.5"]
 
 setup(
     name="trainer",
@@ -37,12 +40,13 @@ setup(
     extras_require={
         "hf": HF,
         "parquet": PARQUET,
+        "eval": EVAL,
         "wandb": WANDB,
         "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "cloud": ["google-cloud-tpu>=1.18"],
-        "dev": HF + PARQUET + WANDB + [
+        "dev": HF + PARQUET + EVAL + WANDB + [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",

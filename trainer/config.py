@@ -154,10 +154,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Periodic validation on the held-out split."""
+    """Periodic validation on the held-out split, and lm-eval tasks (the `eval` extra) during training."""
 
     every_steps: int = 50
     batches: int = 4
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names scored during training
+    tasks_every_steps: int = 1000  # and at the end
+    tasks_data_dir: Optional[str] = None  # one file per task (docs/eval.md)
+    tasks_limit: Optional[int] = None  # documents per task; None: all
 
 
 @dataclass(frozen=True)
@@ -387,10 +391,13 @@ def validate(config: Config) -> None:
         "train.seq_len": t.seq_len, "train.microbatches": t.microbatches,
         "log.every_steps": config.log.every_steps, "checkpoint.every_steps": config.checkpoint.every_steps,
         "checkpoint.keep": config.checkpoint.keep, "eval.every_steps": config.eval.every_steps,
+        "eval.tasks_every_steps": config.eval.tasks_every_steps,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if config.eval.tasks and not config.eval.tasks_data_dir:
+        raise ConfigError("eval.tasks needs eval.tasks_data_dir: a folder with one file per task (docs/eval.md)")
     if m.head_dim is None and m.embed_dim % m.num_heads:
         raise ConfigError(
             f"model.num_heads={m.num_heads} does not divide model.embed_dim={m.embed_dim}: "

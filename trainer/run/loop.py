@@ -95,6 +95,11 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
             log.flush()
 
     first_step = step
+    task_eval = None
+    if config.eval.tasks:  # fails here, before any step, on a missing extra or task file
+        from trainer.eval.periodic import TaskEvaluator
+
+        task_eval = TaskEvaluator(config, step_fns.mesh)
     log.say("compiling the train step (the first step includes it) …")
     window_start, window_steps, started = time.perf_counter(), 0, time.perf_counter()
     pending: tuple[int, Any] | None = None  # the previous step's metrics, checked once the next step is queued
@@ -140,6 +145,11 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
             log.log({"step": step, **result})
             log.say(f"step {step:>6}/{t.steps} eval_loss {result['eval_loss']:.4f} "
                     f"perplexity {result['eval_perplexity']:.2f}")
+            window_start, window_steps = time.perf_counter(), 0
+        if task_eval is not None and (step % config.eval.tasks_every_steps == 0 or step == t.steps):
+            scores = task_eval(state.params, step)
+            log.log({"step": step, **scores})
+            log.say(f"step {step:>6}/{t.steps} " + " ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())))
             window_start, window_steps = time.perf_counter(), 0
         if stop.agreed():
             if too_many_nonfinite(*pending):
