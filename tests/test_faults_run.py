@@ -1,6 +1,9 @@
-"""A checkpoint damaged after it was committed (files truncated by a disk or a bad copy) costs that checkpoint, not
-the run: training resumes from the previous one bitwise as if the damaged one had never been written, which is kept
-aside in RUN/damaged_checkpoints/; the exporter names the damaged step and the RUN:STEP to use instead.
+"""Faults met when a job starts or resumes.
+
+A checkpoint damaged after it was committed (files truncated by a disk or a bad copy) costs that checkpoint, not the
+run: training resumes from the previous one bitwise as if the damaged one had never been written, which is kept
+aside in RUN/damaged_checkpoints/; the exporter names the damaged step and the RUN:STEP to use instead. A resume the
+job refuses, or a data folder without its tokenizer, is refused before anything is written to the run folder.
 
 The jobs run in this process (`trainer.main.main(argv)`): the same code path as the CLI without a second start-up.
 """
@@ -24,6 +27,16 @@ def truncate_files(folder: str) -> None:
                 f.truncate(os.path.getsize(path) // 2)
 
 
+def snapshot(folder: str) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            stat = os.stat(os.path.join(root, name))
+            out[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_size, stat.st_mtime_ns)
+    return out
+
+
 def stderr_lines(capfd) -> list[str]:
     """What the job printed on stderr, library log records (absl) aside."""
     err = capfd.readouterr().err
@@ -33,17 +46,17 @@ def stderr_lines(capfd) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted 8-step run (checkpoints at 2, 4, 6, 8): its folder, losses and final params."""
+    """An uninterrupted 8-step run (checkpoints at 2, 4, 6, 8): its config, folder, losses, final params, data."""
     base = tmp_path_factory.mktemp("faults-ckpt")
     corpus = prepare_corpus(str(base / "corpus"))
     run_dir = str(base / "reference")
-    config = write_config(str(base / "c.yml"), corpus, run_dir, log={"sample_tokens": 0, "tensorboard": False})
+    config = write_config(str(base / "c.yml"), corpus, run_dir, log={"sample_tokens": 0})
     assert trainer_main.main([config]) == 0
-    return config, run_dir, losses(run_dir), final_params(run_dir)
+    return config, run_dir, losses(run_dir), final_params(run_dir), corpus
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one_bitwise(reference, tmp_path, capfd):
-    config, ref_dir, ref_losses, ref_params = reference
+    config, ref_dir, ref_losses, ref_params, _ = reference
     run_dir = str(tmp_path / "run")
     shutil.copytree(ref_dir, run_dir)
     damaged = os.path.join(run_dir, "checkpoints", "8")
@@ -73,7 +86,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one_bitwise(refere
 
 
 def test_when_no_checkpoint_restores_nothing_is_moved(reference, tmp_path, capfd):
-    config, ref_dir, _, _ = reference
+    config, ref_dir, _, _, corpus = reference
     run_dir = str(tmp_path / "run")
     shutil.copytree(ref_dir, run_dir)
     for step in ("2", "4", "6", "8"):
@@ -85,3 +98,28 @@ def test_when_no_checkpoint_restores_nothing_is_moved(reference, tmp_path, capfd
     assert line.startswith(f"error: no checkpoint of {os.path.join(run_dir, 'checkpoints')} can be restored")
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "4", "6", "8"]
     assert sorted(os.listdir(run_dir)) == before
+
+
+def test_a_refused_resume_writes_nothing_into_the_old_run_folder(reference, tmp_path, capfd):
+    config, ref_dir, _, _, corpus = reference
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, run_dir)
+    before = snapshot(run_dir)
+    capfd.readouterr()
+    assert trainer_main.main([config, f"run.dir={run_dir}", "model.num_layers=3"]) == 2
+    (line,) = stderr_lines(capfd)
+    assert "holds a run of a different model" in line
+    assert snapshot(run_dir) == before  # no new TensorBoard events file, config.yaml unchanged
+
+
+def test_a_data_folder_without_its_tokenizer_is_refused_at_start(reference, tmp_path, capfd):
+    config, ref_dir, _, _, corpus = reference
+    data = str(tmp_path / "data")
+    shutil.copytree(corpus, data)
+    os.remove(os.path.join(data, "tokenizer.model"))
+    run_dir = str(tmp_path / "run")
+    capfd.readouterr()
+    assert trainer_main.main([config, f"run.dir={run_dir}", f"data.path={data}"]) == 2
+    (line,) = stderr_lines(capfd)
+    assert line.startswith(f"error: {os.path.join(data, 'tokenizer.model')} is missing")
+    assert not os.path.exists(run_dir)

@@ -13,7 +13,7 @@ import jax
 
 from trainer import checkpoint, distributed, sharding, storage
 from trainer.config import Config
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DataError
 from trainer.model import flops
 from trainer.model.attention import check_available
 from trainer.run import budget
@@ -71,6 +71,17 @@ def _check_run_dir(config: Config) -> None:
         raise ConfigError(f"{config.run.dir} holds a run on {kind} data; use a new run.dir to switch data.synthetic")
 
 
+def _check_tokenizer(config: Config) -> None:
+    """Refuse, before any work, a data folder whose tokenizer is gone: sampling and every export need it."""
+    from trainer.data import mixture
+
+    manifest = mixture.plan(config.data)[0].components[0].manifest
+    path = storage.join(manifest.location, manifest.tokenizer.get("file") or "tokenizer.model")
+    if not storage.exists(path):
+        raise DataError(f"{path} is missing: the tokenizer named by {manifest.location}/manifest.json (sampling and "
+                        "exports need it); copy it back, or prepare the data again into a new folder")
+
+
 def _copy_tokenizer(config: Config) -> None:
     from trainer.data import mixture
 
@@ -125,10 +136,6 @@ def run(config: Config) -> int:
     mesh_shape = dict(mesh.shape)
     sharding.check_batch_divisible(config, mesh_shape, jax.process_count())
     is_main = jax.process_index() == 0
-    log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard,
-                        wandb=config.log.wandb, config=config.to_dict())
-    log.describe_run(config.run.dir, flops.param_count(config.model),
-                     config.train.global_batch_size * config.train.seq_len)
 
     real_data = not config.data.synthetic
     if real_data:
@@ -140,6 +147,17 @@ def run(config: Config) -> int:
         raise ConfigError(f"the data's tokenizer has {vocab} ids but model.vocab_size={config.model.vocab_size}; "
                           f"set model.vocab_size={vocab} or more")
     _check_run_dir(config)
+    if real_data:
+        _check_tokenizer(config)
+        pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
+            config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
+    # Every check above passed: only now does anything get written to the run folder (a refused resume leaves
+    # the old folder as it was).
+    log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard,
+                        wandb=config.log.wandb, config=config.to_dict())
+    log.describe_run(config.run.dir, flops.param_count(config.model),
+                     config.train.global_batch_size * config.train.seq_len)
     if is_main:
         storage.makedirs(config.run.dir)
         checkpoint.write_run_config(config.run.dir, config)
@@ -151,10 +169,6 @@ def run(config: Config) -> int:
                     "(no shards, no tokenizer; the loss stays near ln(vocab))")
         log.say(budget.run_line(config))
 
-    if real_data:
-        pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
-            config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
-            process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
     step_fns = make_step_functions(config, mesh)
     data_iter = _train_iterator(config)
     ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
