@@ -1,4 +1,4 @@
-"""The run planner on hand-computed budgets: Chinchilla-optimal size, tokens and steps of a config, hours for a target."""
+"""The run planner on hand-computed budgets: Chinchilla-optimal size, a config's tokens and steps, hours to a target."""
 
 from __future__ import annotations
 

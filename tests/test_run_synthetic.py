@@ -43,6 +43,29 @@ def test_synthetic_run_trains_evaluates_and_skips_the_sample(reference):
     assert all(5.5 < loss < 7.0 for loss in ref_losses.values())  # random tokens: about ln(512) = 6.24
 
 
+def test_synthetic_batches_depend_on_seed_and_step_only_not_on_hosts():
+    import numpy as np
+
+    from trainer.data import synthetic
+
+    shape = {"vocab_size": 97, "seq_len": 16, "global_batch_size": 8, "seed": 5}
+    one = synthetic.make_train_iterator(**shape, process_index=0, process_count=1)
+    halves = [synthetic.make_train_iterator(**shape, process_index=i, process_count=2) for i in range(2)]
+    first = [next(one) for _ in range(3)]
+    for batch in first:
+        parts = [next(h) for h in halves]
+        for key in batch:
+            assert np.array_equal(batch[key], np.concatenate([p[key] for p in parts]))
+    assert batch["inputs"].shape == (8, 16) and 0 <= batch["inputs"].min() and batch["inputs"].max() < 97
+    assert np.array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
+    resumed = synthetic.make_train_iterator(**shape, process_index=0, process_count=1)
+    resumed.set_state(json.loads(json.dumps(one.get_state())))
+    fresh = synthetic.make_train_iterator(**shape, process_index=0, process_count=1)
+    later = [next(fresh) for _ in range(4)][-1]
+    assert np.array_equal(next(resumed)["inputs"], later["inputs"])
+    assert not np.array_equal(first[0]["inputs"], first[1]["inputs"])
+
+
 def test_a_synthetic_run_folder_is_not_continued_on_real_data(reference):
     import dataclasses
 
@@ -69,7 +92,8 @@ def test_synthetic_stop_and_resume_is_bitwise_identical(reference, tmp_path):
 def _traced_steps(run_dir: str) -> list[list[int]]:
     """For each trace in run_dir/profile: the numbers of the `train` steps it holds (from the Perfetto JSON)."""
     out = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "profile", "plugins", "profile", "*", "perfetto_trace.json.gz"))):
+    pattern = os.path.join(run_dir, "profile", "plugins", "profile", "*", "perfetto_trace.json.gz")
+    for path in sorted(glob.glob(pattern)):
         with gzip.open(path) as f:
             events = json.load(f)["traceEvents"]
         out.append(sorted({int(e["args"]["step_num"]) for e in events
@@ -93,7 +117,8 @@ def _wandb_history(run_file: str) -> list[dict]:
     """
     from wandb.proto import wandb_internal_pb2
 
-    raw = open(run_file, "rb").read()
+    with open(run_file, "rb") as f:
+        raw = f.read()
     assert raw[:4] == b":W&B"
     pos, block, pending, rows = 7, 32768, b"", []
     while pos + 7 <= len(raw):

@@ -36,9 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mfu-from", metavar="RUN_DIR", help="take the MFU measured by a run (median of its metrics.jsonl)")
     p.add_argument("--peak-tflops", type=float, help="dense bf16 TFLOP/s per chip, instead of the built-in table")
     p.add_argument("--config", help="plan this config instead of the closest seed config")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides of --config (e.g. train.global_batch_size=256)")
+    p.add_argument("overrides", nargs="*",
+                   help="section.key=value overrides of --config (e.g. train.global_batch_size=256)")
     p.add_argument("--tokens", help="with --config: a token target (25.4B, 2e10; default: Chinchilla-optimal)")
-    p.add_argument("--configs", default=_REPO_CONFIGS, help="folder of seed configs to choose from (default: %(default)s)")
+    p.add_argument("--configs", default=_REPO_CONFIGS,
+                   help="folder of seed configs to choose from (default: %(default)s)")
     return p.parse_intermixed_args(argv)
 
 
@@ -132,8 +134,8 @@ def _config_record(plan: b.ConfigPlan, hardware: b.Hardware | None, mfu: float |
 def _describe_config(plan: b.ConfigPlan, budget: b.Budget | None, record: dict[str, Any],
                      hardware: b.Hardware | None, mfu: float | None) -> list[str]:
     which = "closest seed config" if plan.closest_seed else "config"
-    lines = [f"config      {plan.path} ({which}): {plan.params:,} parameters, "
-             f"{plan.flops_per_token / 1e9:.3g} GFLOP per token (attention included)"]
+    lines = [(f"config      {plan.path} ({which}): {plan.params:,} parameters, "
+              f"{plan.flops_per_token / 1e9:.3g} GFLOP per token (attention included)")]
     where = "in this budget" if budget is not None else "target"
     lines.append(f"            {where}: {plan.steps:,} steps × {plan.tokens_per_step:,} tokens = "
                  f"{b.human_count(plan.tokens)} tokens, {plan.chinchilla_percent:.1f}% of Chinchilla-optimal "

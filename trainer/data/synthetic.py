@@ -9,7 +9,8 @@ resumed run sees bitwise the same batches. Random tokens carry no information, s
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class SyntheticIterator:
     def __init__(self, *, vocab_size: int, seq_len: int, global_batch_size: int, seed: int, process_index: int,
                  process_count: int):
         self._rows = _host_rows(global_batch_size, process_index, process_count)
-        self._shape = dict(seq_len=seq_len, vocab_size=vocab_size)
+        self._shape = {"seq_len": seq_len, "vocab_size": vocab_size}
         self._seed = seed
         self._step = 0
 
@@ -55,7 +56,7 @@ class SyntheticIterator:
         """Batches handed out so far (the train step the next batch is for)."""
         return self._step
 
-    def __iter__(self) -> "SyntheticIterator":
+    def __iter__(self) -> SyntheticIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:

@@ -1,9 +1,10 @@
-"""Compute budgets before a run: Chinchilla-optimal size, tokens a config sees in a budget, hours for a token target.
+"""Compute budgets before a run: Chinchilla-optimal size, tokens a config sees in a budget, hours for a target.
 
 The compute-optimal rule is Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (Chinchilla):
 training compute C ≈ 6·N·D FLOPs for N parameters and D tokens, and the optimum grows N and D equally with compute
-(their approaches 1 and 2 fit N_opt ∝ C^0.50 / C^0.49, D_opt ∝ C^0.50 / C^0.51), which lands at D ≈ 20·N (their
-Table 3: 1B parameters ↔ 20.2B tokens; Chinchilla itself: 70B on 1.4T). Hence N_opt = sqrt(C / 120) and D_opt = 20·N_opt.
+(their approaches 1 and 2 fit N_opt ∝ C^0.50 / C^0.49, D_opt ∝ C^0.50 / C^0.51), which lands at D ≈ 20·N
+(their Table 3: 1B parameters ↔ 20.2B tokens; Chinchilla itself: 70B on 1.4T). Hence N_opt = sqrt(C / 120) and
+D_opt = 20·N_opt.
 Their approach 3 fitted the loss directly, L(N, D) = E + A / N^α + B / D^β with E = 1.69, A = 406.4, B = 410.7,
 α = 0.34, β = 0.28; Besiroglu et al. 2024 ("Chinchilla Scaling: A replication attempt") refit the same data to
 E = 1.82, A = 482.0, B = 2085.4, α = 0.348, β = 0.366, whose optimum is again ≈ 20 tokens per parameter. N counts
@@ -20,7 +21,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from trainer.config import Config
 from trainer.errors import ConfigError
@@ -48,7 +49,7 @@ class Hardware:
     """What a budget runs on: a name, the chips it has (None for a bare chip kind) and one chip's peak."""
 
     name: str
-    chips: Optional[int]
+    chips: int | None
     peak_tflops: float  # dense bf16, per chip
 
 
@@ -91,11 +92,11 @@ class Budget:
     """A compute budget in FLOPs and, when it came from hardware time, what it was made of."""
 
     flops: float
-    hardware: Optional[Hardware] = None
-    mfu: Optional[float] = None
-    mfu_from: Optional[str] = None  # "--mfu" or the run folder it was measured in
-    hours: Optional[float] = None
-    chip_hours: Optional[float] = None
+    hardware: Hardware | None = None
+    mfu: float | None = None
+    mfu_from: str | None = None  # "--mfu" or the run folder it was measured in
+    hours: float | None = None
+    chip_hours: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `budget` object of the plan's JSON line."""
@@ -192,7 +193,7 @@ class ConfigPlan:
         """Model FLOPs of the whole run (attention included)."""
         return self.flops_per_token * self.tokens
 
-    def time_on(self, hardware: Hardware, mfu: float) -> tuple[float, Optional[float]]:
+    def time_on(self, hardware: Hardware, mfu: float) -> tuple[float, float | None]:
         """(chip-hours, hours on the slice or None without a chip count) the run takes at `mfu`."""
         chip_hours = self.flops / sustained_flops_per_hour(hardware, mfu)
         return chip_hours, (chip_hours / hardware.chips if hardware.chips else None)

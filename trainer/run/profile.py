@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any, ContextManager
+from typing import Any
 
 import jax
 
@@ -29,7 +29,7 @@ class StepProfiler:
         self.active = False
         self._local: str | None = None
 
-    def step(self, step: int) -> ContextManager:
+    def step(self, step: int) -> contextlib.AbstractContextManager:
         """Enter around dispatching train step `step`: starts the trace at the window's first step (or the first
         step run, when a resumed run starts inside the window) and marks the step in the trace."""
         if self.window is None:
