@@ -45,6 +45,11 @@ class Tokenizer(abc.ABC):
     def decode(self, ids: list[int]) -> str:
         """The text of `ids` (special tokens kept as they are)."""
 
+    def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
+        """A conversation ([{"role", "content"}, ...]) as prompt text through the tokenizer's chat template, ending
+        where the assistant's reply begins; None when the tokenizer has no template."""
+        return None
+
     @property
     @abc.abstractmethod
     def sha256(self) -> str:
@@ -120,6 +125,11 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
+        if not getattr(self._tok, "chat_template", None):
+            return None
+        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     @property
     def sha256(self) -> str:

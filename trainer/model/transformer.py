@@ -12,6 +12,10 @@ without it they live under `layers_0`, `layers_1`, ...):
     layers/mlp/{gate,up}/kernel [embed, mlp]   layers/mlp/down/kernel [mlp, embed]
     final_norm/scale [embed]                   lm_head/kernel [embed, vocab] (untied only)
 RoPE rotates the two halves of each head (Hugging Face's layout), so q/k weights export without a permutation.
+
+`Transformer(config, decode=True)` is the same model for autoregressive decoding: every attention layer keeps its
+keys and values in the `cache` collection (`trainer.model.cache`); call it with `mutable=["cache"]`, explicit
+positions and segment ids (0 marks left padding) — first on a prompt batch, then one token per step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from flax import linen as nn
 
 from trainer.config import ModelConfig
 from trainer.model.attention import attend
+from trainer.model.cache import KVCache, cached_attention
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
@@ -116,6 +121,8 @@ class Attention(nn.Module):
     """Grouped-query causal self-attention with RoPE; never attends across segments (packed documents)."""
 
     config: ModelConfig
+    decode: bool = False  # attend over a KV cache of `cache_length` slots (see trainer.model.cache)
+    cache_length: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
@@ -127,7 +134,11 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(apply_rope(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
         k = nn.with_logical_constraint(apply_rope(k, positions, c.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
-        out = attend(q, k, v, segment_ids, c.attention)
+        if self.decode:
+            keys, values, mask = KVCache(self.cache_length, name="cache")(k, v, segment_ids)
+            out = cached_attention(q, keys, values, mask)
+        else:
+            out = attend(q, k, v, segment_ids, c.attention)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         return Projection(c, (c.embed_dim,), ("heads", "head_dim", "embed"), in_dims=2, name="out")(out)
 
@@ -150,43 +161,53 @@ class DecoderLayer(nn.Module):
     """One pre-norm transformer layer; returns (x, None) so that it can be scanned."""
 
     config: ModelConfig
+    decode: bool = False
+    cache_length: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
-        x = x + Attention(self.config, name="attention")(RMSNorm(self.config, name="attention_norm")(x),
-                                                          positions, segment_ids)
+        attention = Attention(self.config, self.decode, self.cache_length, name="attention")
+        x = x + attention(RMSNorm(self.config, name="attention_norm")(x), positions, segment_ids)
         x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 
 class Transformer(nn.Module):
-    """The decoder: tokens [batch, length] → logits [batch, length, vocab] (compute dtype)."""
+    """The decoder: tokens [batch, length] → logits [batch, length, vocab] (compute dtype).
+
+    With `decode`, attention reads and extends the KV cache (`cache_length` slots, default `max_seq_len`).
+    """
 
     config: ModelConfig
+    decode: bool = False
+    cache_length: int | None = None
 
     @nn.compact
     def __call__(
         self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None
     ) -> jax.Array:
         c = self.config
+        if self.decode and (positions is None or segment_ids is None):
+            raise ValueError("decoding needs explicit positions and segment ids (0 = padding)")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         embed = Embed(c, name="embed")
         x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
 
         layer = DecoderLayer
-        if c.remat_policy != "none":
+        cache_length = self.cache_length or c.max_seq_len
+        if c.remat_policy != "none" and not self.decode:
             layer = nn.remat(layer, prevent_cse=not c.scan_layers, policy=REMAT_POLICIES[c.remat_policy])
         if c.scan_layers:
             stack = nn.scan(
-                layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                layer, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(c, name="layers")(x, positions, segment_ids)
+            x, _ = stack(c, self.decode, cache_length, name="layers")(x, positions, segment_ids)
         else:
             for i in range(c.num_layers):
-                x, _ = layer(c, name=f"layers_{i}")(x, positions, segment_ids)
+                x, _ = layer(c, self.decode, cache_length, name=f"layers_{i}")(x, positions, segment_ids)
 
         x = RMSNorm(c, name="final_norm")(x)
         if c.tie_embeddings:
