@@ -214,13 +214,14 @@ def _print_sample(config: Config, step_fns: StepFunctions, params: Any, log: Met
         log.say("no sample: synthetic data has no tokenizer")
         return
     from trainer.data.tokenizer import load_tokenizer
-    from trainer.infer.sample import greedy
+    from trainer.infer.decode import Generator
 
     tokenizer = load_tokenizer(storage.join(config.run.dir, "tokenizer"))
     text = config.log.sample_prompt
-    prompt = tokenizer.encode(text)
-    tokens = greedy(config, step_fns.mesh, params, prompt, config.log.sample_tokens)
-    log.say("sample (greedy):\n" + text + tokenizer.decode(tokens[len(prompt):]))
+    result = Generator(config, step_fns.mesh, params).generate(
+        [tokenizer.encode(text)], config.log.sample_tokens, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
+        detokenize=tokenizer.decode)[0]
+    log.say("sample (greedy):\n" + text + result.text)
 
 
 def _duration(seconds: float) -> str:
