@@ -50,6 +50,7 @@ def prepare(
     dtype: Optional[str] = None,
     max_files: Optional[int] = None,
     tfds_data_dir: Optional[str] = None,
+    split: str = "train",
     unit_bytes: Optional[int] = None,
     progress: bool = True,
     verbose: bool = True,
@@ -71,7 +72,7 @@ def prepare(
     for spec in inputs:
         storage.check_reachable(spec, "--input")
     workers = max(1, workers or os.cpu_count() or 1)
-    items, source = sources.resolve(inputs, corpus, text_field, tfds_data_dir, max_files)
+    items, source = sources.resolve(inputs, corpus, text_field, tfds_data_dir, max_files, split)
     _check_decodable(items, seed)
     tok = _get_tokenizer(out, items, tokenizer, vocab_size, workers, seed, verbose)
     dtype = shards_lib.choose_dtype(tok.vocab_size, dtype)
@@ -291,8 +292,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", action="extend", metavar="PATH_OR_GLOB",
-                     help="text files/folders/globs (one document per file), .jsonl, .parquet, tfds:NAME[:SPLIT], "
-                          "hf:PATH_OR_NAME[:SPLIT]; repeatable")
+                     help="text files/folders/globs (one document per file), .jsonl, .parquet, "
+                          "tfds:NAME[/CONFIG][:VERSION], hf:PATH_OR_NAME[:CONFIG]; repeatable")
     src.add_argument("--corpus", choices=["stdlib"], help="the built-in corpus: this Python's standard library sources")
     src.add_argument("--verify", metavar="DIR",
                      help="check a prepared folder instead: every shard's record count and sha256 against its "
@@ -309,7 +310,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
     p.add_argument("--dtype", choices=["uint16", "uint32"], help="token dtype (default: uint16 when the vocab fits)")
     p.add_argument("--max-files", type=int, help="read only the first N input files (quick trials)")
-    p.add_argument("--tfds-data-dir", help="TFDS data dir for tfds: inputs")
+    p.add_argument("--tfds-data-dir", help="TFDS data dir (local or gs://) for tfds: inputs "
+                                           "(default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--split", default="train",
+                   help="split of tfds: and hf: inputs, e.g. train, validation, 'train[:10%%]' (default train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -331,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             inputs=args.input or (), out=args.out, vocab_size=args.vocab_size, corpus=args.corpus,
             tokenizer=args.tokenizer, val_fraction=args.val_fraction, text_field=args.text_field, bos=args.bos,
             workers=args.workers, seed=args.seed, dtype=args.dtype, max_files=args.max_files,
-            tfds_data_dir=args.tfds_data_dir, progress=not args.no_progress,
+            tfds_data_dir=args.tfds_data_dir, split=args.split, progress=not args.no_progress,
             command=shlex.join(["python", "-m", "trainer.data.prepare", *argv]),
         )
     except KeyboardInterrupt:

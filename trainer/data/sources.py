@@ -21,22 +21,24 @@ from trainer.data import DataError
 STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 _JSONL_EXT = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 _PARQUET_EXT = (".parquet",)
-_DATASET_SHARDS = 16  # tfds:/hf: inputs are read as this many even parts, in parallel
 
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One unit of reading: a file (text, JSONL or Parquet) or one even part of a TFDS / HF dataset."""
+    """One unit of reading: a file (text, JSONL or Parquet) or a range of rows of a TFDS / HF dataset split."""
 
     kind: str  # 'text' | 'jsonl' | 'parquet' | 'tfds' | 'hf'
-    path: str  # file path / URL, or dataset name
+    path: str  # file path / URL; tfds: the prepared dataset's folder; hf: what follows `hf:`
     size: int = 0  # bytes on disk (0: unknown), for grouping and the progress estimate
     field: str = "text"  # JSONL key / Parquet column / dataset feature
     split: str = ""  # tfds / hf split
-    part: int = 0  # tfds / hf: which of `parts`
+    part: int = 0  # tfds / hf: which of `parts` work units the split's rows were cut into
     parts: int = 1
     data_dir: str = ""  # tfds data dir
     name: str = ""  # files: the path relative to the inputs' common folder; the documents' key (split, reports)
+    start: int = 0  # tfds / hf: the first row (of the split) to read
+    rows: int = 0  # tfds / hf: how many rows
+    fingerprint: str = ""  # tfds / hf: identity of the dataset's content (resume redoes a unit when it changes)
 
     @property
     def key(self) -> str:
@@ -116,18 +118,18 @@ def _file_item(path: str, field: str) -> Item:
     return Item(_kind_of(path), path, os.path.getsize(path), field)
 
 
-def _dataset_items(spec: str, field: str, tfds_data_dir: Optional[str]) -> list[Item]:
+def _dataset_items(spec: str, field: str, tfds_data_dir: Optional[str], split: str) -> list[Item]:
     kind, _, rest = spec.partition(":")
-    name, _, split = rest.partition(":")
-    if not name:
-        raise DataError(f"--input {spec}: name the dataset, e.g. {kind}:NAME[:SPLIT]")
-    split = split or "train"
+    if not rest:
+        example = "tfds:NAME[/CONFIG][:VERSION]" if kind == "tfds" else "hf:PATH_OR_NAME"
+        raise DataError(f"--input {spec}: name the dataset, e.g. {example}")
     if kind == "tfds":
-        _import_tfds()
-        data_dir = tfds_data_dir or ""
-        return [Item("tfds", name, 0, field, split, i, _DATASET_SHARDS, data_dir) for i in range(_DATASET_SHARDS)]
-    _import_datasets()
-    return [Item("hf", name, 0, field, split, i, _DATASET_SHARDS) for i in range(_DATASET_SHARDS)]
+        from trainer.data import tfds_source
+
+        return tfds_source.items(rest, field, split, tfds_data_dir)
+    from trainer.data import hf_source
+
+    return hf_source.items(rest, field, split)
 
 
 def resolve(
@@ -136,6 +138,7 @@ def resolve(
     text_field: str = "text",
     tfds_data_dir: Optional[str] = None,
     max_files: Optional[int] = None,
+    split: str = "train",
 ) -> tuple[list[Item], str]:
     """All items to read and a one-line description of the source; fails (DataError) on no match or unreadable files."""
     if corpus is not None:
@@ -153,7 +156,7 @@ def resolve(
     items: list[Item] = []
     for spec in inputs:
         if spec.startswith(("tfds:", "hf:")):
-            items.extend(_dataset_items(spec, text_field, tfds_data_dir))
+            items.extend(_dataset_items(spec, text_field, tfds_data_dir, split))
             continue
         files = _expand(spec)
         if not files:
@@ -183,13 +186,13 @@ def _plain(path: str) -> str:
 
 
 def group(items: Sequence[Item], target_bytes: int) -> list[list[Item]]:
-    """Consecutive items packed into work units of about `target_bytes` (each dataset part is a unit of its own)."""
+    """Consecutive items packed into work units of about `target_bytes`; a dataset split is cut into row ranges."""
     units: list[list[Item]] = []
     current: list[Item] = []
     size = 0
     for item in items:
         if item.kind in ("tfds", "hf"):
-            units.append([item])
+            units.extend([part] for part in _row_parts(item, target_bytes))
             continue
         if current and size + item.size > target_bytes:
             units.append(current)
@@ -199,6 +202,15 @@ def group(items: Sequence[Item], target_bytes: int) -> list[list[Item]]:
     if current:
         units.append(current)
     return units
+
+
+def _row_parts(item: Item, target_bytes: int) -> list[Item]:
+    """A dataset item cut into even row ranges of about `target_bytes` each (at least one row per part)."""
+    parts = max(1, min(item.rows, -(-item.size // max(1, target_bytes))))
+    bounds = [item.start + item.rows * i // parts for i in range(parts + 1)]
+    return [dataclasses.replace(item, part=i, parts=parts, start=bounds[i], rows=bounds[i + 1] - bounds[i],
+                                size=item.size * (bounds[i + 1] - bounds[i]) // max(1, item.rows))
+            for i in range(parts)]
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -214,9 +226,13 @@ def read_documents(item: Item) -> Iterator[Document]:
         elif item.kind == "parquet":
             yield from _read_parquet(item)
         elif item.kind == "tfds":
-            yield from _read_tfds(item)
+            from trainer.data import tfds_source
+
+            yield from tfds_source.read(item)
         elif item.kind == "hf":
-            yield from _read_hf(item)
+            from trainer.data import hf_source
+
+            yield from hf_source.read(item)
         else:
             raise DataError(f"unknown input kind {item.kind!r}")
     except OSError as e:
@@ -275,10 +291,11 @@ def _parquet_documents(item: Item) -> Iterator[Document]:
         for batch in parquet.iter_batches(columns=[item.field], batch_size=4096):
             for value in batch.column(0).to_pylist():
                 row += 1
-                yield from _value_document(f"{item.key}:{row}", value, item)
+                yield from value_document(f"{item.key}:{row}", value, item)
 
 
-def _value_document(key: str, value: object, item: Item) -> Iterator[Document]:
+def value_document(key: str, value: object, item: Item) -> Iterator[Document]:
+    """One row's value (text, UTF-8 bytes or None) as a document; DataError for anything else."""
     if value is None:
         value = ""
     if isinstance(value, bytes):
@@ -295,56 +312,3 @@ def _import_pyarrow():
         import pyarrow.parquet  # noqa: F401
     except ImportError:
         raise DataError('Parquet input needs pyarrow: pip install -e ".[parquet]"') from None
-
-
-def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise DataError(
-            "--input tfds:... needs TensorFlow Datasets: pip install tensorflow-datasets (or pip install -e .[tfds])"
-        ) from None
-    return tfds
-
-
-def _import_datasets():
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("--input hf:... needs Hugging Face datasets: pip install datasets") from None
-    return datasets
-
-
-def _read_tfds(item: Item) -> Iterator[Document]:
-    tfds = _import_tfds()
-    part = tfds.even_splits(item.split, n=item.parts)[item.part]
-    try:
-        builder = tfds.builder(item.path, data_dir=item.data_dir or None)
-        rows = builder.as_data_source(split=part)
-    except Exception as e:  # tfds raises many types for a dataset that is not prepared locally
-        raise DataError(f"cannot open TFDS dataset {item.path} ({part}) in {item.data_dir or 'the default data dir'}: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    for index in range(len(rows)):
-        row = rows[index]
-        if item.field not in row:
-            raise DataError(f"TFDS dataset {item.path} has no feature {item.field!r} (choose one with --text-field)")
-        yield from _value_document(f"tfds:{item.path}:{part}:{index}", row[item.field], item)
-
-
-def _read_hf(item: Item) -> Iterator[Document]:
-    datasets = _import_datasets()
-    try:
-        saved = ("dataset_info.json", "dataset_dict.json")  # what Dataset / DatasetDict.save_to_disk write
-        if os.path.isdir(item.path) and any(os.path.exists(os.path.join(item.path, n)) for n in saved):
-            ds = datasets.load_from_disk(item.path)
-            ds = ds[item.split] if isinstance(ds, datasets.DatasetDict) else ds
-        else:
-            ds = datasets.load_dataset(item.path, split=item.split)
-    except Exception as e:  # datasets raises many types for a missing dataset or split
-        raise DataError(f"cannot open Hugging Face dataset {item.path} ({item.split}): "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if item.field not in ds.column_names:
-        raise DataError(f"Hugging Face dataset {item.path} has no column {item.field!r} (choose one with --text-field)")
-    part = ds.shard(num_shards=item.parts, index=item.part, contiguous=True)
-    for index, value in enumerate(part[item.field]):
-        yield from _value_document(f"hf:{item.path}:{item.split}:{item.part}:{index}", value, item)

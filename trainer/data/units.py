@@ -154,7 +154,14 @@ def estimate_tokens(tok: tokenizer_lib.Tokenizer, items: list[sources.Item], tod
     """Tokens still to write, from the bytes/token of a small sample: the progress bar's total."""
     if not todo:
         return 0
-    sample = "".join(doc.text for item in items[:20] for doc in sources.read_documents(item))[:200_000]
+    parts: list[str] = []
+    chars = 0
+    for doc in (doc for item in items[:20] for doc in sources.read_documents(item)):
+        parts.append(doc.text)
+        chars += len(doc.text)
+        if chars >= 200_000:  # stop reading: a dataset item is a whole split
+            break
+    sample = "".join(parts)[:200_000]
     if not sample:
         return 0
     bytes_per_token = len(sample.encode()) / max(1, len(tok.encode(sample)))

@@ -1,0 +1,108 @@
+"""`--input hf:PATH_OR_NAME`: a Hugging Face `datasets` dataset.
+
+PATH may be a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk` (read with `load_from_disk`), or
+local JSON / JSON Lines / Parquet files (a file, a glob or a folder of them; read with `load_dataset`, which converts
+them to Arrow in the datasets cache once). Anything else is a dataset on the Hugging Face Hub, `owner/name[:CONFIG]`,
+which `load_dataset` downloads into its cache first: that needs Hub access. Rows are read by index from the
+memory-mapped Arrow files, so every work unit opens the dataset itself and reads only its own range.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any, Iterator
+
+from trainer.data import DataError
+from trainer.data.sources import Document, Item, value_document
+
+_SAVED = ("state.json", "dataset_dict.json")  # what Dataset / DatasetDict.save_to_disk write
+_BUILDERS = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
+_BATCH = 1024  # rows per read
+
+
+def import_datasets() -> Any:
+    """`datasets`, or a DataError naming the extra to install."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError('--input hf:... needs Hugging Face datasets: pip install -e ".[datasets]"') from None
+    return datasets
+
+
+def _is_local(path: str) -> bool:
+    return os.path.exists(path) or any(c in path for c in "*?[")
+
+
+def _data_files(path: str) -> tuple[str, list[str]]:
+    """The `load_dataset` builder ('json' / 'parquet') and the files of a local file, glob or folder."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(folder, n) for folder, _, names in os.walk(path) for n in names)
+    else:
+        files = sorted(glob.glob(path, recursive=True)) if any(c in path for c in "*?[") else [path]
+    files = [f for f in files if os.path.isfile(f) and not os.path.basename(f).startswith(".")]
+    builders = {_BUILDERS.get(_extension(f)) for f in files}
+    if not files:
+        raise DataError(f"hf:{path}: no files match")
+    if None in builders or len(builders) != 1:
+        raise DataError(f"hf:{path}: expected a save_to_disk folder or only JSON / JSON Lines / Parquet files "
+                        f"(found {', '.join(sorted({_extension(f) or os.path.basename(f) for f in files}))}); "
+                        "plain text files go straight to --input PATH")
+    return builders.pop(), files
+
+
+def _extension(path: str) -> str:
+    name = os.path.basename(path).lower()
+    return next((ext for ext in sorted(_BUILDERS, key=len, reverse=True) if name.endswith(ext)), "")
+
+
+def open_dataset(spec: str, split: str) -> Any:
+    """The `datasets.Dataset` that `hf:spec` names, restricted to `split`; DataError (one line) when it can't be had."""
+    datasets = import_datasets()
+    try:
+        if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, n)) for n in _SAVED):
+            ds = datasets.load_from_disk(spec)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(f"hf:{spec} has no split {split!r} (splits: {', '.join(ds)}; choose with --split)")
+                ds = ds[split]
+            elif split != "train":
+                raise DataError(f"hf:{spec} is a single Dataset without splits: leave out --split {split}")
+            return ds
+        if _is_local(spec):
+            builder, files = _data_files(spec)
+            return datasets.load_dataset(builder, data_files=files, split=split)
+        name, _, config = spec.partition(":")
+        return datasets.load_dataset(name, config or None, split=split)
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types for a missing dataset, split or file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise DataError(f"cannot open Hugging Face dataset {spec} (split {split}): {reason}") from None
+
+
+def items(spec: str, field: str, split: str) -> list[Item]:
+    """One Item for the whole split (work units split it by rows later); the text column checked up front."""
+    ds = open_dataset(spec, split)
+    if field not in ds.column_names:
+        raise DataError(f"Hugging Face dataset {spec} has no column {field!r} (columns: {', '.join(ds.column_names)}; "
+                        "choose one with --text-field)")
+    dtype = getattr(ds.features[field], "dtype", None)
+    if dtype not in ("string", "large_string", "binary", "large_binary"):
+        raise DataError(f"Hugging Face dataset {spec}: column {field!r} holds {ds.features[field]}, not text")
+    size = ds.data.nbytes * len(ds) // max(1, ds.data.num_rows)  # Arrow bytes of the rows, for unit sizes
+    # The key prefix of local datasets leaves out the folders above them: moving the data keeps the train/val split.
+    name = "hf:" + (os.path.basename(os.path.normpath(spec)) if _is_local(spec) else spec)
+    # datasets' own fingerprint of the content (save_to_disk state, or data files with their modification times)
+    return [Item("hf", spec, size, field, split, name=name, start=0, rows=len(ds), fingerprint=ds._fingerprint)]
+
+
+def read(item: Item) -> Iterator[Document]:
+    """Rows start .. start+rows of the item's split as documents keyed by their row number."""
+    ds = open_dataset(item.path, item.split).select_columns([item.field])
+    part = ds.select(range(item.start, item.start + item.rows))
+    row = item.start
+    for batch in part.iter(batch_size=_BATCH):
+        for value in batch[item.field]:
+            yield from value_document(f"{item.name}:{item.split}:{row}", value, item)
+            row += 1
