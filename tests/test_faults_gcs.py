@@ -12,7 +12,7 @@ from runs import REPO, trainer_env, write_config
 
 from trainer import main as trainer_main
 from trainer import storage
-from trainer.errors import ConfigError
+from trainer.errors import ExitCode, StorageError
 from trainer.export import hf as convert_to_hf
 
 
@@ -41,7 +41,7 @@ def assert_retried_then_failed(err: str, host_port: str, url: str, what: str) ->
 
 
 def test_bounded_retries_say_what_they_wait_for(dead_store, capsys):
-    with pytest.raises(ConfigError, match=f"can't reach gs://bucket/x \\(run.dir\\): {dead_store} Connection refused"):
+    with pytest.raises(StorageError, match=f"can't reach gs://bucket/x \\(run.dir\\): {dead_store} Connection refused"):
         storage.check_reachable("gs://bucket/x", "run.dir", attempts=4, first_wait=0.01)
     waits = capsys.readouterr().err.strip().splitlines()
     assert [w.split("; ")[-1] for w in waits] == ["retry 1/3 in 0s", "retry 2/3 in 0s", "retry 3/3 in 0s"]
@@ -52,15 +52,15 @@ def test_prepare_to_an_unreachable_bucket_cli(dead_store, tmp_path):
     result = subprocess.run([sys.executable, "-m", "trainer.data.prepare", "--corpus", "stdlib", "--out",
                              "gs://bucket/data", "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=90)
-    assert result.returncode == 2
+    assert result.returncode == ExitCode.UNREACHABLE == 4  # a supervisor restarts it with back-off
     assert_retried_then_failed(result.stderr, dead_store, "gs://bucket/data", "--out")
 
 
 def test_convert_and_train_from_an_unreachable_bucket(dead_store, tmp_path, capsys):
     out = tmp_path / "hf"
-    assert convert_to_hf.main(["--checkpoint", "gs://bucket/run", "--out", str(out)]) == 2
+    assert convert_to_hf.main(["--checkpoint", "gs://bucket/run", "--out", str(out)]) == ExitCode.UNREACHABLE
     assert_retried_then_failed(capsys.readouterr().err, dead_store, "gs://bucket/run", "the run folder")
     assert not out.exists()
     config = write_config(str(tmp_path / "c.yml"), str(tmp_path / "data"), "gs://bucket/run")
-    assert trainer_main.main([config]) == 2
+    assert trainer_main.main([config]) == ExitCode.UNREACHABLE
     assert_retried_then_failed(capsys.readouterr().err, dead_store, "gs://bucket/run", "run.dir")

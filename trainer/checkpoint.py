@@ -25,7 +25,7 @@ import yaml
 
 from trainer import distributed, storage
 from trainer.config import CheckpointConfig, Config, from_dict
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, StorageError
 
 
 class _StepMetadataElsewhere(logging.Filter):
@@ -124,7 +124,7 @@ class Checkpointer:
                 error = None
             except Exception as e:  # tensorstore / Orbax / JSON errors of a damaged step
                 if _is_transient(e):
-                    raise CheckpointError(f"can't read checkpoint {self.directory}/{step} ({_gist(e)}): the store "
+                    raise StorageError(f"can't read checkpoint {self.directory}/{step} ({_gist(e)}): the store "
                                           "is unreachable or refused; run again when it is back") from None
                 error = _gist(e)
             if all(distributed.allgather_json(error is None)):  # every process restored this step
@@ -269,7 +269,7 @@ def _explained(run_dir: str, directory: str, step: int) -> Iterator[None]:
         raise
     except Exception as e:  # tensorstore / Orbax errors of a damaged (or unreachable) step
         if _is_transient(e):
-            raise CheckpointError(f"can't read checkpoint {directory}/{step} ({_gist(e)}): the store is unreachable "
+            raise StorageError(f"can't read checkpoint {directory}/{step} ({_gist(e)}): the store is unreachable "
                                   "or refused; try again when it is back") from None
         older = [s for s in sorted(ocp.utils.checkpoint_steps(directory)) if s < step]
         instead = (f"use an earlier step, e.g. {run_dir}:{older[-1]}" if older else

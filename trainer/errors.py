@@ -20,6 +20,7 @@ class ExitCode(enum.IntEnum):
     FAILURE = 1  # a crash, or a check that ran and failed (e.g. export parity)
     USAGE = 2  # a config, argument, path or file a person must fix; restarting won't help
     NONFINITE = 3  # training stopped after too many non-finite steps in a row
+    UNREACHABLE = 4  # a gs:// store (or the network) can't be reached; a later restart may work
     INTERRUPTED = 130  # Ctrl-C (SIGINT); a checkpoint was saved
     TERMINATED = 143  # SIGTERM (preemption); a checkpoint was saved
 
@@ -36,6 +37,13 @@ class DataError(ConfigError):
 
 class CheckpointError(ConfigError):
     """A checkpoint that can't be found, read or restored."""
+
+
+class StorageError(ConfigError):
+    """A remote store that can't be reached now (network, DNS, endpoint down): unlike the other errors, trying again
+    later may succeed, so its exit code lets a supervisor restart the job with back-off."""
+
+    exit_code = ExitCode.UNREACHABLE
 
 
 class MappingError(ConfigError):

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import fsspec
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, StorageError
 
 _fs_cache: dict[tuple[str, str], fsspec.AbstractFileSystem] = {}
 _fs_lock = threading.Lock()
@@ -95,7 +95,8 @@ def _gist(error: BaseException) -> str:
 def check_reachable(path: str, what: str, attempts: int = 3, first_wait: float = 2.0, timeout: float = 5.0) -> None:
     """Fail in one line, within seconds, when the object store behind `path` can't be reached (a no-op locally).
 
-    Storage clients retry a dead endpoint for about a minute and log every attempt; this connects to the endpoint
+    Raises StorageError (exit code 4, which a supervisor restarts). Storage clients retry a dead endpoint for about a
+    minute and log every attempt; this connects to the endpoint
     first, `attempts` times with doubling waits, printing one line per wait (what it waits for), then asks the
     client whether `path` exists with its logs silenced. `what` names the setting in messages (e.g. `run.dir`).
     The connection waits 2 + 4 s by default: long enough for a network coming back, short of the client's minute.
@@ -112,7 +113,7 @@ def check_reachable(path: str, what: str, attempts: int = 3, first_wait: float =
             except OSError as e:
                 reason = e.strerror or _gist(e)
                 if attempt == attempts:
-                    raise ConfigError(f"can't reach {path} ({what}): {endpoint[0]}:{endpoint[1]} {reason} after "
+                    raise StorageError(f"can't reach {path} ({what}): {endpoint[0]}:{endpoint[1]} {reason} after "
                                       f"{attempts} attempts; check the machine's network, or use a local folder") \
                         from None
                 print(f"waiting for {endpoint[0]}:{endpoint[1]} to reach {path} ({what}): {reason}; retry "
@@ -125,7 +126,7 @@ def check_reachable(path: str, what: str, attempts: int = 3, first_wait: float =
     try:
         exists(path)
     except Exception as e:  # DNS, credentials, permissions: whatever the storage client raises
-        raise ConfigError(f"can't reach {path} ({what}): {_gist(e)}; check the machine's network and "
+        raise StorageError(f"can't reach {path} ({what}): {_gist(e)}; check the machine's network and "
                           "credentials, or use a reachable folder") from None
     finally:
         quiet.setLevel(level)
