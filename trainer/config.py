@@ -24,6 +24,24 @@ from trainer.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class RopeScalingConfig:
+    """How RoPE stretches to a context longer than pretraining's (docs/context.md): none | linear | ntk | yarn | llama3.
+
+    linear, yarn and llama3 are transformers' rope types of the same names; ntk is static NTK-aware scaling, a new
+    base θ' = θ·factor^(d/(d−2)) (d: the head dimension).
+    """
+
+    type: Literal["none", "linear", "ntk", "yarn", "llama3"] = "none"
+    factor: float = 1.0  # new context / original context
+    original_max_seq_len: Optional[int] = None  # pretraining's context (yarn, llama3); None: max_seq_len / factor
+    beta_fast: float = 32.0  # yarn: rotations above which a frequency is kept (extrapolated)
+    beta_slow: float = 1.0  # yarn: rotations below which a frequency is divided by factor (interpolated)
+    attention_factor: Optional[float] = None  # yarn: scale of cos/sin; None: 0.1·ln(factor) + 1
+    low_freq_factor: float = 1.0  # llama3: wavelengths above original/low_freq_factor are divided by factor
+    high_freq_factor: float = 4.0  # llama3: wavelengths below original/high_freq_factor are kept
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the LLaMA decoder and how it is computed."""
 
@@ -35,6 +53,7 @@ class ModelConfig:
     head_dim: Optional[int] = None  # None: embed_dim // num_heads
     mlp_dim: int = 768
     rope_theta: float = 10000.0
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     max_seq_len: int = 256
@@ -411,6 +430,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"the head dimension must be even for RoPE, got {m.resolved_head_dim}")
     if t.seq_len > m.max_seq_len:
         raise ConfigError(f"train.seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}: lower one or raise the other")
+    validate_rope_scaling(m)
     if t.global_batch_size % t.microbatches:
         raise ConfigError(
             f"train.global_batch_size={t.global_batch_size} is not divisible by train.microbatches={t.microbatches}"
@@ -442,3 +462,35 @@ def validate(config: Config) -> None:
     for mixture in [config.data.mixture] + [s.mixture for s in config.data.stages]:
         if any(c.weight <= 0 for c in mixture):
             raise ConfigError("every data mixture weight must be positive")
+
+
+def validate_rope_scaling(m: ModelConfig) -> None:
+    """One line for a `model.rope_scaling` that transformers, llama.cpp and our RoPE could not read the same way."""
+    r, key = m.rope_scaling, "model.rope_scaling"
+    if r.type == "none":
+        if r.factor != 1.0:
+            raise ConfigError(f"{key}.factor={r.factor:g} has no effect while {key}.type is none: "
+                              "set the type (linear, ntk, yarn or llama3) or leave factor at 1")
+        return
+    if not r.factor >= 1.0:
+        raise ConfigError(f"{key}.factor must be at least 1 (new context / original context), got {r.factor:g}")
+    if r.type == "ntk" and m.resolved_head_dim <= 2:
+        raise ConfigError(f"{key}.type=ntk needs a head dimension above 2, got {m.resolved_head_dim}")
+    if r.type in ("yarn", "llama3"):
+        original = r.original_max_seq_len
+        if original is not None and not 0 < original <= m.max_seq_len:
+            raise ConfigError(f"{key}.original_max_seq_len={original} must be positive and at most "
+                              f"model.max_seq_len={m.max_seq_len} (the pretraining context, not the new one)")
+        if original is None and round(m.max_seq_len / r.factor) < 1:
+            raise ConfigError(f"{key}.factor={r.factor:g} leaves no original context below "
+                              f"model.max_seq_len={m.max_seq_len}: set {key}.original_max_seq_len")
+    if r.type == "yarn":
+        if not 0 < r.beta_slow < r.beta_fast:
+            raise ConfigError(f"{key}.beta_fast ({r.beta_fast:g}) must exceed beta_slow ({r.beta_slow:g}), both "
+                              "positive (rotations bounding the interpolation ramp; defaults 32 and 1)")
+        if r.attention_factor is not None and not r.attention_factor > 0:
+            raise ConfigError(f"{key}.attention_factor must be positive (or null: 0.1·ln(factor) + 1), "
+                              f"got {r.attention_factor:g}")
+    if r.type == "llama3" and not 0 < r.low_freq_factor < r.high_freq_factor:
+        raise ConfigError(f"{key}.high_freq_factor ({r.high_freq_factor:g}) must exceed low_freq_factor "
+                          f"({r.low_freq_factor:g}), both positive (Llama 3.1 uses 4 and 1)")

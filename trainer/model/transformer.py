@@ -24,12 +24,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from trainer.config import ModelConfig
 from trainer.model.attention import attend
 from trainer.model.cache import KVCache, cached_attention
+from trainer.model.rope import apply_rope
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
@@ -104,19 +104,6 @@ class RMSNorm(nn.Module):
         return (normed.astype(x.dtype) * scale.astype(x.dtype)).astype(_dtype(self.config.compute_dtype))
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding on [batch, length, heads, head_dim], rotating the two halves of each head."""
-    head_dim = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, head_dim/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles), jnp.sin(angles)
-    x32 = x.astype(jnp.float32)
-    first, second = jnp.split(x32, 2, axis=-1)
-    rotated = jnp.concatenate([-second, first], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
-
-
 class Attention(nn.Module):
     """Grouped-query causal self-attention with RoPE; never attends across segments (packed documents)."""
 
@@ -131,8 +118,8 @@ class Attention(nn.Module):
         q = Projection(c, (c.num_heads, head_dim), ("embed", "heads", "head_dim"), name="query")(x)
         k = Projection(c, (c.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="key")(x)
         v = Projection(c, (c.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="value")(x)
-        q = nn.with_logical_constraint(apply_rope(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
-        k = nn.with_logical_constraint(apply_rope(k, positions, c.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
+        q = nn.with_logical_constraint(apply_rope(q, positions, c), ("batch", "length", "heads", "head_dim"))
+        k = nn.with_logical_constraint(apply_rope(k, positions, c), ("batch", "length", "kv_heads", "head_dim"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
         if self.decode:
             keys, values, mask = KVCache(self.cache_length, name="cache")(k, v, segment_ids)
