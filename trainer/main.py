@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from trainer.config import Config, load_config
@@ -22,6 +23,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="build everything abstractly (no weights allocated), print a summary and one JSON line")
     parser.add_argument("--devices", type=int, default=None,
                         help="with --dry-run: plan for this many devices instead of the ones present (e.g. 256)")
+    parser.add_argument("--target", default=None,
+                        help="with --dry-run: compile the train and eval steps for this TPU slice (v4-32, v5e-16, "
+                             "v5p-128, v6e-8, ...) and report per-chip memory against its HBM (needs .[tpu])")
+    parser.add_argument("--slices", type=int, default=1, help="with --target: this many slices (multi-slice)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -31,12 +36,14 @@ def dry_run(config: Config, devices: int | None) -> int:
     from jax.sharding import AbstractMesh, AxisType
 
     from trainer import sharding
+    from trainer.fit import padding
     from trainer.run import summary
     from trainer.step import make_step_functions
 
     num_devices = devices if devices is not None else jax.device_count()
     mesh_shape = sharding.resolve_mesh_shape(config.mesh, num_devices)
     sharding.check_batch_divisible(config, mesh_shape)
+    uneven = padding.check(config, mesh_shape)
     if devices is None:
         from trainer.model.attention import check_available
 
@@ -47,6 +54,9 @@ def dry_run(config: Config, devices: int | None) -> int:
     step_fns = make_step_functions(config, mesh)
     text, record = summary.summarize(config, step_fns.abstract_state, mesh_shape)
     print(text)
+    for u in uneven:
+        print(f"uneven     {u.describe()}")
+    record["uneven"] = {u.logical: {"size": u.size, "padded": u.padded, "axes": list(u.axes)} for u in uneven}
     print(json.dumps(record))
     return 0
 
@@ -60,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--devices only plans a --dry-run; a real run uses the devices present")
     if args.devices is not None and args.devices < 1:
         raise ConfigError(f"--devices {args.devices}: plan for at least 1 device, e.g. --devices 256")
+    if (args.target or args.slices != 1) and not args.dry_run:
+        raise ConfigError("--target and --slices only check a --dry-run; a real run compiles for the devices present")
+    if args.target and args.devices is not None:
+        raise ConfigError("give --target (a TPU slice) or --devices (a device count), not both")
+    if args.dry_run and args.target:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile only: this machine's TPU (if any) stays free
+        from trainer.fit.check import dry_run_target
+
+        return dry_run_target(config, args.target, args.slices)
     if args.dry_run:
         return dry_run(config, args.devices)
     from trainer.run.job import run

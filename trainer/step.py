@@ -66,7 +66,9 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     with sharding.activate(mesh, config):
-        boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+        # The key is made inside the trace: nothing may execute under a mesh of devices that are not here
+        # (a TPU topology compiled for on another machine).
+        boxed = jax.eval_shape(lambda: init_boxed(jax.random.key(0)))
         state_shardings = sharding.logical_shardings(boxed, mesh, config)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), state_shardings

@@ -70,12 +70,16 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.A
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None,
+                     interpret: bool = False) -> jax.Array:
     """Splash attention (Pallas TPU kernel), run per shard with shard_map over the batch and head axes.
 
-    GQA by repeating kv heads per group; the kernel wants [heads, length, head_dim] per example and a pre-scaled query.
+    The kernel takes one example's [heads, length, head_dim] (grouped kv heads natively) and a pre-scaled query.
+    Batch and heads are split over their mesh axes only where those divide them: a batch of 1 (model init, sampling)
+    or 14 heads on 4 devices run replicated along that axis instead of failing. Length is never split (the causal
+    mask spans the whole sequence). When the query heads' split does not divide the kv heads, every query head gets
+    its own copy of its kv head. `interpret` runs the kernel's reference interpreter (tests on CPU).
     """
-    from flax import linen as nn
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as kernel,
     )
@@ -84,29 +88,49 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     )
 
     batch, length, heads, head_dim = q.shape
-    groups = heads // k.shape[2]
     if segment_ids is None:
         segment_ids = jnp.ones((batch, length), jnp.int32)
-    k = jnp.repeat(k, groups, axis=2)
-    v = jnp.repeat(v, groups, axis=2)
-    qkv_spec = nn.logical_to_mesh_axes(("batch", "length", "heads", "head_dim"))
-    seg_spec = nn.logical_to_mesh_axes(("batch", "length"))
+    mesh = jax.sharding.get_abstract_mesh()
+    batch_axes = _dividing_axes("batch", batch, mesh)
+    head_axes = _dividing_axes("heads", heads, mesh)
+    if k.shape[2] % _size(head_axes, mesh):
+        k, v = (jnp.repeat(x, heads // k.shape[2], axis=2) for x in (k, v))
+    qkv_spec = jax.sharding.PartitionSpec(batch_axes, None, head_axes, None)
+    seg_spec = jax.sharding.PartitionSpec(batch_axes, None)
 
-    def local(q, k, v, segment_ids):
-        local_heads = q.shape[2]
-        mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(local_heads)])
+    def local(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(q.shape[2])])
         block = min(512, length)
         sizes = kernel.BlockSizes(
             block_q=block, block_kv_compute=block, block_kv=block, block_q_dkv=block,
             block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
         )
-        splash = kernel.make_splash_mha(mask=mask, head_shards=1, q_seq_shards=1, block_sizes=sizes)
+        splash = kernel.make_splash_mha(mask=mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
+                                        interpret=interpret)
         q = jnp.swapaxes(q, 1, 2) / np.sqrt(head_dim).astype(q.dtype)
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         seg = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
         out = jax.vmap(lambda q, k, v, s: splash(q, k, v, segment_ids=s))(q, k, v, seg)
         return jnp.swapaxes(out, 1, 2)
 
+    if mesh.empty:
+        return local(q, k, v, segment_ids)
     return jax.shard_map(
-        local, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec), out_specs=qkv_spec, check_vma=False
+        local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec), out_specs=qkv_spec, check_vma=False
     )(q, k, v, segment_ids)
+
+
+def _size(axes: tuple[str, ...] | None, mesh: jax.sharding.AbstractMesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in axes or ()]))
+
+
+def _dividing_axes(logical: str, size: int, mesh: jax.sharding.AbstractMesh) -> tuple[str, ...] | None:
+    """The mesh axes the logical axis maps to (current rules), or None when they don't divide `size`."""
+    from flax import linen as nn
+
+    if mesh.empty:
+        return None
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    axes = tuple(a for a in axes if a in mesh.shape)
+    return axes if axes and size % _size(axes, mesh) == 0 else None

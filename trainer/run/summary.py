@@ -43,8 +43,9 @@ def summarize(config: Config, abstract_state: Any, mesh_shape: dict[str, int]) -
         f"{fpt * config.train.global_batch_size * config.train.seq_len / 1e12:.2f} TFLOP per step",
         "mesh       " + " × ".join(f"{k}={v}" for k, v in mesh_shape.items())
         + f" = {math.prod(mesh_shape.values())} devices",
-        f"memory     per device: params {param_bytes / 2**30:.3f} GiB + optimizer state {opt_bytes / 2**30:.3f} GiB "
-        f"= {(param_bytes + opt_bytes) / 2**30:.3f} GiB (before activations)",
+        f"state      per device: params {param_bytes / 2**30:.3f} GiB + optimizer state {opt_bytes / 2**30:.3f} GiB "
+        f"= {(param_bytes + opt_bytes) / 2**30:.3f} GiB. Not the peak: activations and compiler temporaries "
+        "come on top (often the bulk); compile for the real per-chip peak with --target TPU_TYPE (e.g. v4-32)",
         f"batch      {config.train.global_batch_size} × {config.train.seq_len} tokens, "
         f"{config.train.microbatches} microbatch(es), split over {'×'.join(sharding.batch_axes(config)) or 'nothing'}",
         "sharding   (parameter: shape dtype → mesh axes per dimension)",

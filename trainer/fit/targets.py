@@ -1,0 +1,111 @@
+"""TPU slices named as gcloud names them (`v4-32`, `v5litepod-16` / `v5e-16`, `v5p-128`, `v6e-8`) → the topology the
+TPU compiler builds devices for, without a TPU.
+
+Slice sizes and generations come from the launcher's catalog (`launch/tpu_catalog.py`), so `--target` accepts exactly
+what `launch/tpu_vm.py --accelerator` does. The chip layout per slice (`v4:2x2x4`) and the HBM the compiler may use per
+chip are ours: libtpu reports no capacity for devices that are not attached, so the table holds what its compiler
+reports when a program is too big ("exceeds available HBM (30.75G)"), checked by tests/test_tpu_fit.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from launch.tpu_catalog import LaunchError, parse_accelerator
+from trainer.errors import ConfigError
+
+GiB = 2**30
+
+# generation → (topology prefix libtpu knows, chip config, usable HBM per chip in GiB as libtpu 0.0.42 reports it).
+# v4 and v5p chips are two TensorCores driven as one "megacore" device; v5e and v6e chips have one core.
+CHIPS: dict[str, tuple[str, str, float]] = {
+    "v4": ("v4", "megacore", 30.75),
+    "v5e": ("v5e", "default", 15.75),
+    "v5p": ("v5", "megacore", 95.74),
+    "v6e": ("v6e", "default", 31.25),
+}
+TPU_EXTRA_HINT = 'compiling for a TPU slice needs libtpu: pip install -e ".[tpu]"'
+
+
+@dataclass(frozen=True)
+class Target:
+    """One TPU slice type (times `slices` for multi-slice) and the topology its train step is compiled for."""
+
+    name: str  # as gcloud writes it, e.g. "v4-32", "v5litepod-16"
+    generation: str  # v4, v5e, v5p, v6e
+    chips_per_slice: int
+    slices: int
+    topology: str  # libtpu's name for the chip grid of one slice, e.g. "v4:2x2x4"
+    chip_config: str  # "megacore" or "default"
+    hbm_bytes: int  # per chip, what the compiler may allocate
+
+    @property
+    def chips(self) -> int:
+        """Chips of all slices together: the devices of the mesh."""
+        return self.chips_per_slice * self.slices
+
+    def describe(self) -> str:
+        """e.g. 'v4-32 (16 chips, topology v4:2x2x4)' or '2 × v5litepod-16 (32 chips, ...)'."""
+        many = f"{self.slices} × " if self.slices > 1 else ""
+        return f"{many}{self.name} ({self.chips} chips, topology {self.topology})"
+
+
+def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
+    """The chip grid of a slice (its topology), e.g. 4 → 2x2x1, 16 → 2x2x4 or 4x4, 2048 → 8x16x16.
+
+    From 2x2x1 (v4/v5p: a host's 4 chips) or 1x1, doubling the smallest axis (the last of equals) gives Google's
+    grids for every power of two; an odd factor (v5p-384: 192 chips) multiplies the last axis (4x4x12).
+    """
+    odd = chips
+    while odd % 2 == 0:
+        odd //= 2
+    shape = [2, 2, 1] if dims == 3 and chips >= 4 else [1] * dims
+    while math.prod(shape) < chips // odd:
+        smallest = min(shape)
+        shape[max(j for j, s in enumerate(shape) if s == smallest)] *= 2
+    shape[-1] *= odd
+    return tuple(shape)
+
+
+def parse_target(name: str, slices: int = 1) -> Target:
+    """Validate a TPU type (and slice count) into a Target; an unknown name is one line naming the nearest valid one."""
+    if slices < 1:
+        raise ConfigError(f"--slices must be at least 1, got {slices}")
+    try:
+        acc = parse_accelerator(name)
+    except LaunchError as e:
+        raise ConfigError(str(e)) from None
+    prefix, config, hbm_gib = CHIPS[acc.generation]
+    chips = acc.size // 2 if acc.generation in ("v4", "v5p") else acc.size  # v4/v5p sizes count TensorCores
+    grid = chip_grid(chips, 3 if acc.generation in ("v4", "v5p") else 2)
+    return Target(name=acc.name, generation=acc.generation, chips_per_slice=chips, slices=slices,
+                  topology=f"{prefix}:{'x'.join(map(str, grid))}", chip_config=config,
+                  hbm_bytes=int(round(hbm_gib * GiB)))
+
+
+def require_libtpu() -> None:
+    """One line naming the extra to install when the TPU compiler (libtpu) is missing."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise ConfigError(TPU_EXTRA_HINT)
+
+
+def topology_devices(target: Target) -> list[Any]:
+    """The target's devices as the TPU compiler sees them (not attached: usable for compiling only, never executing).
+
+    libtpu normally locks /tmp/libtpu_lockfile so that one process owns the local TPU chips; compiling for chips
+    that are not here owns nothing, so the lock is waived and several compiles (or a CPU run) can share the machine.
+    """
+    require_libtpu()
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    bounds = (1, 1, 1) if target.chips_per_slice == 1 else (2, 2, 1)
+    topology = topologies.get_topology_desc(
+        platform="tpu", topology_name=target.topology, chip_config_name=target.chip_config,
+        chips_per_host_bounds=bounds, num_slices=target.slices,
+    )
+    return list(topology.devices)
