@@ -22,9 +22,12 @@ def truncate_files(folder: str) -> None:
     """What a failed copy leaves: every file of the folder cut to half its size."""
     for root, _, names in os.walk(folder):
         for name in names:
-            path = os.path.join(root, name)
-            with open(path, "r+b") as f:
-                f.truncate(os.path.getsize(path) // 2)
+            truncate_file(os.path.join(root, name))
+
+
+def truncate_file(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
 
 
 def snapshot(folder: str) -> dict[str, tuple[int, int]]:
@@ -112,14 +115,21 @@ def test_a_refused_resume_writes_nothing_into_the_old_run_folder(reference, tmp_
     assert snapshot(run_dir) == before  # no new TensorBoard events file, config.yaml unchanged
 
 
-def test_a_data_folder_without_its_tokenizer_is_refused_at_start(reference, tmp_path, capfd):
+@pytest.mark.parametrize("damage", ["tokenizer", "shard"])
+def test_a_damaged_data_folder_is_refused_before_anything_is_written(reference, tmp_path, capfd, damage):
+    """No tokenizer (sampling and exports need it), or a truncated train shard: refused at start, not after training."""
     config, ref_dir, _, _, corpus = reference
     data = str(tmp_path / "data")
     shutil.copytree(corpus, data)
-    os.remove(os.path.join(data, "tokenizer.model"))
+    if damage == "tokenizer":
+        bad = os.path.join(data, "tokenizer.model")
+        os.remove(bad)
+    else:
+        bad = os.path.join(data, "train-00001.array_record")
+        truncate_file(bad)
     run_dir = str(tmp_path / "run")
     capfd.readouterr()
     assert trainer_main.main([config, f"run.dir={run_dir}", f"data.path={data}"]) == 2
     (line,) = stderr_lines(capfd)
-    assert line.startswith(f"error: {os.path.join(data, 'tokenizer.model')} is missing")
+    assert line.startswith(f"error: {bad} is missing" if damage == "tokenizer" else f"error: shard {bad} is damaged")
     assert not os.path.exists(run_dir)

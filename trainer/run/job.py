@@ -152,6 +152,7 @@ def run(config: Config) -> int:
         pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
             config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
             process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
+    data_iter = _train_iterator(config)  # opens every train shard: a damaged one is named now, before any write
     # Every check above passed: only now does anything get written to the run folder (a refused resume leaves
     # the old folder as it was).
     log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard,
@@ -170,7 +171,6 @@ def run(config: Config) -> int:
         log.say(budget.run_line(config))
 
     step_fns = make_step_functions(config, mesh)
-    data_iter = _train_iterator(config)
     ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
     state = _initial_state(config, step_fns, ckpt, data_iter, log)
     stop = StopRequest()
