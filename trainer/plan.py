@@ -116,9 +116,16 @@ def _describe_budget(budget: b.Budget) -> str:
         return f"{budget.flops:.3g} FLOPs"
     hw = budget.hardware
     chips = f"{hw.chips} chips × " if hw.chips else ""
-    hours = f"{budget.hours:,.1f} h = " if budget.hours is not None and hw.chips else ""
-    return (f"{hw.name} ({chips}{hw.peak_tflops:g} TFLOP/s bf16 peak): {hours}{budget.chip_hours:,.0f} chip-hours "
+    hours = f"{_time(budget.hours)} h = " if budget.hours is not None and hw.chips else ""
+    return (f"{hw.name} ({chips}{hw.peak_tflops:g} TFLOP/s bf16 peak): {hours}{_time(budget.chip_hours)} chip-hours "
             f"at {100 * budget.mfu:.1f}% MFU ({budget.mfu_from}) = {budget.flops:.3g} FLOPs")
+
+
+def _time(hours: float) -> str:
+    """1,152 / 26.0 / 0.034: hours readable at every scale."""
+    if hours >= 100:
+        return f"{hours:,.0f}"
+    return f"{hours:.1f}" if hours >= 1 else f"{hours:.2g}"
 
 
 def _config_record(plan: b.ConfigPlan, hardware: b.Hardware | None, mfu: float | None) -> dict[str, Any]:
@@ -144,8 +151,8 @@ def _describe_config(plan: b.ConfigPlan, budget: b.Budget | None, record: dict[s
         if hardware is None or mfu is None:
             lines.append("            (add --hardware and --mfu for the hours it takes)")
         else:
-            slice_hours = f"{record['hours']:,.1f} h on {hardware.name}, " if record["hours"] is not None else ""
-            lines.append(f"time        {slice_hours}{record['chip_hours']:,.0f} chip-hours "
+            slice_hours = f"{_time(record['hours'])} h on {hardware.name}, " if record["hours"] is not None else ""
+            lines.append(f"time        {slice_hours}{_time(record['chip_hours'])} chip-hours "
                          f"at {100 * mfu:.1f}% MFU")
     return lines
 
