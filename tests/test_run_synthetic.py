@@ -109,16 +109,14 @@ def test_profile_holds_a_trace_of_the_chosen_steps(reference):
     assert "profile of steps 3..4 written" in out
 
 
-def _wandb_history(run_file: str) -> list[dict]:
-    """The history rows of an offline W&B run file.
+def _wandb_history(raw: bytes) -> list[dict]:
+    """The history rows of an offline W&B run file's bytes.
 
     wandb 0.31 ships no Python reader for its run files (`wandb sync` needs the network), so this reads the format
     directly: a 7-byte header, then LevelDB-log records (crc32, length, type) in 32 KiB blocks, each a protobuf Record.
     """
     from wandb.proto import wandb_internal_pb2
 
-    with open(run_file, "rb") as f:
-        raw = f.read()
     assert raw[:4] == b":W&B"
     pos, block, pending, rows = 7, 32768, b"", []
     while pos + 7 <= len(raw):
@@ -147,9 +145,35 @@ def test_wandb_offline_history_equals_metrics_jsonl(reference):
     assert len(run_files) == 1
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    assert len(rows) > STEPS and _wandb_history(run_files[0]) == rows
+    with open(run_files[0], "rb") as f:
+        assert len(rows) > STEPS and _wandb_history(f.read()) == rows
     with open(os.path.join(run_dir, "wandb_id")) as f:
         assert run_files[0].endswith(f"run-{f.read().strip()}.wandb")
+
+
+def test_wandb_offline_files_reach_a_gs_run_folder(monkeypatch):
+    """A gs:// run folder gets the W&B files too, complete: copied up again after the W&B run finished."""
+    from gcs_emulator import gcs_emulator
+
+    from trainer import storage
+    from trainer.config import WandbConfig
+    from trainer.run.metrics import MetricsLogger
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    rows = [{"step": 1, "loss": 2.5}, {"step": 1, "eval_loss": 2.75}, {"step": 2, "loss": 2.25}]
+    with gcs_emulator() as gcs:
+        run_dir = gcs.url("runs/wandb")
+        log = MetricsLogger(run_dir, enabled=True, tensorboard=False,
+                            wandb=WandbConfig(project="gcs-test", mode="offline"), config={"train": {"steps": 2}})
+        for row in rows:
+            log.log(row)
+        log.flush(plot=True)
+        log.close()
+        fs, root = storage.filesystem(run_dir)
+        run_files = fs.glob(root + "/wandb/offline-run-*/run-*.wandb")
+        assert len(run_files) == 1 and storage.exists(storage.join(run_dir, "wandb_id"))
+        assert _wandb_history(fs.cat_file(run_files[0])) == rows
 
 
 def test_loss_curve_title_names_run_size_and_tokens(tmp_path):

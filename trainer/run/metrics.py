@@ -98,21 +98,26 @@ class MetricsLogger:
         if plot:
             plot_losses(self.rows, os.path.join(self.local_dir, "loss.png"), self.title())
         if storage.is_remote(self.run_dir):
-            for root, _, files in os.walk(self.local_dir):
-                for name in files:
-                    local = os.path.join(root, name)
-                    relative = os.path.relpath(local, self.local_dir).replace(os.sep, "/")
-                    with open(local, "rb") as f:
-                        storage.write_bytes_atomic(storage.join(self.run_dir, relative), f.read())
+            self._upload()
+
+    def _upload(self) -> None:
+        for root, _, files in os.walk(self.local_dir):
+            for name in files:
+                local = os.path.join(root, name)
+                relative = os.path.relpath(local, self.local_dir).replace(os.sep, "/")
+                with open(local, "rb") as f:
+                    storage.write_bytes_atomic(storage.join(self.run_dir, relative), f.read())
 
     def close(self) -> None:
-        """Flush and release the TensorBoard writer; finish the W&B run."""
+        """Flush and release the TensorBoard writer; finish the W&B run (and copy its final files up)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+            if storage.is_remote(self.run_dir):
+                self._upload()
 
 
 def _start_wandb(options: WandbConfig, run_dir: str, local_dir: str, config: dict[str, Any]) -> Any:
