@@ -9,6 +9,11 @@ WANDB = ["wandb>=0.31"]  # log.wandb; the version its offline-history test reads
 # lm-evaluation-harness: `trainer.eval` subclasses its TemplateLM and reads its task files; its API moves between minor
 # releases, so the range is the one tested.
 EVAL = ["lm-eval>=0.4.13,<0.5"]
+# Input readers of prepare. tfds: datasets stored as ArrayRecord / Parquet are read without TensorFlow (41 MB);
+# tfrecord: TFRecord-stored ones (e.g. C4 as MaxText prepares it) need TensorFlow itself (tensorflow-cpu, 1.3 GB).
+TFDS = ["tensorflow-datasets>=4.9.10"]
+TFRECORD = TFDS + ["tensorflow-cpu>=2.21"]
+DATASETS = ["datasets>=5.2"]  # hf: inputs
 
 setup(
     name="trainer",
@@ -42,11 +47,13 @@ setup(
         "parquet": PARQUET,
         "eval": EVAL,
         "wandb": WANDB,
-        "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
+        "tfds": TFDS,
+        "tfrecord": TFRECORD,
+        "datasets": DATASETS,
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "cloud": ["google-cloud-tpu>=1.18"],
-        "dev": HF + PARQUET + EVAL + WANDB + [
+        "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
