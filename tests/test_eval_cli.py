@@ -62,7 +62,7 @@ def test_cli_prints_the_table_and_writes_lm_eval_json(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
     assert "|winogrande" in result.stdout and "word_perplexity" in result.stdout
-    assert "| WinoGrande |" in result.stdout and "**Average** (2 tasks)" in result.stdout
+    assert "| WinoGrande |" in result.stdout and "**Average** of 2 (acc_norm, else acc) | **" in result.stdout
     written = json.loads(out.read_text())
     assert set(written["results"]) == {"winogrande", "boolq", "text_perplexity"}
     assert {"acc,none", "acc_stderr,none"} <= set(written["results"]["boolq"])

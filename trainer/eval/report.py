@@ -52,7 +52,8 @@ def card_markdown(results: dict[str, Any]) -> str:
         if norm or acc:
             headline.append((norm or acc)[0])
     if headline:
-        lines.append(f"| **Average** ({len(headline)} tasks) | **{100 * sum(headline) / len(headline):.2f}** | | |")
+        average = 100 * sum(headline) / len(headline)
+        lines.append(f"| **Average** of {len(headline)} (acc_norm, else acc) | **{average:.2f}** | | |")
     return "\n".join(lines)
 
 
