@@ -332,3 +332,30 @@ def test_hf_cli_and_hub_names_stay_offline(hf_inputs, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: cannot open Hugging Face dataset "
                                                                "some-owner/some-corpus")
     assert result.stderr.count("\n") == 1 and not os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_missing_packages_name_their_extra(tmp_path):
+    """Without tensorflow_datasets / datasets installed, tfds: and hf: inputs fail in one line naming the extra."""
+    script = (
+        "import sys, importlib.machinery as m\n"
+        "class Hide(m.PathFinder):\n"
+        "    @classmethod\n"
+        "    def find_spec(cls, name, path=None, target=None):\n"
+        "        hidden = name.split('.')[0] in ('tensorflow_datasets', 'datasets')\n"
+        "        return None if hidden else super().find_spec(name, path, target)\n"
+        "sys.meta_path = [Hide if f is m.PathFinder else f for f in sys.meta_path]\n"
+        "from trainer.data import DataError\n"
+        "from trainer.data.prepare import prepare\n"
+        "for spec in sys.argv[2:]:\n"
+        "    try:\n"
+        "        prepare([spec], sys.argv[1], progress=False, verbose=False)\n"
+        "    except DataError as e:\n"
+        "        print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out"), "tfds:c4/en", "hf:owner/name"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        '--input tfds:... needs TensorFlow Datasets: pip install -e ".[tfds]"',
+        '--input hf:... needs Hugging Face datasets: pip install -e ".[datasets]"',
+    ]
