@@ -125,8 +125,8 @@ def test_sharding_writes_an_index_that_names_every_tensor(tmp_path):
 def test_unsupported_hf_configs_and_mismatched_params_fail_with_one_line():
     model = ARCHITECTURES["mha_tied"]
     base = mapping.llama_config(model, bos_id=None, eos_id=None, pad_id=None).to_dict()
-    with pytest.raises(mapping.MappingError, match="RoPE scaling 'llama3' is not supported"):
-        mapping.model_config({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}})
+    with pytest.raises(mapping.MappingError, match="RoPE scaling 'dynamic' is not supported"):
+        mapping.model_config({**base, "rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 8.0}})
     with pytest.raises(mapping.MappingError, match="attention_bias=True is not supported"):
         mapping.model_config({**base, "attention_bias": True})
     with pytest.raises(mapping.MappingError, match="model_type 'mistral'"):

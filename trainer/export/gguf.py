@@ -19,7 +19,7 @@ import numpy as np
 
 from trainer.config import ModelConfig
 from trainer.errors import ConversionError
-from trainer.export import mapping, parity
+from trainer.export import gguf_rope, mapping, parity
 
 QUANT_NAMES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
 KIND_OF = {"F32": "float32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}  # GGML type → parity rounding kind
@@ -136,6 +136,7 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
                gguf_type: str, name: str = "model") -> int:
     """Write the GGUF tensor by tensor (tensor infos first, then each converted tensor); returns the file's bytes."""
     gguf = _gguf()
+    gguf_rope.check_supported(model)
     shapes = mapping.hf_shapes(model)
     names = gguf_names(model)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -148,8 +149,7 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
     writer.add_head_count_kv(model.num_kv_heads)
     writer.add_key_length(model.resolved_head_dim)
     writer.add_value_length(model.resolved_head_dim)
-    writer.add_rope_dimension_count(model.resolved_head_dim)
-    writer.add_rope_freq_base(float(model.rope_theta))
+    gguf_rope.add_rope(writer, model)
     writer.add_layer_norm_rms_eps(float(model.norm_eps))
     writer.add_vocab_size(model.vocab_size)
     writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{QUANT_NAMES[gguf_type]}"])
@@ -158,6 +158,9 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
     types = {hf: tensor_type(shape, gguf_type) for hf, shape in shapes.items()}
     for hf, shape in shapes.items():
         writer.add_tensor_info(names[hf], shape, np.dtype(np.float32), _nbytes(shape, types[hf]), raw_dtype=types[hf])
+    rope_freqs = gguf_rope.rope_freqs(model)
+    if rope_freqs is not None:
+        writer.add_tensor_info(gguf_rope.ROPE_FREQS, rope_freqs.shape, rope_freqs.dtype, rope_freqs.nbytes)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -169,6 +172,8 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
         if gguf_type == "f16" and np.max(np.abs(w)) > np.finfo(np.float16).max:
             raise ConversionError(f"{hf} exceeds the float16 range: use --gguf-type bf16 or q8_0")
         writer.write_tensor_data(gguf.quants.quantize(np.ascontiguousarray(w), types[hf]))
+    if rope_freqs is not None:
+        writer.write_tensor_data(rope_freqs)
     writer.close()
     return os.path.getsize(path)
 
@@ -179,6 +184,8 @@ def read_gguf(path: str, model: ModelConfig) -> tuple[dict[str, np.ndarray], dic
     to_hf_name = {g: hf for hf, g in gguf_names(model).items()}
     tensors, kinds = {}, {}
     for t in gguf.GGUFReader(path).tensors:
+        if t.name == gguf_rope.ROPE_FREQS:  # not a weight: RoPE's scaling, checked by gguf_rope.check_rope
+            continue
         hf = to_hf_name[t.name]
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
@@ -199,7 +206,7 @@ def check_gguf_weights(path: str, model: ModelConfig, params: dict[str, Any]) ->
 
 
 def verify_gguf(folder: str, filename: str, model: ModelConfig, params: dict[str, Any], gguf_type: str) -> str:
-    """The weights read back, then transformers' GGUF loader against our model on the stored weights (fp32)."""
+    """The weights and RoPE read back, then transformers' GGUF loader against ours on the stored weights (fp32)."""
     stored = check_gguf_weights(os.path.join(folder, filename), model, params)
     if importlib.util.find_spec("accelerate") is None:
         raise ConversionError("the GGUF parity check loads the file with transformers, which needs accelerate: "
@@ -207,5 +214,11 @@ def verify_gguf(folder: str, filename: str, model: ModelConfig, params: dict[str
     tokens = parity.sample_tokens(model.vocab_size, length=min(64, model.max_seq_len))
     ours_stored = parity.jax_logits(model, stored, tokens)
     ours = parity.jax_logits(model, params, tokens)
-    theirs = parity.hf_logits(parity.load_hf_model(folder, gguf_file=filename), tokens)
+    gguf_rope.check_rope(os.path.join(folder, filename), model)
+    # transformers' GGUF loader reads no RoPE scaling for `llama`: it gets the config.json we would write, whose
+    # scaling check_rope has just shown to be the one llama.cpp reads from the file
+    config = None
+    if model.rope_scaling.type in ("linear", "yarn", "llama3"):
+        config = mapping.llama_config(model, bos_id=None, eos_id=None, pad_id=None)
+    theirs = parity.hf_logits(parity.load_hf_model(folder, gguf_file=filename, config=config), tokens)
     return parity.check_logits(parity.compare(ours_stored, theirs), parity.compare(ours, ours_stored), gguf_type)

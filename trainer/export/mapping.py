@@ -19,12 +19,14 @@ see `trainer.gguf_export`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, RopeScalingConfig
 from trainer.errors import MappingError
+from trainer.model import rope
 
 # (our path inside a layer, HF name inside `model.layers.N.`)
 _LAYER_TENSORS = (
@@ -48,7 +50,7 @@ def llama_config(model: ModelConfig, *, bos_id: int | None, eos_id: int | None, 
     """The `LlamaConfig` that describes `model` (every architecture field explicit, so no HF default leaks in)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    config = LlamaConfig(
         architectures=["LlamaForCausalLM"],
         vocab_size=model.vocab_size,
         hidden_size=model.embed_dim,
@@ -60,7 +62,7 @@ def llama_config(model: ModelConfig, *, bos_id: int | None, eos_id: int | None, 
         hidden_act="silu",
         max_position_embeddings=model.max_seq_len,
         rms_norm_eps=model.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(model.rope_theta)},
+        rope_parameters=rope_parameters(model),
         tie_word_embeddings=model.tie_embeddings,
         attention_bias=False,
         mlp_bias=False,
@@ -69,6 +71,83 @@ def llama_config(model: ModelConfig, *, bos_id: int | None, eos_id: int | None, 
         pad_token_id=pad_id,
         dtype=dtype,
     )
+    return with_legacy_rope_keys(config)
+
+
+def with_legacy_rope_keys(config: Any) -> Any:
+    """Also write RoPE as the top-level `rope_theta` (and `rope_scaling` for a scaled type) beside `rope_parameters`.
+
+    transformers 5 reads `rope_parameters`; mlx-lm and older readers read only the legacy keys (mlx-lm 0.32 silently
+    falls back to θ = 10000 without them).
+    """
+    params = dict(config.rope_parameters or {})
+    config.rope_theta = float(params["rope_theta"])
+    if params.get("rope_type", "default") != "default":
+        # transformers 5's `rope_scaling` is a property aliasing `rope_parameters` (setting it replaces them, and it
+        # is never saved): the legacy dict goes straight into the instance's __dict__, which `to_dict` serialises.
+        # `type` too: transformers before 4.45 (and readers written against it) look for that name.
+        legacy = {k: v for k, v in params.items() if k not in ("rope_theta", "type")}
+        config.__dict__["rope_scaling"] = {"type": legacy["rope_type"], **legacy}
+    return config
+
+
+def rope_parameters(model: ModelConfig) -> dict[str, Any]:
+    """transformers 5's `rope_parameters` for `model.rope_scaling`; ntk is the default type with its θ' (exactly
+    what static NTK-aware scaling is), every other type has transformers' type of the same name."""
+    r = model.rope_scaling
+    if r.type in ("none", "ntk"):
+        return {"rope_type": "default", "rope_theta": rope.effective_theta(model)}
+    params: dict[str, Any] = {"rope_type": r.type, "rope_theta": float(model.rope_theta), "factor": float(r.factor)}
+    if r.type in ("yarn", "llama3"):
+        params["original_max_position_embeddings"] = rope.original_max_seq_len(model)
+    if r.type == "yarn":
+        params.update(beta_fast=float(r.beta_fast), beta_slow=float(r.beta_slow))
+        if r.attention_factor is not None:
+            params["attention_factor"] = float(r.attention_factor)
+    if r.type == "llama3":
+        params.update(low_freq_factor=float(r.low_freq_factor), high_freq_factor=float(r.high_freq_factor))
+    return params
+
+
+def rope_scaling_from_hf(params: dict[str, Any], max_position_embeddings: int) -> RopeScalingConfig:
+    """Our `model.rope_scaling` from transformers' rope parameters (as transformers reads them); refuses a type or
+    an option whose frequencies we don't compute, naming it."""
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise MappingError(f"partial_rotary_factor={params['partial_rotary_factor']} is not supported: "
+                           "trainer.model rotates the whole head")
+    if kind == "default":
+        return RopeScalingConfig()
+    if kind not in ("linear", "yarn", "llama3"):
+        why = (" (it changes the frequencies with the input length at run time)" if kind == "dynamic" else "")
+        raise MappingError(f"RoPE scaling {kind!r} is not supported{why}: trainer.model computes none, linear, "
+                           "yarn and llama3 (and static NTK as a plain rope_theta)")
+    original = params.get("original_max_position_embeddings") or max_position_embeddings
+    factor = params.get("factor")
+    if factor is None and kind == "yarn":  # transformers: the ratio of the contexts
+        factor = max_position_embeddings / original
+    if factor is None:
+        raise MappingError(f"RoPE scaling {kind!r} has no factor: config.json is incomplete")
+    if kind == "linear":
+        return RopeScalingConfig(type="linear", factor=float(factor))
+    if kind == "llama3":
+        low, high = params.get("low_freq_factor"), params.get("high_freq_factor")
+        if low is None or high is None:
+            raise MappingError("RoPE scaling 'llama3' needs low_freq_factor and high_freq_factor: config.json is "
+                               "incomplete")
+        return RopeScalingConfig(type="llama3", factor=float(factor), original_max_seq_len=int(original),
+                                 low_freq_factor=float(low), high_freq_factor=float(high))
+    if params.get("truncate", True) is False:
+        raise MappingError("yarn with truncate=false is not supported: trainer.model rounds the ramp's bounds to "
+                           "whole dimensions (transformers' default)")
+    attention = params.get("attention_factor")
+    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+    if attention is None and mscale and mscale_all_dim and factor > 1:  # transformers' DeepSeek form, made explicit
+        attention = (0.1 * mscale * math.log(factor) + 1) / (0.1 * mscale_all_dim * math.log(factor) + 1)
+    return RopeScalingConfig(type="yarn", factor=float(factor), original_max_seq_len=int(original),
+                             beta_fast=float(params.get("beta_fast") or 32.0),
+                             beta_slow=float(params.get("beta_slow") or 1.0),
+                             attention_factor=None if attention is None else float(attention))
 
 
 def model_config(hf: Any, base: ModelConfig | None = None) -> ModelConfig:
@@ -83,12 +162,10 @@ def model_config(hf: Any, base: ModelConfig | None = None) -> ModelConfig:
     for key, expected in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
         if get(key, expected) != expected:
             raise MappingError(f"{key}={get(key)!r} is not supported: trainer.model needs {key}={expected!r}")
-    rope = dict(get("rope_parameters") or {})
-    scaling = get("rope_scaling") or {}
-    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type != "default":
-        raise MappingError(f"RoPE scaling {rope_type!r} is not supported: trainer.model implements plain RoPE only")
-    theta = rope.get("rope_theta", get("rope_theta", 10000.0))
+    # transformers reads the legacy `rope_scaling` first when a config.json has both, and so do we
+    rope_params = dict(get("rope_scaling") or get("rope_parameters") or {})
+    theta = rope_params.get("rope_theta") or get("rope_theta") or 10000.0
+    scaling = rope_scaling_from_hf(rope_params, get("max_position_embeddings"))
     heads = get("num_attention_heads")
     head_dim = get("head_dim") or get("hidden_size") // heads
     base = base or ModelConfig()
@@ -102,6 +179,7 @@ def model_config(hf: Any, base: ModelConfig | None = None) -> ModelConfig:
         head_dim=None if head_dim * heads == get("hidden_size") else head_dim,
         mlp_dim=get("intermediate_size"),
         rope_theta=float(theta),
+        rope_scaling=scaling,
         norm_eps=float(get("rms_norm_eps")),
         tie_embeddings=bool(get("tie_word_embeddings", False)),
         max_seq_len=get("max_position_embeddings"),

@@ -59,8 +59,9 @@ def jax_logits(model: ModelConfig, params: dict[str, Any], tokens: np.ndarray) -
     return np.asarray(jax.jit(module.apply)({"params": as_fp32}, np.asarray(tokens, np.int32)), np.float32)
 
 
-def load_hf_model(folder: str, gguf_file: str | None = None) -> Any:
-    """transformers' `AutoModelForCausalLM` from a written folder (or a GGUF inside it), fp32, eval mode, offline."""
+def load_hf_model(folder: str, gguf_file: str | None = None, config: Any = None) -> Any:
+    """transformers' `AutoModelForCausalLM` from a written folder (or a GGUF inside it), fp32, eval mode, offline;
+    `config` (a `LlamaConfig`) instead of the one the folder or GGUF describes."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
@@ -69,6 +70,8 @@ def load_hf_model(folder: str, gguf_file: str | None = None) -> Any:
     kwargs: dict[str, Any] = {"dtype": torch.float32, "local_files_only": True}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    if config is not None:
+        kwargs["config"] = config
     return AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
 
 
