@@ -49,7 +49,7 @@ def test_cli_exports_a_folder_transformers_loads_and_checks_parity(run_dir, tmp_
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert tok.encode("def f():", add_special_tokens=False) == sentencepiece().encode("def f():")
     assert tok.chat_template == TEMPLATE
-    assert sorted(os.listdir(out)) == ["chat_template.jinja", "config.json", "generation_config.json",
+    assert sorted(os.listdir(out)) == ["README.md", "chat_template.jinja", "config.json", "generation_config.json",
                                        "model.safetensors", "tokenizer.json", "tokenizer.model",
                                        "tokenizer_config.json"]
 
@@ -59,7 +59,7 @@ def test_cli_writes_gguf(run_dir, tmp_path, capsys):
     out = str(tmp_path / "gguf")
     assert convert_to_hf.main(["--checkpoint", run_dir, "--out", out, "--format", "gguf", "--gguf-type", "q8_0"]) == 0
     assert "parity ok" in capsys.readouterr().out
-    assert os.listdir(out) == ["model-q8_0.gguf"]
+    assert sorted(os.listdir(out)) == ["README.md", "model-q8_0.gguf"]
 
 
 def test_force_overwrites_and_verify_can_be_skipped(run_dir, tmp_path, capsys):

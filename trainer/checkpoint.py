@@ -277,8 +277,11 @@ def _explained(run_dir: str, directory: str, step: int) -> Iterator[None]:
         raise CheckpointError(f"checkpoint step {step} of {run_dir} is damaged ({_gist(e)}); {instead}") from None
 
 
-def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, Any], int]:
-    """A run's config and params as numpy arrays on the host, whatever mesh saved them (for exporters)."""
+def load_params(path: str, step: int | None = None, dtype: str | None = None) -> tuple[Config, dict[str, Any], int]:
+    """A run's config and params as numpy arrays on the host, whatever mesh saved them (for exporters).
+
+    `dtype` (e.g. "bfloat16"): each tensor is cast as it is read, so the saved (float32) tree is never held whole.
+    """
     run_dir, ref_step = parse_reference(path)
     step = step if step is not None else ref_step
     config = read_run_config(run_dir)
@@ -291,7 +294,9 @@ def load_params(path: str, step: int | None = None) -> tuple[Config, dict[str, A
             metadata = metadata.item_metadata
         tree = metadata.tree
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])
-    params, step = _restore_params(run_dir, step, target, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
+    cast = None if dtype is None else jax.numpy.dtype(dtype)
+    params, step = _restore_params(run_dir, step, target,
+                                   lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast))
     return config, params, step
 
 

@@ -1,9 +1,11 @@
-"""Our parameters → a llama.cpp GGUF file (F16, BF16 or Q8_0) with tokenizer metadata, and its read-back check.
+"""Our parameters → a llama.cpp GGUF file (F16, BF16, Q8_0 or Q4_0) with tokenizer metadata, and its read-back check.
 
 Built on PyPI `gguf` (the writer, the name map, the quantizers and the vocab readers of llama.cpp's own converter).
 Tensors go through the HF names of `trainer.hf_mapping`, then llama.cpp's names; q/k rows get the permutation HF's
 convert_hf_to_gguf applies, because llama.cpp rotates adjacent pairs where HF (and we) rotate halves.
-Norm scales stay F32, and a Q8_0 file keeps rows whose width is not a multiple of 32 in F16 (as llama.cpp's converter).
+Norm scales stay F32, and a Q8_0 / Q4_0 file keeps rows whose width is not a multiple of 32 in F16 (as llama.cpp's
+converter). `tokenizer.ggml.add_bos_token` comes from the data manifest: without it llama.cpp prepends a BOS the model
+may never have seen.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from trainer.config import ModelConfig
 from trainer.errors import ConversionError
 from trainer.export import gguf_rope, mapping, parity
 
-QUANT_NAMES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
-KIND_OF = {"F32": "float32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}  # GGML type → parity rounding kind
+QUANT_NAMES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+KIND_OF = {"F32": "float32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0"}  # GGML type → parity rounding kind
 
 
 def _gguf() -> Any:
@@ -65,7 +67,7 @@ def tensor_type(shape: tuple[int, ...], gguf_type: str) -> Any:
     q = _gguf().GGMLQuantizationType
     if len(shape) == 1:
         return q.F32
-    if gguf_type == "q8_0" and shape[-1] % 32:
+    if gguf_type in ("q8_0", "q4_0") and shape[-1] % 32:
         return q.F16
     return q[QUANT_NAMES[gguf_type]]
 
@@ -79,8 +81,9 @@ def _nbytes(shape: tuple[int, ...], qtype: Any) -> int:
     return math.prod(gguf.quant_shape_to_byte_shape(shape, qtype))
 
 
-def _add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: int) -> None:
-    """Tokens, scores, types, merges, special ids and chat template, read from an HF tokenizer folder by gguf.vocab."""
+def _add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: int, add_bos: bool) -> None:
+    """Tokens, scores, types, merges, special ids, BOS/EOS flags and chat template, read from an HF tokenizer folder
+    by gguf.vocab (the BOS flag from the data manifest, which transformers 5 no longer saves in the folder)."""
     gguf = _gguf()
     from gguf.vocab import BpeVocab, LlamaHfVocab, SentencePieceVocab, SpecialVocab
 
@@ -117,6 +120,7 @@ def _add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: 
     special = SpecialVocab(path, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=vocab_size)
     ids = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
     special.special_token_ids.update({k: v for k, v in ids.items() if v is not None})
+    special.add_special_token.update({"bos": add_bos, "eos": False})
     special.add_to_gguf(writer, quiet=True)
 
 
@@ -133,7 +137,7 @@ def _adds_dummy_prefix(path: Path) -> bool:
 
 
 def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_dir: str, tokenizer: Any,
-               gguf_type: str, name: str = "model") -> int:
+               gguf_type: str, name: str = "model", add_bos: bool = True) -> int:
     """Write the GGUF tensor by tensor (tensor infos first, then each converted tensor); returns the file's bytes."""
     gguf = _gguf()
     gguf_rope.check_supported(model)
@@ -154,7 +158,7 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
     writer.add_vocab_size(model.vocab_size)
     writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{QUANT_NAMES[gguf_type]}"])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_tokenizer(writer, tokenizer_dir, tokenizer, model.vocab_size)
+    _add_tokenizer(writer, tokenizer_dir, tokenizer, model.vocab_size, add_bos)
     types = {hf: tensor_type(shape, gguf_type) for hf, shape in shapes.items()}
     for hf, shape in shapes.items():
         writer.add_tensor_info(names[hf], shape, np.dtype(np.float32), _nbytes(shape, types[hf]), raw_dtype=types[hf])

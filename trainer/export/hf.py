@@ -3,8 +3,9 @@
 Writes config.json (LlamaConfig), model*.safetensors (+ index when sharded), generation_config.json and the tokenizer
 (a SentencePiece model becomes a `LlamaTokenizerFast` that encodes identically; an HF tokenizer folder is copied;
 a chat template is passed through), so `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(DIR)` load it offline.
-With `--format gguf` it writes a llama.cpp GGUF instead (`trainer.export.gguf`). Then it checks parity
-(`trainer.export.parity`; `--no-verify` skips it). Bad input: one line on stderr, exit 2; failed parity: exit 1.
+`--format gguf|mlx|onnx` writes a llama.cpp GGUF, an mlx-lm folder or an onnxruntime decoder instead
+(`trainer.export.formats`). Then it checks parity in the format's own runtime (`--no-verify` skips it) and writes the
+model card, README.md (`trainer.export.card`). Bad input: one line on stderr, exit 2; failed parity: exit 1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -36,14 +36,21 @@ DTYPES = ("float32", "bfloat16", "float16")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m trainer.convert_to_hf",
-                                description="Export a run's checkpoint as a Hugging Face LLaMA folder or a GGUF.")
+                                description="Export a run's checkpoint as a Hugging Face LLaMA folder, a GGUF, an "
+                                            "MLX folder or an ONNX decoder, with a model card.")
     p.add_argument("--checkpoint", required=True, help="run folder, optionally :STEP (default: the latest step)")
     p.add_argument("--out", required=True, help="output folder (local)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="safetensors dtype (default: the checkpoint's param dtype, i.e. lossless)")
-    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
-                   help="hf: a transformers folder (safetensors); gguf: one llama.cpp file (default: hf)")
-    p.add_argument("--gguf-type", choices=("f16", "bf16", "q8_0"), default="f16", help="with --format gguf")
+                   help="weights dtype for hf and mlx (default: the checkpoint's param dtype, i.e. lossless); "
+                        "onnx: float32 (default) or float16")
+    p.add_argument("--format", choices=("hf", "gguf", "mlx", "onnx"), default="hf",
+                   help="hf: a transformers folder (safetensors); gguf: one llama.cpp file; mlx: an mlx-lm folder; "
+                        "onnx: an onnxruntime decoder with a KV cache (default: hf)")
+    p.add_argument("--gguf-type", choices=("f16", "bf16", "q8_0", "q4_0"), default="f16", help="with --format gguf")
+    p.add_argument("--mlx-bits", type=int, choices=(8, 4), default=None,
+                   help="with --format mlx: quantise with mlx-lm to 8 or 4 bits (groups of 64; default: none)")
+    p.add_argument("--license", default="apache-2.0", help="the model card's license (default: apache-2.0)")
+    p.add_argument("--language", default="en", help="the model card's languages, comma-separated (default: en)")
     p.add_argument("--max-shard-size", default="2GB", help="largest safetensors file, e.g. 2GB, 500MB")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer to ship (SentencePiece .model or HF folder); "
@@ -120,6 +127,19 @@ def write_metadata(out: str, model: ModelConfig, tokenizer: Any, dtype: str) -> 
     GenerationConfig(**ids).save_pretrained(out)
 
 
+def write_folder(out: str, model: ModelConfig, params: dict[str, Any], dtype: str, max_shard_bytes: int,
+                 tokenizer: Any, source: str, add_bos: bool) -> list[str]:
+    """The whole HF folder: safetensors (with a progress bar), config.json, generation_config.json, tokenizer files."""
+    from tqdm.auto import tqdm
+
+    total_bytes = sum(math.prod(s) for s in mapping.hf_shapes(model).values()) * (4 if dtype == "float32" else 2)
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="writing safetensors", disable=None) as bar:
+        files = write_weights(out, model, params, dtype, max_shard_bytes, bar)
+    write_metadata(out, model, tokenizer, dtype)
+    write_tokenizer(tokenizer, source, out, add_bos)
+    return files
+
+
 def verify_hf(out: str, model: ModelConfig, params: dict[str, Any], dtype: str, tokenizer: Any) -> str:
     """The parity check of a written HF folder (see `trainer.parity`); returns the report line."""
     files = SafetensorsFolder(out)
@@ -137,15 +157,15 @@ def verify_hf(out: str, model: ModelConfig, params: dict[str, Any], dtype: str, 
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """Run the conversion the arguments describe; returns a summary (what the bench reports)."""
-    from tqdm.auto import tqdm
-
     from trainer.checkpoint import load_params, parse_reference
+    from trainer.export import card, formats
 
     max_shard = parse_size(args.max_shard_size)
     out = os.path.abspath(args.out)
     check_out_dir(out, args.force)
+    formats.check_args(args)
     start = time.perf_counter()
-    config, params, step = load_params(args.checkpoint)
+    config, params, step = load_params(args.checkpoint, dtype=formats.load_dtype(args))
     loaded = time.perf_counter()
     model = config.model
     mapping.check_params(params, model)
@@ -156,30 +176,18 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                               f"{model.vocab_size}: this tokenizer is not the one the run trained with")
     prepare_out_dir(out)
     summary: dict[str, Any] = {"step": step, "out": out, "load_s": loaded - start}
-    if args.format == "gguf":
-        from trainer.export import gguf as gguf_export
-
-        with tempfile.TemporaryDirectory() as tok_dir:
-            write_tokenizer(tokenizer, source, tok_dir, data_adds_bos(config))
-            path = os.path.join(out, f"model-{args.gguf_type}.gguf")
-            summary["bytes"] = gguf_export.write_gguf(path, model, params, tok_dir, tokenizer, args.gguf_type)
-            summary["files"] = [os.path.basename(path)]
-            summary["write_s"] = time.perf_counter() - loaded
-            if not args.no_verify:
-                summary["parity"] = gguf_export.verify_gguf(out, os.path.basename(path), model, params,
-                                                            args.gguf_type)
-        return summary
-    dtype = args.dtype or model.param_dtype
-    total_bytes = sum(math.prod(s) for s in mapping.hf_shapes(model).values()) * (4 if dtype == "float32" else 2)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="writing safetensors", disable=None) as bar:
-        summary["files"] = write_weights(out, model, params, dtype, max_shard, bar)
-    summary["bytes"] = total_bytes
-    summary["write_s"] = time.perf_counter() - loaded
-    write_metadata(out, model, tokenizer, dtype)
-    write_tokenizer(tokenizer, source, out, data_adds_bos(config))
-    summary["total_write_s"] = time.perf_counter() - loaded
-    if not args.no_verify:
-        summary["parity"] = verify_hf(out, model, params, dtype, tokenizer)
+    if args.format != "hf":
+        summary.update(formats.export_format(args, out, config, params, tokenizer, source))
+    else:
+        dtype = args.dtype or model.param_dtype
+        summary["files"] = write_folder(out, model, params, dtype, max_shard, tokenizer, source,
+                                        data_adds_bos(config))
+        summary["bytes"] = sum(os.path.getsize(os.path.join(out, name)) for name in summary["files"]
+                               if name.endswith(".safetensors"))
+        summary["write_s"] = time.perf_counter() - loaded
+        if not args.no_verify:
+            summary["parity"] = verify_hf(out, model, params, dtype, tokenizer)
+    card.write_card(out, card.facts(args, run_dir, config, params, step, tokenizer, source, summary))
     return summary
 
 

@@ -82,7 +82,8 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
         return ExitCode.OK
     tokens_per_step = t.global_batch_size * t.seq_len
     speed = Speedometer(tokens_per_step, flops.flops_per_token(config.model, t.seq_len), jax.device_count(),
-                        flops.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops))
+                        flops.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops),
+                        f"{jax.device_count()} × {jax.devices()[0].device_kind}")
     poisoned, stop_at, crash_at = _hook_steps("poison"), _hook_steps("stop"), _hook_steps("crash")
     log.say(f"training {config.run.dir}: steps {step} → {t.steps}, {tokens_per_step:,} tokens/step, "
             f"{jax.device_count()} device(s) {jax.devices()[0].device_kind}, mesh {dict(step_fns.mesh.shape)}")
@@ -179,12 +180,15 @@ class Speedometer:
     flops_per_token: float
     devices: int
     peak_tflops: float | None
+    hardware: str = ""  # "8 × TPU v4": recorded with the throughput (the model card reads it)
 
     def row(self, steps: int, seconds: float, remaining_steps: int) -> tuple[dict[str, float], str]:
         """Throughput fields for metrics.jsonl and their text for the step line."""
         tokens_per_s = self.tokens_per_step * steps / seconds
         row = {"tokens_per_s": tokens_per_s,
                "tflops_per_device": tokens_per_s * self.flops_per_token / self.devices / 1e12}
+        if self.hardware:
+            row["hardware"] = self.hardware
         text = f" {tokens_per_s:,.0f} tok/s {row['tflops_per_device']:.3f} TFLOP/s/dev"
         utilisation = flops.mfu(tokens_per_s / self.devices, self.flops_per_token, self.peak_tflops)
         if utilisation is not None:

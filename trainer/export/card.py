@@ -1,0 +1,333 @@
+"""The model card every export writes: README.md in the Hugging Face card format, made of the run's own facts.
+
+YAML header (license, language, library_name, pipeline_tag, tags, datasets from the data manifests), then the
+architecture, the training budget (tokens seen and the Chinchilla ratio tokens ÷ 20·N), hardware, throughput and MFU
+from metrics.jsonl, the loss curve (loss.png copied beside the card), evaluation results when the run folder has them,
+the chat template and stop token, the export itself (files, parity line) and how to run it in its runtime.
+Only facts the run recorded appear: a missing one leaves out its row, never a placeholder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import statistics
+from typing import Any
+
+import yaml
+
+from trainer import storage
+from trainer.config import Config
+
+LIBRARY = {"hf": "transformers", "gguf": "gguf", "mlx": "mlx", "onnx": "onnx"}
+RUNTIME_TAG = {"hf": "safetensors", "gguf": "llama.cpp", "mlx": "mlx-lm", "onnx": "onnxruntime"}
+CHINCHILLA_TOKENS_PER_PARAM = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class CardFacts:
+    """Everything the card says, gathered from the run folder and the export."""
+
+    name: str
+    license: str
+    languages: list[str]
+    format: str
+    variant: str  # "float32", "bfloat16", "q8_0", "8-bit", ...
+    files: list[str]
+    parity: str | None
+    config: Config
+    step: int
+    params: int
+    datasets: list[str]  # short names for the YAML header
+    data_sources: list[str]  # the manifests' descriptions of where the text came from
+    metrics: list[dict[str, Any]]
+    eval_results: dict[str, dict[str, Any]]  # lm-eval schema: task → {"acc,none": ...}
+    chat_template: str | None
+    eos_token: str | None
+    eos_id: int | None
+    adds_bos: bool
+    loss_curve: str | None  # the run's loss.png, copied beside the card
+
+
+def facts(args: argparse.Namespace, run_dir: str, config: Config, params: dict[str, Any], step: int, tokenizer: Any,
+          tokenizer_source: str, summary: dict[str, Any]) -> CardFacts:
+    """The card's facts for an export the command just wrote (`summary` is the command's own)."""
+    import jax
+
+    from trainer.export.tokenizer import chat_template, data_adds_bos
+
+    variant = {"gguf": args.gguf_type, "mlx": f"{args.mlx_bits}-bit" if args.mlx_bits else None,
+               "onnx": args.dtype or "float32"}.get(args.format) or args.dtype or config.model.param_dtype
+    sources = _data_folders(config)
+    manifests = [_manifest(path) for path in sources]
+    loss_curve = storage.join(run_dir, "loss.png")
+    return CardFacts(
+        name=os.path.basename(os.path.normpath(summary["out"])),
+        license=args.license,
+        languages=[x.strip() for x in args.language.split(",") if x.strip()],
+        format=args.format,
+        variant=variant,
+        files=list(summary["files"]),
+        parity=summary.get("parity"),
+        config=config,
+        step=step,
+        params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
+        datasets=sorted({name for m in manifests if m for name in dataset_names(m.get("source", ""))}),
+        data_sources=[m["source"] for m in manifests if m and m.get("source")],
+        metrics=_metrics(run_dir),
+        eval_results=_eval_results(run_dir),
+        chat_template=chat_template(tokenizer_source),
+        eos_token=_piece(tokenizer, tokenizer.eos_id),
+        eos_id=tokenizer.eos_id,
+        adds_bos=data_adds_bos(config) and tokenizer.bos_id is not None,
+        loss_curve=loss_curve if storage.exists(loss_curve) else None,
+    )
+
+
+def write_card(out: str, card: CardFacts) -> str:
+    """Write README.md (and copy the run's loss.png beside it); returns the card's text."""
+    text = render(card)
+    if card.loss_curve is not None:
+        with open(os.path.join(out, "loss.png"), "wb") as f:
+            f.write(storage.read_bytes(card.loss_curve))
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- gathering
+
+
+def _data_folders(config: Config) -> list[str]:
+    data = config.data
+    paths = [data.path] if data.path else []
+    paths += [c.path for c in data.mixture]
+    paths += [c.path for stage in data.stages for c in stage.mixture]
+    return list(dict.fromkeys(p for p in paths if p))
+
+
+def _manifest(path: str) -> dict[str, Any] | None:
+    file = storage.join(path, "manifest.json")
+    try:
+        return json.loads(storage.read_bytes(file)) if storage.exists(file) else None
+    except (OSError, ValueError):
+        return None
+
+
+def dataset_names(source: str) -> list[str]:
+    """Short dataset names for the YAML header from a manifest's `source` line (`inputs: hf:org/name, ...`)."""
+    if source.startswith("stdlib:"):
+        return ["python-stdlib"]
+    if not source.startswith("inputs: "):
+        return []
+    specs = re.sub(r" \(\d+ items\)$", "", source[len("inputs: "):]).split(", ")
+    names = []
+    for spec in specs:
+        scheme, sep, rest = spec.partition(":")
+        if sep and scheme in ("hf", "tfds"):
+            names.append(rest.split(":")[0].split("[")[0])
+        else:
+            names.append(os.path.basename(spec.rstrip("/")) or spec)
+    return names
+
+
+def _metrics(run_dir: str) -> list[dict[str, Any]]:
+    path = storage.join(run_dir, "metrics.jsonl")
+    if not storage.exists(path):
+        return []
+    rows = []
+    for line in storage.read_bytes(path).decode().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a killed run
+            continue
+    return rows
+
+
+def _eval_results(run_dir: str) -> dict[str, dict[str, Any]]:
+    """lm-eval style results (`{"results": {task: {metric: value}}}`) from JSON files in RUN_DIR or RUN_DIR/eval."""
+    results: dict[str, dict[str, Any]] = {}
+    for folder in (run_dir, storage.join(run_dir, "eval")):
+        if not storage.isdir(folder):
+            continue
+        for name in sorted(storage.listdir(folder)):
+            if not name.endswith(".json"):
+                continue
+            try:
+                data = json.loads(storage.read_bytes(storage.join(folder, name)))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("results"), dict):
+                results.update({task: dict(v) for task, v in data["results"].items() if isinstance(v, dict)})
+    return results
+
+
+def _piece(tokenizer: Any, token_id: int | None) -> str | None:
+    if token_id is None:
+        return None
+    if getattr(tokenizer, "kind", None) == "sentencepiece":
+        import sentencepiece as spm
+
+        return spm.SentencePieceProcessor(model_proto=tokenizer.model_proto).id_to_piece(token_id)
+    inner = getattr(tokenizer, "_tok", None)
+    return inner.convert_ids_to_tokens(token_id) if inner is not None else None
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def render(card: CardFacts) -> str:
+    """The card's Markdown, YAML header first."""
+    header = {"license": card.license, "language": card.languages, "library_name": LIBRARY[card.format],
+              "pipeline_tag": "text-generation",
+              "tags": ["llama", "causal-lm", "jax", RUNTIME_TAG[card.format]] + (
+                  ["gguf"] if card.format == "gguf" else []),
+              "datasets": card.datasets}
+    header = {k: v for k, v in header.items() if v}
+    parts = ["---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n",
+             f"# {card.name}\n", _summary(card), _architecture(card), _training(card), _evaluation(card),
+             _chat(card), _export(card), _usage(card)]
+    return "\n".join(p for p in parts if p)
+
+
+def _summary(card: CardFacts) -> str:
+    m = card.config.model
+    return (f"A {_count(card.params)}-parameter LLaMA-architecture decoder trained from scratch with this project's "
+            f"JAX trainer ({m.num_layers} layers, width {m.embed_dim}, context {m.max_seq_len}), exported at step "
+            f"{card.step:,} as {_FORMAT_NAME[card.format]} ({card.variant}).\n")
+
+
+_FORMAT_NAME = {"hf": "a Hugging Face transformers folder", "gguf": "a llama.cpp GGUF file",
+                "mlx": "an MLX folder for mlx-lm", "onnx": "an ONNX decoder with a KV cache for onnxruntime"}
+
+
+def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> str:
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows if v is not None and v != ""]
+    return "\n".join(lines) + "\n"
+
+
+def _architecture(card: CardFacts) -> str:
+    m = card.config.model
+    rows = [("parameters", f"{card.params:,}"), ("layers", m.num_layers), ("hidden size", m.embed_dim),
+            ("attention heads", m.num_heads), ("key/value heads", m.num_kv_heads), ("head dim", m.resolved_head_dim),
+            ("MLP (SwiGLU)", m.mlp_dim), ("vocabulary", f"{m.vocab_size:,}"), ("context length", m.max_seq_len),
+            ("RoPE θ", f"{m.rope_theta:g}"), ("RMSNorm ε", f"{m.norm_eps:g}"),
+            ("embeddings", "tied" if m.tie_embeddings else "untied")]
+    return "## Architecture\n\n" + _table(rows, ("", "value"))
+
+
+def _training(card: CardFacts) -> str:
+    t = card.config.train
+    tokens = card.step * t.global_batch_size * t.seq_len
+    ratio = tokens / (CHINCHILLA_TOKENS_PER_PARAM * card.params)
+    train_rows = [r for r in card.metrics if "loss" in r]
+    speed_rows = [r for r in card.metrics if "tokens_per_s" in r]
+    eval_rows = [r for r in card.metrics if "eval_loss" in r]
+    hardware = next((r["hardware"] for r in reversed(speed_rows) if r.get("hardware")), None)
+    mfu = [r["mfu"] for r in speed_rows if isinstance(r.get("mfu"), (int, float))]
+    rows: list[tuple[str, Any]] = [
+        ("steps", f"{card.step:,}"),
+        ("batch", f"{t.global_batch_size} sequences × {t.seq_len} tokens"),
+        ("tokens seen", f"{tokens:,} ({_count(tokens)})"),
+        ("Chinchilla ratio", f"{ratio:.3g} (tokens ÷ 20·N; 1 = compute-optimal)"),
+        ("peak learning rate", f"{card.config.optimizer.learning_rate:g}"),
+        ("training data", "; ".join(card.data_sources) or None),
+        ("hardware", hardware),
+        ("throughput", f"{statistics.median(r['tokens_per_s'] for r in speed_rows):,.0f} tokens/s (median)"
+         if speed_rows else None),
+        ("MFU", f"{100 * statistics.median(mfu):.1f} % (median)" if mfu else None),
+        ("final training loss", f"{train_rows[-1]['loss']:.4f}" if train_rows else None),
+        ("final validation loss", f"{eval_rows[-1]['eval_loss']:.4f} (perplexity "
+         f"{math.exp(eval_rows[-1]['eval_loss']):.2f})" if eval_rows else None),
+    ]
+    text = "## Training\n\n" + _table(rows, ("", "value"))
+    if card.loss_curve is not None:
+        text += "\n![training and validation loss](loss.png)\n"
+    return text
+
+
+def _evaluation(card: CardFacts) -> str:
+    if not card.eval_results:
+        return ""
+    rows = []
+    for task, values in sorted(card.eval_results.items()):
+        shown = [f"{k.split(',')[0]} {v:.4f}" for k, v in values.items()
+                 if isinstance(v, (int, float)) and "stderr" not in k and k != "alias"]
+        if shown:
+            rows.append((task, ", ".join(shown)))
+    return "## Evaluation\n\n" + _table(rows, ("task", "result")) if rows else ""
+
+
+def _chat(card: CardFacts) -> str:
+    lines = ["## Tokens\n"]
+    if card.eos_token is not None:
+        lines.append(f"Generation stops at `{card.eos_token}` (id {card.eos_id}), the end-of-sequence token that ended "
+                     "every training document. " + ("Prompts start with BOS, as the training documents did."
+                                                    if card.adds_bos else "Prompts get no BOS: the training documents "
+                                                                          "had none."))
+    if card.chat_template:
+        lines.append("\nChat template (as the tokenizer applies it with `apply_chat_template`):\n\n```jinja\n"
+                     + card.chat_template.strip() + "\n```")
+    return "\n".join(lines) + "\n"
+
+
+def _export(card: CardFacts) -> str:
+    text = (f"## This export\n\n{_FORMAT_NAME[card.format].capitalize()}, {card.variant}: "
+            + ", ".join(f"`{f}`" for f in card.files) + ".\n")
+    if card.parity:
+        text += f"\nChecked against the training code's own forward pass after writing: {card.parity}.\n"
+    return text
+
+
+def _usage(card: CardFacts) -> str:
+    name = card.name
+    if card.format == "hf":
+        code = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
+                f'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
+                'inputs = tokenizer("def fibonacci(n):", return_tensors="pt")\n'
+                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64, do_sample=False)[0]))\n```")
+    elif card.format == "gguf":
+        gguf_file = card.files[0]
+        code = (f'```bash\nllama-cli -m {name}/{gguf_file} -p "def fibonacci(n):" -n 64 --temp 0\n```\n\n'
+                "```python\nfrom llama_cpp import Llama\n\n"
+                f'llm = Llama(model_path="{name}/{gguf_file}")\n'
+                'print(llm("def fibonacci(n):", max_tokens=64, temperature=0)["choices"][0]["text"])\n```')
+    elif card.format == "mlx":
+        code = (f'```bash\nmlx_lm.generate --model {name} --prompt "def fibonacci(n):" --max-tokens 64\n```\n\n'
+                "```python\nfrom mlx_lm import generate, load\n\n"
+                f'model, tokenizer = load("{name}")\n'
+                'print(generate(model, tokenizer, prompt="def fibonacci(n):", max_tokens=64))\n```')
+    else:
+        m = card.config.model
+        code = ("```python\nimport numpy as np\nimport onnxruntime as ort\nfrom transformers import AutoTokenizer\n\n"
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
+                f'session = ort.InferenceSession("{name}/model.onnx")\n'
+                'ids = tokenizer("def fibonacci(n):")["input_ids"]\n'
+                f"past = {{f\"past_key_values.{{i}}.{{kv}}\": np.zeros((1, {m.num_kv_heads}, 0, "
+                f"{m.resolved_head_dim}), np.float32)\n"
+                f"        for i in range({m.num_layers}) for kv in (\"key\", \"value\")}}\n"
+                "tokens, step_ids = list(ids), list(ids)\n"
+                "for _ in range(64):  # greedy, one token per call through the KV cache\n"
+                "    start = len(tokens) - len(step_ids)\n"
+                "    outputs = session.run(None, {\"input_ids\": np.array([step_ids]),\n"
+                "                                 \"attention_mask\": np.ones((1, len(tokens)), np.int64),\n"
+                "                                 \"position_ids\": np.arange(start, len(tokens))[None], **past})\n"
+                "    past = {f\"past_key_values.{i // 2}.{('key', 'value')[i % 2]}\": a "
+                "for i, a in enumerate(outputs[1:])}\n"
+                "    step_ids = [int(outputs[0][0, -1].argmax())]\n"
+                "    tokens += step_ids\n"
+                "print(tokenizer.decode(tokens))\n```")
+    return f"## Usage ({RUNTIME_TAG[card.format]})\n\n{code}\n"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)

@@ -1,0 +1,108 @@
+"""The export formats other than the Hugging Face folder: GGUF (llama.cpp), MLX (mlx-lm) and ONNX (onnxruntime).
+
+`trainer.export.hf` owns the command; this module checks a format's options before the checkpoint is loaded, then
+writes the format's files into the output folder and checks them in the format's own runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Any
+
+from trainer.config import Config
+from trainer.errors import ConversionError
+from trainer.export.tokenizer import data_adds_bos, write_tokenizer
+
+SIXTEEN_BIT = ("bfloat16", "float16")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Options that don't fit the format, or a runtime that isn't installed: one line, before any work."""
+    if args.mlx_bits is not None and args.format != "mlx":
+        raise ConversionError("--mlx-bits applies to --format mlx only")
+    if args.format == "mlx":
+        from trainer.export import mlx
+
+        mlx.check_installed()
+    if args.format == "onnx":
+        from trainer.export import onnx
+
+        if args.dtype not in (None, *onnx.DTYPES):
+            raise ConversionError(f"--dtype {args.dtype} is not available for --format onnx: use float32 or float16")
+        onnx.check_installed()
+    if args.format == "gguf" and args.dtype is not None:
+        raise ConversionError("--dtype does not apply to --format gguf: choose the file type with --gguf-type")
+
+
+def load_dtype(args: argparse.Namespace) -> str | None:
+    """The dtype to restore the checkpoint's params in, tensor by tensor (None: as saved).
+
+    A 16-bit hf or mlx export without the parity check never needs the float32 weights: restoring each tensor straight
+    into the export dtype keeps the peak memory near the size of the export. The check compares with the float32
+    originals, so it keeps them.
+    """
+    if args.no_verify and args.format in ("hf", "mlx") and args.dtype in SIXTEEN_BIT:
+        return args.dtype
+    return None
+
+
+def export_format(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
+                  source: str) -> dict[str, Any]:
+    """Write `args.format` into `out` (and check it unless --no-verify); returns the summary's entries."""
+    write = {"gguf": _gguf, "mlx": _mlx, "onnx": _onnx}[args.format]
+    summary = write(args, out, config, params, tokenizer, source)
+    summary["bytes"] = sum(os.path.getsize(os.path.join(out, name)) for name in summary["files"])
+    return summary
+
+
+def _gguf(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
+          source: str) -> dict[str, Any]:
+    from trainer.export import gguf
+
+    model, add_bos = config.model, data_adds_bos(config)
+    filename = f"model-{args.gguf_type}.gguf"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tok_dir:
+        write_tokenizer(tokenizer, source, tok_dir, add_bos)
+        gguf.write_gguf(os.path.join(out, filename), model, params, tok_dir, tokenizer, args.gguf_type,
+                        add_bos=add_bos)
+    summary: dict[str, Any] = {"files": [filename], "write_s": time.perf_counter() - started}
+    if not args.no_verify:
+        summary["parity"] = gguf.verify_gguf(out, filename, model, params, args.gguf_type)
+    return summary
+
+
+def _mlx(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
+         source: str) -> dict[str, Any]:
+    from trainer.export import hf, mlx
+
+    model = config.model
+    dtype = args.dtype or model.param_dtype
+    started = time.perf_counter()
+    files = hf.write_folder(out, model, params, dtype, hf.parse_size(args.max_shard_size), tokenizer, source,
+                            data_adds_bos(config))
+    if args.mlx_bits is not None:
+        files = mlx.quantize_folder(out, args.mlx_bits)
+    summary: dict[str, Any] = {"files": files, "write_s": time.perf_counter() - started}
+    if not args.no_verify:
+        summary["parity"] = mlx.verify_mlx(out, model, params, dtype, args.mlx_bits)
+    return summary
+
+
+def _onnx(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
+          source: str) -> dict[str, Any]:
+    from trainer.export import hf, onnx
+
+    model = config.model
+    dtype = args.dtype or "float32"
+    started = time.perf_counter()
+    files = onnx.write_onnx(out, model, params, dtype)
+    hf.write_metadata(out, model, tokenizer, dtype)
+    write_tokenizer(tokenizer, source, out, data_adds_bos(config))
+    summary: dict[str, Any] = {"files": files, "write_s": time.perf_counter() - started}
+    if not args.no_verify:
+        summary["parity"] = onnx.verify_onnx(out, model, params, dtype)
+    return summary
