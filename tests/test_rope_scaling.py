@@ -6,6 +6,7 @@ The model: 2 layers, head dim 16, pretrained context 64 extended to 128 (factor 
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 
@@ -22,6 +23,9 @@ from trainer.export import gguf as gguf_export
 from trainer.export import gguf_rope, mapping, parity
 from trainer.export.tokenizer import write_tokenizer
 from trainer.model import rope
+
+HAS_MLX = importlib.util.find_spec("mlx_lm") is not None
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 BASE = ModelConfig(vocab_size=520, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=96,
@@ -75,6 +79,12 @@ def test_transformers_computes_our_logits_beyond_the_original_context(name, para
     print(f"{name}: max |Δlogit| = {result.relative:.2e} × scale {result.scale:.3g}")
     assert result.relative <= parity.TOLERANCE
     assert parity.compare(plain_logits, ours).relative > 100 * parity.TOLERANCE  # the scaling changes the model
+    if HAS_MLX:  # mlx-lm reads the same folder through the legacy keys only
+        from trainer.export import mlx
+
+        mlx_result = parity.compare(ours, mlx.logits(mlx.load(str(tmp_path)), tokens))
+        print(f"{name}: mlx-lm max |Δlogit| = {mlx_result.relative:.2e}")
+        assert mlx_result.relative <= parity.TOLERANCE
 
     with open(tmp_path / "config.json") as f:
         cfg = json.load(f)
@@ -99,6 +109,16 @@ def test_transformers_computes_our_logits_beyond_the_original_context(name, para
     for key in ("rope_parameters", "rope_theta", "max_position_embeddings"):
         assert again[key] == cfg[key]
     assert again.get("rope_scaling") == cfg.get("rope_scaling")
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed")
+def test_onnx_decoder_rotates_with_the_scaling(params, tokens, tmp_path):
+    from trainer.export import onnx as onnx_export
+
+    model = scaled("yarn_explicit")  # scaled frequencies and a cos/sin factor
+    onnx_export.write_onnx(str(tmp_path), model, params, "float32")
+    logits, _ = onnx_export.run(onnx_export.session(str(tmp_path)), tokens)
+    assert parity.compare(parity.jax_logits(model, params, tokens), logits).relative <= parity.TOLERANCE
 
 
 def test_hf_configs_in_other_spellings_import_or_fail_in_one_line():

@@ -104,6 +104,8 @@ def rope_parameters(model: ModelConfig) -> dict[str, Any]:
         params.update(beta_fast=float(r.beta_fast), beta_slow=float(r.beta_slow))
         if r.attention_factor is not None:
             params["attention_factor"] = float(r.attention_factor)
+            if r.factor > 1:  # the same factor as DeepSeek's `mscale` (0.1·mscale·ln s + 1), all mlx-lm reads
+                params["mscale"] = (float(r.attention_factor) - 1.0) / (0.1 * math.log(r.factor))
     if r.type == "llama3":
         params.update(low_freq_factor=float(r.low_freq_factor), high_freq_factor=float(r.high_freq_factor))
     return params

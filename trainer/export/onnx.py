@@ -26,6 +26,7 @@ import numpy as np
 from trainer.config import ModelConfig
 from trainer.errors import ConversionError
 from trainer.export import mapping, parity
+from trainer.model import rope
 
 OPSET = 17
 FILENAME = "model.onnx"
@@ -50,7 +51,8 @@ def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
 
     hd, heads, kv_heads = model.resolved_head_dim, model.num_heads, model.num_kv_heads
     weights = {name: torch.from_numpy(np.array(w, np.float32)) for name, w in mapping.to_hf(params, model)}
-    inv_freq = 1.0 / (model.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    inv_freq = torch.from_numpy(rope.inverse_frequencies(model, np.float64))  # scaling included (model.rope)
+    rope_scale = rope.attention_factor(model)  # yarn's factor on cos/sin; 1 otherwise
 
     def rms_norm(x: Any, scale: Any) -> Any:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + model.norm_eps) * scale
@@ -74,7 +76,7 @@ def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
             x = torch.nn.functional.embedding(input_ids, self.w("model.embed_tokens.weight"))
             angles = position_ids.float()[..., None] * self.inv_freq  # [batch, seq, hd/2]
             angles = torch.cat((angles, angles), dim=-1)[:, None]
-            cos, sin = angles.cos(), angles.sin()
+            cos, sin = angles.cos() * rope_scale, angles.sin() * rope_scale
             total = attention_mask.shape[1]
             past_len = total - seq
             query_pos = torch.arange(seq)[:, None] + past_len

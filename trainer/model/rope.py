@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, RopeScalingConfig
 
 
 def original_max_seq_len(model: ModelConfig) -> int:
@@ -77,23 +77,25 @@ def _llama3(inv_freq: np.ndarray, model: ModelConfig) -> np.ndarray:
     return np.where(medium, blended, scaled)
 
 
+def inverse_frequencies(model: ModelConfig, dtype: type = np.float32) -> np.ndarray:
+    """The [head_dim / 2] inverse frequencies of `model`'s RoPE, scaling included (computed in float64, then cast)."""
+    # cached on the fields RoPE depends on (a whole ModelConfig need not be hashable)
+    key = (float(model.rope_theta), model.resolved_head_dim, model.max_seq_len, model.rope_scaling)
+    return _inverse_frequencies64(*key).astype(dtype)
+
+
 @functools.lru_cache(maxsize=64)
-def _inverse_frequencies64(model: ModelConfig) -> np.ndarray:
-    inv_freq = _base_inverse_frequencies(effective_theta(model), model.resolved_head_dim)
-    kind = model.rope_scaling.type
-    if kind == "linear":
-        inv_freq = inv_freq / model.rope_scaling.factor
-    elif kind == "yarn":
+def _inverse_frequencies64(theta: float, head_dim: int, max_seq_len: int, scaling: RopeScalingConfig) -> np.ndarray:
+    model = ModelConfig(rope_theta=theta, head_dim=head_dim, max_seq_len=max_seq_len, rope_scaling=scaling)
+    inv_freq = _base_inverse_frequencies(effective_theta(model), head_dim)
+    if scaling.type == "linear":
+        inv_freq = inv_freq / scaling.factor
+    elif scaling.type == "yarn":
         inv_freq = _yarn(inv_freq, model)
-    elif kind == "llama3":
+    elif scaling.type == "llama3":
         inv_freq = _llama3(inv_freq, model)
     inv_freq.setflags(write=False)
     return inv_freq
-
-
-def inverse_frequencies(model: ModelConfig, dtype: type = np.float32) -> np.ndarray:
-    """The [head_dim / 2] inverse frequencies of `model`'s RoPE, scaling included (computed in float64, then cast)."""
-    return _inverse_frequencies64(model).astype(dtype)
 
 
 def attention_factor(model: ModelConfig) -> float:
