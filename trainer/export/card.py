@@ -216,9 +216,21 @@ def _architecture(card: CardFacts) -> str:
     rows = [("parameters", f"{card.params:,}"), ("layers", m.num_layers), ("hidden size", m.embed_dim),
             ("attention heads", m.num_heads), ("key/value heads", m.num_kv_heads), ("head dim", m.resolved_head_dim),
             ("MLP (SwiGLU)", m.mlp_dim), ("vocabulary", f"{m.vocab_size:,}"), ("context length", m.max_seq_len),
-            ("RoPE θ", f"{m.rope_theta:g}"), ("RMSNorm ε", f"{m.norm_eps:g}"),
+            ("RoPE θ", f"{m.rope_theta:g}"), ("RoPE scaling", _rope_scaling(m)), ("RMSNorm ε", f"{m.norm_eps:g}"),
             ("embeddings", "tied" if m.tie_embeddings else "untied")]
     return "## Architecture\n\n" + _table(rows, ("", "value"))
+
+
+def _rope_scaling(m: Any) -> str:
+    """How the context was extended, e.g. 'yarn × 2 (pretrained at 1,024 tokens)'; empty when it wasn't."""
+    from trainer.model import rope
+
+    r = m.rope_scaling
+    if r.type == "none":
+        return ""
+    if r.type == "ntk":
+        return f"ntk × {r.factor:g} (θ' = {rope.effective_theta(m):.6g})"
+    return f"{r.type} × {r.factor:g} (pretrained at {rope.original_max_seq_len(m):,} tokens)"
 
 
 def _training(card: CardFacts) -> str:
