@@ -1,4 +1,5 @@
-"""Install: `pip install -e .` (CPU), plus extras: hf (export), eval, parquet, tfds, tpu, gpu, cloud, wandb, dev."""
+"""Install: `pip install -e .` (CPU), plus extras: hf (export), mlx, onnx, llama (export runtimes), eval, parquet, tfds,
+tpu, gpu, cloud, wandb, dev."""
 
 from setuptools import find_packages, setup
 
@@ -14,6 +15,12 @@ EVAL = ["lm-eval>=0.4.13,<0.5"]
 TFDS = ["tensorflow-datasets>=4.9.10"]
 TFRECORD = TFDS + ["tensorflow-cpu>=2.21"]
 DATASETS = ["datasets>=5.2"]  # hf: inputs
+# Export runtimes (`--format mlx|onnx|gguf` and the tests that prove each file in its runtime). mlx-lm's `cpu` extra
+# brings mlx's Linux CPU wheels (plain mlx-lm installs mlx on macOS only); llama-cpp-python compiles llama.cpp from
+# source (minutes), so it stays out of dev.
+MLX = ["mlx-lm[cpu]>=0.32.2,<0.33"]
+ONNX = ["onnx>=1.23,<2", "onnxruntime>=1.31,<2"]
+LLAMA = ["llama-cpp-python>=0.3.36,<0.4"]
 
 setup(
     name="trainer",
@@ -50,10 +57,13 @@ setup(
         "tfds": TFDS,
         "tfrecord": TFRECORD,
         "datasets": DATASETS,
+        "mlx": MLX,
+        "onnx": ONNX,
+        "llama": LLAMA,
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "cloud": ["google-cloud-tpu>=1.18"],
-        "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + [
+        "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + MLX + ONNX + [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",

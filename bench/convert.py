@@ -1,11 +1,13 @@
-"""Export speed and memory of `trainer.convert_to_hf` on a ~300M-parameter random checkpoint.
+"""Export speed and memory of `trainer.convert_to_hf`, per format, on a ~300M-parameter random checkpoint.
 
-    python -m bench.convert [--config configs/303m.yml] [--dtypes float32,bfloat16] [--workdir DIR]
+    python -m bench.convert [--config configs/303m.yml] [--exports hf:float32,hf:bfloat16,gguf:q8_0,...] [--workdir DIR]
 
 Writes random params of the config's shapes (fp32) with `checkpoint.save_params` plus a small SentencePiece tokenizer,
-then runs one export per dtype with --no-verify, each in a fresh process, and prints ONE JSON object on stdout:
+then runs one export per entry of --exports with --no-verify, each in a fresh process. An entry is FORMAT:VARIANT:
+hf:DTYPE, gguf:TYPE (f16, bf16, q8_0, q4_0), mlx:DTYPE or mlx:8bit / mlx:4bit, onnx:DTYPE (float32, float16); a
+format whose runtime package is missing is reported as skipped. Prints ONE JSON object on stdout:
   checkpoint_gb, params            what was saved (fp32)
-  runs[]: dtype, exported_gb       the safetensors bytes written
+  runs[]: export, exported_gb      the entry; the bytes of the weight files written
           total_s, gb_per_s        the whole command (load + write + config + tokenizer) and exported_gb / total_s
           load_s, write_s,         loading the Orbax checkpoint; writing the safetensors files (write_gb_per_s)
           write_gb_per_s
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -33,14 +37,27 @@ if __package__ in (None, ""):  # `python bench/convert.py`: make the repo import
 from bench.common import REPO, log, machine_info, print_json, timed  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "303m.yml")
+DEFAULT_EXPORTS = "hf:float32,hf:bfloat16,gguf:f16,gguf:q8_0,gguf:q4_0,mlx:bfloat16,mlx:8bit,onnx:float32,onnx:float16"
+RUNTIME = {"mlx": ("mlx_lm",), "onnx": ("onnxruntime", "onnx", "torch")}  # what a format needs beyond the hf extra
+
+
+def export_options(entry: str) -> list[str]:
+    """`FORMAT:VARIANT` → the convert_to_hf options that make that export."""
+    fmt, _, variant = entry.partition(":")
+    if fmt == "gguf":
+        return ["--format", "gguf", "--gguf-type", variant or "f16"]
+    if fmt == "mlx" and variant.endswith("bit"):
+        return ["--format", "mlx", "--mlx-bits", variant[:-3]]
+    return ["--format", fmt] + (["--dtype", variant] if variant else [])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=DEFAULT_CONFIG, help="model shapes to export (default: configs/303m.yml)")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated export dtypes")
+    p.add_argument("--exports", default=DEFAULT_EXPORTS,
+                   help=f"comma-separated FORMAT:VARIANT (default {DEFAULT_EXPORTS})")
     p.add_argument("--workdir", default=None, help="where the checkpoint and exports go (default: a temp folder)")
-    p.add_argument("--child", nargs=3, metavar=("RUN", "OUT", "DTYPE"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=3, metavar=("RUN", "OUT", "EXPORT"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -85,7 +102,7 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: kilobytes elsewhere too
 
 
-def child(run_dir: str, out: str, dtype: str) -> None:
+def child(run_dir: str, out: str, entry: str) -> None:
     """One export in this fresh process; prints its figures as JSON."""
     import jax  # noqa: F401  (imported up front so that the baseline holds every library)
     import orbax.checkpoint  # noqa: F401
@@ -95,8 +112,10 @@ def child(run_dir: str, out: str, dtype: str) -> None:
 
     from trainer.export import hf as convert_to_hf
 
+    for module in RUNTIME.get(entry.partition(":")[0], ()):
+        importlib.import_module(module)  # in the baseline too, as the libraries above
     baseline = psutil.Process().memory_info().rss
-    args = convert_to_hf.parse_args(["--checkpoint", run_dir, "--out", out, "--dtype", dtype, "--no-verify"])
+    args = convert_to_hf.parse_args(["--checkpoint", run_dir, "--out", out, "--no-verify", *export_options(entry)])
     total, summary = timed(lambda: convert_to_hf.export(args))
     peak = peak_rss()
     print(json.dumps({"total_s": total, "load_s": summary["load_s"], "write_s": summary["write_s"],
@@ -112,10 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-convert-")
     run_dir = os.path.join(workdir, "run")
     result = {"config": os.path.relpath(args.config, REPO), **write_checkpoint(args.config, run_dir), "runs": []}
-    for dtype in args.dtypes.split(","):
-        out = os.path.join(workdir, f"hf-{dtype}")
-        log(f"exporting {dtype} ...")
-        proc = subprocess.run([sys.executable, "-m", "bench.convert", "--child", run_dir, out, dtype], cwd=REPO,
+    for entry in args.exports.split(","):
+        fmt = entry.partition(":")[0]
+        missing = [m for m in RUNTIME.get(fmt, ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            result["runs"].append({"export": entry, "skipped": f"{', '.join(missing)} not installed"})
+            continue
+        out = os.path.join(workdir, entry.replace(":", "-"))
+        log(f"exporting {entry} ...")
+        proc = subprocess.run([sys.executable, "-m", "bench.convert", "--child", run_dir, out, entry], cwd=REPO,
                               capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
         if proc.returncode:
             sys.stderr.write(proc.stderr)
@@ -123,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         exported, weights_rss = r["exported_bytes"] / 1e9, (r["peak_rss_bytes"] - r["baseline_rss_bytes"]) / 1e9
         result["runs"].append({
-            "dtype": dtype, "exported_gb": exported, "files": r["files"], "total_s": r["total_s"],
+            "export": entry, "exported_gb": exported, "files": r["files"], "total_s": r["total_s"],
             "gb_per_s": exported / r["total_s"], "load_s": r["load_s"], "write_s": r["write_s"],
             "write_gb_per_s": exported / r["write_s"], "baseline_rss_gb": r["baseline_rss_bytes"] / 1e9,
             "peak_rss_gb": r["peak_rss_bytes"] / 1e9, "peak_over_exported": weights_rss / exported,

@@ -134,7 +134,7 @@ def test_onnx_export_runs_in_onnxruntime_with_a_kv_cache(dtype, run_dir, ours, t
         assert tokens[:4] == ours[:4]
     # the cache is exact: the last position's logits from a cached call equal a full forward's
     full, _ = onnx_export.run(session, np.array([PROMPT + tokens]))
-    first, past = onnx_export.run(session, np.array([PROMPT + tokens[:-1]]))
+    _, past = onnx_export.run(session, np.array([PROMPT + tokens[:-1]]))
     step, _ = onnx_export.run(session, np.array([tokens[-1:]]), past, len(PROMPT) + 15)
     np.testing.assert_allclose(step[0, -1], full[0, -1], atol=1e-4 * np.abs(full).max())
 
@@ -175,8 +175,8 @@ def test_the_onnx_cards_usage_snippet_runs(run_dir, tmp_path, capsys):
     export(run_dir, out, "--format", "onnx", "--no-verify", capsys=capsys)
     text = (out / "README.md").read_text()
     snippet = text.split("```python\n")[1].split("```")[0]
-    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    result = subprocess.run([sys.executable, "-c", snippet], check=False, cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("def fibonacci(n):")
 
@@ -190,6 +190,17 @@ def test_format_options_that_do_not_fit_fail_in_one_line(run_dir, tmp_path, caps
         code = convert_to_hf.main(["--checkpoint", run_dir, "--out", str(tmp_path / "x"), *argv])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("fmt, modules, extra", [("mlx", ("mlx_lm", "mlx_lm.utils", "mlx.core"), "mlx"),
+                                                  ("onnx", ("onnxruntime",), "onnx")])
+def test_a_format_without_its_runtime_names_the_extra(fmt, modules, extra, run_dir, tmp_path, capsys, monkeypatch):
+    for module in modules:  # None in sys.modules makes the import fail as it does where the package is absent
+        monkeypatch.setitem(sys.modules, module, None)
+    assert convert_to_hf.main(["--checkpoint", run_dir, "--out", str(tmp_path / "x"), "--format", fmt]) == 2
+    err = capsys.readouterr().err
+    assert f'pip install -e ".[{extra}]"' in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
 
 

@@ -24,7 +24,8 @@ from trainer.errors import ConversionError
 from trainer.export import gguf_rope, mapping, parity
 
 QUANT_NAMES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
-KIND_OF = {"F32": "float32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0"}  # GGML type → parity rounding kind
+# GGML type → parity rounding kind
+KIND_OF = {"F32": "float32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0"}
 
 
 def _gguf() -> Any:
