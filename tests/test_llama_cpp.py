@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 MODEL = ModelConfig(vocab_size=512, embed_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=256,
                     max_seq_len=128, rope_theta=500000.0, compute_dtype="float32", remat_policy="none",
                     tie_embeddings=False)
-TOLERANCE = {"f16": 5e-3, "bf16": 3e-2, "q8_0": 3e-2, "q4_0": 0.1}
+# measured: f16 5.7e-4, bf16 3.3e-3, q8_0 1.3e-2, q4_0 1.2e-2 (argmax agreement 1.0, 0.995, 0.964, 0.964)
+TOLERANCE = {"f16": 5e-3, "bf16": 3e-2, "q8_0": 3e-2, "q4_0": 5e-2}
 PROMPT = [5, 17, 42, 99]
 
 
@@ -84,10 +85,12 @@ def test_llama_cpp_runs_our_gguf(gguf_type, tokenizer_dir, tmp_path):
         assert agree >= 0.9
 
 
-def test_llama_cpp_tokenizes_like_sentencepiece_without_a_bos(tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_llama_cpp_tokenizes_like_sentencepiece_with_bos_as_the_data_had_it(add_bos, tokenizer_dir, tmp_path):
     path = str(tmp_path / "model.gguf")
     tok = sentencepiece()
-    gguf_export.write_gguf(path, MODEL, random_params(MODEL), tokenizer_dir, tok, "q8_0", add_bos=False)
+    gguf_export.write_gguf(path, MODEL, random_params(MODEL), tokenizer_dir, tok, "q8_0", add_bos=add_bos)
     llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
     strings = held_out_strings(200)
-    assert [llm.tokenize(s.encode(), add_bos=True) for s in strings] == [tok.encode(s) for s in strings]
+    bos = [tok.bos_id] if add_bos else []  # add_bos=True asks llama.cpp for BOS; the file's flag decides
+    assert [llm.tokenize(s.encode(), add_bos=True) for s in strings] == [bos + tok.encode(s) for s in strings]
