@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `launch` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.tpu_catalog import LaunchError, check_zone, parse_accelerator  # noqa: E402
+from launch.preflight import preflight  # noqa: E402
 from launch.tpu_plan import PLANS, Job, Step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-minutes", type=float, help="give up waiting for READY/ACTIVE after this "
                    "(default 60, queued: 1440)")
     p.add_argument("--dry-run", action="store_true", help="print every command / API request and exit")
+    p.add_argument("--skip-fit-check", action="store_true",
+                   help="up: do not compile the train step for the accelerator before creating it")
     return p
 
 
@@ -144,10 +147,9 @@ def make_job(action: str, ns: argparse.Namespace, rest: list[str], dry_run: bool
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,61}[a-z0-9]", name):
         raise LaunchError(f"invalid TPU name {name!r}: lowercase letters, digits and '-', starting with a letter")
     project = ns.project or default_project()
-    if not project:
-        if not dry_run:
-            raise LaunchError("no project: pass --project, set GOOGLE_CLOUD_PROJECT or `gcloud config set project`")
-        project = PLACEHOLDER_PROJECT
+    if not project or project == PLACEHOLDER_PROJECT:  # refused in --dry-run too: a plan for no project is no plan
+        raise LaunchError(f"{'no project' if not project else f'--project {project} is the example placeholder'}: "
+                          "pass --project, set GOOGLE_CLOUD_PROJECT or `gcloud config set project`")
     run_dir = ns.run_dir
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("run.dir=")]
     if run_dir and given and given[-1] != run_dir:
@@ -336,8 +338,9 @@ def hints(job: Job) -> str:
     ])
 
 
-def run(action: str, job: Job, dry_run: bool, wait_s: float) -> int:
-    """Build the plan for `action`; print it (dry run) or execute it."""
+def run(action: str, job: Job, dry_run: bool, wait_s: float, fit_check: bool = True) -> int:
+    """Build the plan for `action`; check the config (`up`: launch/preflight.py); print the plan (dry run) or
+    execute it."""
     plan = PLANS[action](job)
     if job.api == "library" and any(s.argv[:1] == ("gcloud",) for s in plan) and not shutil.which("gcloud"):
         msg = ("gcloud CLI not found on PATH: TPU API calls go through the google-cloud-tpu library, "
@@ -345,6 +348,9 @@ def run(action: str, job: Job, dry_run: bool, wait_s: float) -> int:
         if not dry_run:
             raise LaunchError(msg)
         print(f"warning: {msg}", file=sys.stderr)
+    if action == "up":  # before anything is created: the checks the workers would run, and the fit
+        for note in preflight(job, dry_run, fit=fit_check):
+            print(note, file=sys.stderr, flush=True)
     if dry_run:
         for step in plan:
             print(step.render())
@@ -386,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in warnings:
             print(w, file=sys.stderr)
         wait_min = ns.wait_minutes if ns.wait_minutes is not None else (1440 if job.queued else 60)
-        return run(action, job, ns.dry_run, wait_min * 60)
+        return run(action, job, ns.dry_run, wait_min * 60, fit_check=not ns.skip_fit_check)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

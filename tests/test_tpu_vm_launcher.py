@@ -192,8 +192,10 @@ def test_missing_config_and_project(env: dict[str, str], cfg: str) -> None:
     assert r.returncode == 2 and r.stderr == "error: config file not found: configs/nope.yml\n"
     r = cli(["--zone", "us-central2-b", "--", cfg], env)  # no project anywhere, not a dry run
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no project" in r.stderr
-    lines = plan_lines(["--zone", "us-central2-b", "--", cfg], env)  # dry run: placeholder
-    assert "--project=YOUR_PROJECT" in lines[0]
+    r = cli(["--zone", "us-central2-b", "--dry-run", "--", cfg], env)  # a dry run too: a plan for no project is none
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "no project" in r.stderr
+    r = cli(["--zone", "us-central2-b", "--project", "YOUR_PROJECT", "--dry-run", "--", cfg], env)
+    assert r.returncode == 2 and r.stdout == "" and "example placeholder" in r.stderr
     (Path(env["CLOUDSDK_CONFIG"]) / "configurations").mkdir()
     (Path(env["CLOUDSDK_CONFIG"]) / "configurations" / "config_default").write_text("[core]\nproject = fromcfg\n")
     assert "--project=fromcfg" in plan_lines(["--zone", "us-central2-b", "--", cfg], env)[0]
@@ -328,7 +330,7 @@ def fake_gcloud(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, st
     return d, dict(env, FAKE_GCLOUD_DIR=str(d), PATH=f"{d / 'bin'}:{env['PATH']}")
 
 
-GIT_UP = [*UP, "--ship", "git", "--git-url", "u", "--git-ref", "r", "--poll-seconds", "0"]
+GIT_UP = [*UP, "--ship", "git", "--git-url", "u", "--git-ref", "r", "--poll-seconds", "0", "--skip-fit-check"]
 ONE_RUN = ["ssh:clone", "scp", "ssh:install", "ssh:start", "ssh:stream"]
 
 
@@ -361,3 +363,21 @@ def test_up_preempted_without_retries_fails(fake_gcloud, cfg: str) -> None:
     r = cli([*GIT_UP, "--", cfg], env)
     assert r.returncode == 1 and "no retries are left" in r.stderr
     assert _calls(d) == ["create", *ONE_RUN]
+
+
+def test_placeholder_bucket_refused_before_any_plan(env: dict[str, str]) -> None:
+    r = cli([*UP, "--accelerator", "v4-32", "--dry-run", "--", str(REPO / "configs" / "303m.yml")], env)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert "gs://YOUR_BUCKET" in r.stderr and "example placeholder" in r.stderr
+
+
+def test_up_refuses_a_config_that_does_not_fit_before_creating(fake_gcloud, tmp_path: Path) -> None:
+    pytest.importorskip("libtpu", reason="the fit check compiles with libtpu (pip install -e '.[tpu]')")
+    d, env = fake_gcloud
+    big = tmp_path / "big.yml"  # a 4M-parameter model with a 4M-token batch: the compiler refuses it at once
+    big.write_text(f"base: {REPO / 'configs' / 'tiny.yml'}\ntrain: {{global_batch_size: 16384}}\n"
+                   "model: {remat_policy: none}\nrun: {dir: /tmp/never-written}\n")
+    r = cli([*UP, "--ship", "git", "--git-url", "u", "--git-ref", "r", "--", str(big)], env, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "does not fit" in r.stderr and "GiB > 30.75 GiB per chip on v4-8" in r.stderr and "--target v4-8" in r.stderr
+    assert not (d / "calls").exists()  # not even a describe: nothing was called

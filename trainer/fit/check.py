@@ -117,6 +117,8 @@ def compile_fit(config: Config, target: Target, devices: list[Any] | None = None
     wall, cpu = time.perf_counter(), time.process_time()
     temp = peak = eval_peak = None
     error = None
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # executables for absent devices can't be cached
     try:
         train = step_fns.train_step.lower(state, batch).compile().memory_analysis()
         temp = train.temp_size_in_bytes
@@ -134,6 +136,8 @@ def compile_fit(config: Config, target: Target, devices: list[Any] | None = None
             peak = None if wanted is None else params_bytes + opt_bytes + batch_bytes + wanted
         else:
             eval_peak = None if wanted is None else params_bytes + opt_bytes + batch_bytes + wanted
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
     return Fit(target=target, mesh=mesh_shape, changes=changes, params_bytes=params_bytes,
                optimizer_bytes=opt_bytes, batch_bytes=batch_bytes, temp_bytes=temp, peak_bytes=peak,
                eval_peak_bytes=eval_peak, compile_s=time.perf_counter() - wall,
@@ -201,6 +205,15 @@ def describe(fit: Fit) -> list[str]:
     return lines
 
 
+def verdict(fit: Fit) -> str:
+    """One line: 'fits: peak 16.80 GiB of 30.75 GiB per chip' or 'does not fit: 43.28 GiB > 30.75 GiB per chip'."""
+    if fit.fits:
+        return f"fits: peak {_gib(fit.worst_bytes)} of {_gib(fit.capacity_bytes)} per chip"
+    if fit.worst_bytes is not None:
+        return f"does not fit: {_gib(fit.worst_bytes)} > {_gib(fit.capacity_bytes)} per chip"
+    return f"does not fit: the compiler refused it ({fit.error})"
+
+
 def with_slices(config: Config, slices: int) -> tuple[Config, tuple[str, ...]]:
     """A multi-slice target needs the mesh's `dcn_*` axes to span the slices: data parallelism across them unless
     the config says otherwise."""
@@ -238,17 +251,14 @@ def dry_run_target(config: Config, name: str, slices: int = 1, say: Any = print)
         say(line)
     record = fit.record()
     if fit.fits:
-        say(f"fits: peak {_gib(fit.worst_bytes)} of {_gib(fit.capacity_bytes)} per chip")
+        say(verdict(fit))
     else:
         better = find_fit(config, target, devices, say=say)
-        need = f"{_gib(fit.worst_bytes)} > {_gib(fit.capacity_bytes)} per chip" if fit.worst_bytes else \
-            f"the compiler refused it ({fit.error})"
         if better is None:
-            say(f"does not fit: {need}; no change tried fits (more microbatches, model.remat_policy=full): "
+            say(f"{verdict(fit)}; no change tried fits (more microbatches, model.remat_policy=full): "
                 "use a bigger slice or more chips")
         else:
-            say(f"does not fit: {need}; fits with {' '.join(implied + better.changes)} "
-                f"({_gib(better.worst_bytes)})")
+            say(f"{verdict(fit)}; fits with {' '.join(implied + better.changes)} ({_gib(better.worst_bytes)})")
         record["suggestion"] = None if better is None else {
             "changes": list(implied + better.changes), "hbm_peak_bytes": better.worst_bytes}
     say(json.dumps(record))

@@ -101,6 +101,9 @@ def topology_devices(target: Target) -> list[Any]:
     """
     require_libtpu()
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # Off a TPU VM libtpu warns that it can't find these (harmless); what they say does not change the compile.
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", target.name)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     from jax.experimental import topologies
 
     bounds = (1, 1, 1) if target.chips_per_slice == 1 else (2, 2, 1)

@@ -34,8 +34,8 @@ def _data_paths(config: Config) -> list[str]:
     return paths
 
 
-def check_reachable(config: Config) -> None:
-    """Fail in one line, before any work, on a placeholder bucket or a path this machine can't reach."""
+def check_reachable(config: Config, reach: bool = True) -> None:
+    """Fail in one line, before any work, on a placeholder bucket or (with `reach`) a path this machine can't reach."""
     from trainer.data.shards import prepare_hint
 
     for key, path in [("run.dir", config.run.dir)] + [("data.path", p) for p in _data_paths(config)]:
@@ -44,7 +44,8 @@ def check_reachable(config: Config) -> None:
                 f"{key}={path} is the example placeholder: prepare your shards with "
                 f"`{prepare_hint('gs://<bucket>/<name>/data')}` and override data.path=gs://<bucket>/... "
                 "and run.dir=gs://<bucket>/... (docs/data.md)")
-        storage.check_reachable(path, key)  # seconds and one line, not the storage client's minute of retries
+        if reach:
+            storage.check_reachable(path, key)  # seconds and one line, not the storage client's minute of retries
 
 
 def _prepare_data(config: Config) -> None:
