@@ -8,7 +8,6 @@ The model has θ = 500000: a reader that ignores the exported θ (mlx-lm reads o
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -169,16 +168,14 @@ def test_every_export_writes_a_model_card_of_the_run(run_dir, tmp_path, capsys):
         assert placeholder not in facts, placeholder
 
 
-def test_the_onnx_cards_usage_snippet_runs(run_dir, tmp_path, capsys):
+def test_the_onnx_cards_usage_snippet_runs(run_dir, tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     out = tmp_path / "model"
     export(run_dir, out, "--format", "onnx", "--no-verify", capsys=capsys)
-    text = (out / "README.md").read_text()
-    snippet = text.split("```python\n")[1].split("```")[0]
-    result = subprocess.run([sys.executable, "-c", snippet], check=False, cwd=tmp_path, capture_output=True,
-                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith("def fibonacci(n):")
+    snippet = (out / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)  # the snippet names the folder as a user beside it would
+    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102  (in this process: imports already paid for)
+    assert capsys.readouterr().out.startswith("def fibonacci(n):")
 
 
 def test_format_options_that_do_not_fit_fail_in_one_line(run_dir, tmp_path, capsys):
