@@ -22,6 +22,8 @@ from trainer.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------- sections
 
+LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
+
 
 @dataclass(frozen=True)
 class RopeScalingConfig:
@@ -39,6 +41,19 @@ class RopeScalingConfig:
     attention_factor: Optional[float] = None  # yarn: scale of cos/sin; None: 0.1·ln(factor) + 1
     low_freq_factor: float = 1.0  # llama3: wavelengths above original/low_freq_factor are divided by factor
     high_freq_factor: float = 4.0  # llama3: wavelengths below original/high_freq_factor are kept
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (trainer.model.lora): W + (alpha/rank)·A·B on the named projections, base weights frozen.
+
+    rank 0 is off. Targets by name: query, key, value, out (attention), gate, up, down (MLP).
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "out", "gate", "up", "down"])
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class ModelConfig:
     remat_policy: Literal["none", "full", "save_matmuls"] = "full"
     attention: Literal["dot_product", "cudnn", "splash"] = "dot_product"
     init_std: float = 0.02
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -165,10 +181,12 @@ class DataConfig:
     shuffle: bool = True
     worker_count: int = 0  # Grain worker processes per row stream (0: a prefetch thread each)
     prefetch: int = 2  # batches prepared ahead
-    prepare_corpus: Optional[Literal["stdlib"]] = None  # prepare this corpus into `path` when it holds no shards
+    prepare_corpus: Optional[Literal["stdlib", "stdlib_qa"]] = None  # prepare this corpus into `path` when empty
     prepare_vocab_size: int = 4096
     prepare_val_fraction: float = 0.05  # documents prepare_corpus holds out for validation
     synthetic: bool = False  # random tokens of the configured shape instead of shards (measure speed before data)
+    chat_template: Optional[str] = None  # chat data: chatml | alpaca | kodalite | a Jinja string (trainer.data.chat)
+    end_of_turn: Optional[str] = None  # the token ending a reply; None: the template's (a Jinja one's: EOS)
 
 
 @dataclass(frozen=True)
@@ -428,6 +446,15 @@ def validate(config: Config) -> None:
         )
     if m.resolved_head_dim % 2:
         raise ConfigError(f"the head dimension must be even for RoPE, got {m.resolved_head_dim}")
+    if m.lora.rank < 0 or not 0.0 <= m.lora.dropout < 1.0:
+        raise ConfigError(f"model.lora.rank must be ≥ 0 and model.lora.dropout in [0, 1), got {m.lora.rank}, "
+                          f"{m.lora.dropout}")
+    unknown = sorted(set(m.lora.targets) - set(LORA_TARGETS))
+    if unknown or (m.lora.rank and not m.lora.targets):
+        raise ConfigError(f"model.lora.targets {unknown or '[]'}: name some of {', '.join(LORA_TARGETS)}")
+    if m.lora.rank and not config.checkpoint.restore_from:
+        raise ConfigError("model.lora adapts a trained model: set checkpoint.restore_from to the base run (or a "
+                          "folder made by convert_from_hf)")
     if t.seq_len > m.max_seq_len:
         raise ConfigError(f"train.seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}: lower one or raise the other")
     validate_rope_scaling(m)

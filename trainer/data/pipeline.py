@@ -88,17 +88,20 @@ def _streams(
     rows_per_stream = global_batch_size // stream_count
     read_options = grain.ReadOptions(num_threads=max(1, _READ_THREADS // len(stream_ids)),
                                      prefetch_buffer_size=max(16, _READ_BUFFER // len(stream_ids)))
+    # Conversations carry a loss mask and are always packed: a reply never attends to another conversation.
+    chat = any(c.manifest.kind == "chat" for c in phase.components)
     streams = []
     for stream in stream_ids:
         parts = []
         for index, component in enumerate(phase.components):
             component_seed = mixture_lib.derive_seed(seed, stage, index)
             docs = packing.documents(component.manifest, split, seed=component_seed, shuffle=shuffle,
-                                     stream_index=stream, stream_count=stream_count)
+                                     stream_index=stream, stream_count=stream_count, with_mask=chat)
             parts.append(packing.rows(
-                docs, seq_len=seq_len, packing=data.packing, seed=mixture_lib.derive_seed(component_seed, stream),
+                docs, seq_len=seq_len, packing=data.packing or chat,
+                seed=mixture_lib.derive_seed(component_seed, stream),
                 shuffle=shuffle, pad_id=int(component.manifest.tokenizer.get("pad_id", 0)),
-                packing_bins=max(_MIN_PACKING_BINS, rows_per_stream), read_options=read_options,
+                packing_bins=max(_MIN_PACKING_BINS, rows_per_stream), read_options=read_options, with_mask=chat,
             ))
         streams.append(mixture_lib.mix(parts, [c.weight for c in phase.components]).batch(rows_per_stream))
     return streams

@@ -113,11 +113,12 @@ def prepare(
     return manifest
 
 
-def ensure_prepared(data: DataConfig, progress: bool = True) -> Optional[Manifest]:
+def ensure_prepared(data: DataConfig, progress: bool = True, tokenizer: Optional[str] = None) -> Optional[Manifest]:
     """Prepare `data.prepare_corpus` into `data.path` when that folder holds no manifest yet (first run of a recipe).
 
     Returns the new manifest, or None when nothing had to be done. On several hosts, call it on one process (or on
-    each host for local paths) before building iterators.
+    each host for local paths) before building iterators. A chat corpus (`stdlib_qa`) is rendered through
+    `data.chat_template` and tokenized with `tokenizer` (the base model's, to fine-tune it).
     """
     if not data.prepare_corpus or not data.path:
         return None
@@ -127,6 +128,13 @@ def ensure_prepared(data: DataConfig, progress: bool = True) -> Optional[Manifes
             return None
         except DataError as e:  # a damaged manifest: prepare again; finished parts are verified and kept
             print(f"warning: {e.args[0].split(';')[0]}; preparing {data.path} again", file=sys.stderr)
+    if data.prepare_corpus == "stdlib_qa":
+        from trainer.data.chat_prepare import prepare_chat
+
+        return prepare_chat(corpus=data.prepare_corpus, out=data.path, template=data.chat_template or "chatml",
+                            end_of_turn=data.end_of_turn, tokenizer=tokenizer, vocab_size=data.prepare_vocab_size,
+                            val_fraction=data.prepare_val_fraction,
+                            command=f"auto-prepare corpus={data.prepare_corpus} template={data.chat_template}")
     return prepare(corpus=data.prepare_corpus, out=data.path, vocab_size=data.prepare_vocab_size,
                    val_fraction=data.prepare_val_fraction, progress=progress,
                    command=f"auto-prepare corpus={data.prepare_corpus} vocab_size={data.prepare_vocab_size} "
@@ -294,7 +302,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--input", nargs="+", action="extend", metavar="PATH_OR_GLOB",
                      help="text files/folders/globs (one document per file), .jsonl, .parquet, "
                           "tfds:NAME[/CONFIG][:VERSION], hf:PATH_OR_NAME[:CONFIG]; repeatable")
-    src.add_argument("--corpus", choices=["stdlib"], help="the built-in corpus: this Python's standard library sources")
+    src.add_argument("--corpus", choices=["stdlib", "stdlib_qa"],
+                     help="the built-in corpus: this Python's standard library sources (stdlib), or with --format "
+                          "chat Q&A about its functions made from their docstrings and signatures (stdlib_qa)")
     src.add_argument("--verify", metavar="DIR",
                      help="check a prepared folder instead: every shard's record count and sha256 against its "
                           "manifest (exit 1 and the damaged shards listed when any differ)")
@@ -314,6 +324,16 @@ def _parser() -> argparse.ArgumentParser:
                                            "(default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--split", default="train",
                    help="split of tfds: and hf: inputs, e.g. train, validation, 'train[:10%%]' (default train)")
+    p.add_argument("--format", choices=["text", "chat"], default="text",
+                   help="text: documents for pretraining (default); chat: JSONL conversations (messages, Alpaca/Dolly, "
+                        "OpenAssistant trees) rendered through --chat-template, with a loss mask on assistant replies "
+                        "(docs/finetune.md)")
+    p.add_argument("--chat-template", default="chatml",
+                   help="with --format chat: chatml, alpaca, kodalite, or a Jinja string (default chatml)")
+    p.add_argument("--end-of-turn", default=None,
+                   help="with --format chat: the token that ends a reply (default: the template's; a Jinja "
+                        "template's: the tokenizer's EOS); added to the tokenizer as one id when missing")
+    p.add_argument("--limit", type=int, default=None, help="with --format chat: only the first N conversations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -330,13 +350,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return verify_folder(args.verify, progress=not args.no_progress)
     if not args.out:
         parser.error("the following arguments are required: --out")
+    command = shlex.join(["python", "-m", "trainer.data.prepare", *argv])
+    if args.format == "chat":
+        from trainer.data.chat_prepare import prepare_chat
+
+        prepare_chat(args.input or (), args.out, template=args.chat_template, end_of_turn=args.end_of_turn,
+                     corpus=args.corpus, tokenizer=args.tokenizer,
+                     vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed, bos=args.bos,
+                     limit=args.limit, command=command)
+        return ExitCode.OK
+    if args.corpus == "stdlib_qa":
+        parser.error("--corpus stdlib_qa is a chat corpus: add --format chat")
     try:
         prepare(
             inputs=args.input or (), out=args.out, vocab_size=args.vocab_size, corpus=args.corpus,
             tokenizer=args.tokenizer, val_fraction=args.val_fraction, text_field=args.text_field, bos=args.bos,
             workers=args.workers, seed=args.seed, dtype=args.dtype, max_files=args.max_files,
             tfds_data_dir=args.tfds_data_dir, split=args.split, progress=not args.no_progress,
-            command=shlex.join(["python", "-m", "trainer.data.prepare", *argv]),
+            command=command,
         )
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)

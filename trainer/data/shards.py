@@ -57,6 +57,22 @@ def decode_record(record: bytes, dtype: str) -> np.ndarray:
     return np.frombuffer(record, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int32)
 
 
+def encode_chat_record(ids: Sequence[int], mask: Sequence[int], dtype: str) -> bytes:
+    """A conversation's record (datasets of kind "chat"): the ids as in `encode_record`, then one byte per token,
+    1 where the token is a target the loss counts (assistant replies and their end-of-turn token)."""
+    if len(ids) != len(mask):
+        raise ValueError(f"{len(ids)} ids but {len(mask)} mask values")
+    return encode_record(ids, dtype) + np.asarray(mask, dtype=np.uint8).tobytes()
+
+
+def decode_chat_record(record: bytes, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """A chat record's ids (int32) and loss mask (int32, 0/1)."""
+    width = np.dtype(dtype).itemsize
+    n = len(record) // (width + 1)
+    ids = np.frombuffer(record[:n * width], dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int32)
+    return ids, np.frombuffer(record[n * width:], dtype=np.uint8).astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardInfo:
     """One ArrayRecord file of a split and what it holds."""
@@ -83,6 +99,8 @@ class Manifest:
     replacement_chars: dict[str, Any] = dataclasses.field(default_factory=dict)  # total, documents, by_input
     empty_documents_skipped: int = 0
     format_version: int = FORMAT_VERSION
+    kind: str = "text"  # "text": documents of ids; "chat": conversations, ids + loss mask (trainer.data.chat)
+    chat: dict[str, Any] = dataclasses.field(default_factory=dict)  # kind chat: template, end-of-turn token and id
     location: str = ""  # the folder it was read from; not stored
 
     def shards_of(self, split: str) -> list[ShardInfo]:
@@ -163,9 +181,9 @@ class ShardWriter:
         self.documents = 0
         self.tokens = 0
 
-    def write(self, ids: Sequence[int]) -> None:
-        """Append one document."""
-        self._writer.write(encode_record(ids, self.dtype))
+    def write(self, ids: Sequence[int], mask: Optional[Sequence[int]] = None) -> None:
+        """Append one document (with `mask`: one conversation of a chat dataset)."""
+        self._writer.write(encode_record(ids, self.dtype) if mask is None else encode_chat_record(ids, mask, self.dtype))
         self.documents += 1
         self.tokens += len(ids)
 

@@ -21,6 +21,7 @@ from trainer.data import DataError
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FOLDER = "tokenizer"
+CHAT_CONFIG_FILE = "chat_template.json"  # a chat format trained with this tokenizer (trainer.data.chat)
 _TRAIN_CHUNK_CHARS = 4096  # SentencePiece trains on "sentences"; long documents are cut at line ends
 
 
@@ -45,10 +46,44 @@ class Tokenizer(abc.ABC):
     def decode(self, ids: list[int]) -> str:
         """The text of `ids` (special tokens kept as they are)."""
 
+    # A chat format trained into the model (`chat_template.json` beside the tokenizer, see trainer.data.chat): the
+    # Jinja template and the single token that ends a turn. None for a tokenizer of plain text.
+    chat: Optional[dict] = None
+
+    @abc.abstractmethod
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of `text` and each token's character span [start, end) in it (for loss masks)."""
+
+    @abc.abstractmethod
+    def token_text(self, token_id: int) -> str:
+        """How a (special) token is written in text, e.g. '</s>' for EOS: what chat templates put in their text."""
+
+    @abc.abstractmethod
+    def with_tokens(self, tokens: list[str]) -> "Tokenizer":
+        """A copy of this tokenizer with `tokens` added as single special ids after the existing ones."""
+
+    @property
+    def end_of_turn_id(self) -> Optional[int]:
+        """The id that ends an assistant turn in the chat format trained with this tokenizer; None without one."""
+        return None if self.chat is None else int(self.chat["end_of_turn_id"])
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids generation stops at: EOS, and the end-of-turn token of a chat format."""
+        return tuple(dict.fromkeys(i for i in (self.end_of_turn_id, self.eos_id) if i is not None))
+
     def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
         """A conversation ([{"role", "content"}, ...]) as prompt text through the tokenizer's chat template, ending
         where the assistant's reply begins; None when the tokenizer has no template."""
-        return None
+        if self.chat is None:
+            return None
+        from trainer.data import chat
+
+        template = chat.ChatTemplate(self.chat.get("template", "jinja"), self.chat["chat_template"],
+                                     self.chat.get("end_of_turn"))
+        return chat.render(template, messages, add_generation_prompt=True,
+                           bos_token="" if self.bos_id is None else self.token_text(self.bos_id),
+                           eos_token=self.token_text(self.eos_id))
 
     @property
     @abc.abstractmethod
@@ -86,6 +121,58 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
+
+    def token_text(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """As Hugging Face's tokenizer of this model does (the exported one), the BOS/EOS pieces written in the text
+        ('<s>', '</s>': a chat template's `eos_token`) become their ids; the text between is encoded as usual."""
+        specials = {self.token_text(i): i for i in (self.bos_id, self.eos_id) if i is not None}
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        start = 0
+        while start <= len(text):
+            found = [(text.find(p, start), p) for p in specials if text.find(p, start) >= 0]
+            end, piece = min(found) if found else (len(text), None)
+            part_ids, part_offsets = self._encode_plain(text[start:end])
+            ids += part_ids
+            offsets += [(a + start, b + start) for a, b in part_offsets]
+            if piece is None:
+                break
+            ids.append(specials[piece])
+            offsets.append((end, end + len(piece)))
+            start = end + len(piece)
+        return ids, offsets
+
+    def _encode_plain(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if not text:
+            return [], []
+        proto = self._sp.encode(text, return_type="proto")
+        # SentencePiece reports byte offsets into the UTF-8 text; map them to character offsets.
+        char_at = [0] * (len(text.encode()) + 1)
+        position = 0
+        for index, ch in enumerate(text):
+            width = len(ch.encode())
+            for b in range(width):
+                char_at[position + b] = index
+            position += width
+        char_at[position] = len(text)
+        ids = [p.id for p in proto.pieces]
+        offsets = [(char_at[p.begin], char_at[p.end] if p.end < len(char_at) else len(text)) for p in proto.pieces]
+        return ids, offsets
+
+    def with_tokens(self, tokens: list[str]) -> "SentencePieceTokenizer":
+        """Append `tokens` as USER_DEFINED pieces: SentencePiece then never splits them (their ids follow the
+        existing vocabulary, so a base model's embedding grows by rows at the end)."""
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        model = pb.ModelProto()
+        model.ParseFromString(self.model_proto)
+        for token in tokens:
+            piece = model.pieces.add()
+            piece.piece, piece.score, piece.type = token, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED
+        return SentencePieceTokenizer(model.SerializeToString())
 
     @property
     def sha256(self) -> str:
@@ -126,7 +213,28 @@ class HFTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+    def token_text(self, token_id: int) -> str:
+        return self._tok.convert_ids_to_tokens(int(token_id))
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        out = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(out["input_ids"]), [tuple(o) for o in out["offset_mapping"]]
+
+    def with_tokens(self, tokens: list[str]) -> "HFTokenizer":
+        """Add `tokens` as special tokens (never split, never normalized) after the existing ids."""
+        from tokenizers import AddedToken
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self._tok.save_pretrained(tmp)
+            copy = HFTokenizer(tmp)
+        copy._tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in tokens], special_tokens=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            copy._tok.save_pretrained(tmp)
+            return HFTokenizer(tmp)
+
     def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
+        if self.chat is not None:
+            return super().render_chat(messages)
         if not getattr(self._tok, "chat_template", None):
             return None
         return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -171,8 +279,10 @@ def _training_sentences(texts: Iterable[str]) -> Iterator[str]:
             yield "".join(buf)
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, num_threads: int = 2) -> SentencePieceTokenizer:
-    """Train a BPE model whose decode gives back the exact input text.
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, num_threads: int = 2,
+                        special_tokens: Iterable[str] = ()) -> SentencePieceTokenizer:
+    """Train a BPE model whose decode gives back the exact input text; `special_tokens` (a chat format's markers)
+    become user-defined symbols, each always one id.
 
     byte_fallback covers any character; identity normalization, no dummy prefix and kept whitespace make
     decode(encode(x)) == x (and agree with HF's LlamaTokenizerFast, see docs/pitfalls.md); pad/unk/bos/eos are 0/1/2/3.
@@ -195,6 +305,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, num_threads: int 
             character_coverage=0.9995,
             max_sentence_length=4 * _TRAIN_CHUNK_CHARS + 16,  # bytes; a chunk of 4096 chars is at most 16 KiB
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            user_defined_symbols=list(special_tokens),
             num_threads=max(1, num_threads),
             minloglevel=2,
         )
@@ -224,12 +335,23 @@ def load_tokenizer(dir_or_url: str) -> Tokenizer:
     manifest_path = storage.join(dir_or_url, "manifest.json")
     if storage.exists(manifest_path):
         info = storage.read_json(manifest_path)["tokenizer"]
-        return open_tokenizer(storage.join(dir_or_url, info["file"]))
+        return attach_chat(open_tokenizer(storage.join(dir_or_url, info["file"])), dir_or_url)
     for name in (SENTENCEPIECE_FILE, HF_FOLDER):  # a folder being prepared: tokenizer written, manifest not yet
         candidate = storage.join(dir_or_url, name)
         if storage.exists(candidate):
-            return open_tokenizer(candidate)
-    return open_tokenizer(dir_or_url)
+            return attach_chat(open_tokenizer(candidate), dir_or_url)
+    folder = dir_or_url if storage.isdir(dir_or_url) else dir_or_url.rsplit("/", 1)[0]
+    return attach_chat(open_tokenizer(dir_or_url), folder)
+
+
+def attach_chat(tok: Tokenizer, folder: str) -> Tokenizer:
+    """Give `tok` the chat format stored in `folder`/chat_template.json (trainer.data.chat), when there is one."""
+    path = storage.join(folder, CHAT_CONFIG_FILE)
+    if folder and storage.exists(path):
+        chat = storage.read_json(path)
+        if "end_of_turn_id" in chat:
+            tok.chat = chat
+    return tok
 
 
 def _sentencepiece_from_bytes(data: bytes, path: str) -> SentencePieceTokenizer:
