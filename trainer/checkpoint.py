@@ -280,7 +280,8 @@ def _explained(run_dir: str, directory: str, step: int) -> Iterator[None]:
 def load_params(path: str, step: int | None = None, dtype: str | None = None) -> tuple[Config, dict[str, Any], int]:
     """A run's config and params as numpy arrays on the host, whatever mesh saved them (for exporters).
 
-    `dtype` (e.g. "bfloat16"): each tensor is cast as it is read, so the saved (float32) tree is never held whole.
+    `dtype` (e.g. "bfloat16"): the tensors are read a few at a time (≤ CAST_BATCH_BYTES as saved) and cast as they
+    are read, so the saved (float32) tree is never held whole: the peak is the cast tree plus one batch.
     """
     run_dir, ref_step = parse_reference(path)
     step = step if step is not None else ref_step
@@ -294,10 +295,45 @@ def load_params(path: str, step: int | None = None, dtype: str | None = None) ->
             metadata = metadata.item_metadata
         tree = metadata.tree
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])
-    cast = None if dtype is None else jax.numpy.dtype(dtype)
-    params, step = _restore_params(run_dir, step, target,
-                                   lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast))
+    if dtype is None:
+        params, step = _restore_params(run_dir, step, target, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
+        return config, params, step
+    cast = jax.numpy.dtype(dtype)
+    params: dict[str, Any] = {}
+    for batch in _batches(target, CAST_BATCH_BYTES):
+        part, step = _restore_params(run_dir, step, batch,
+                                     lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast))
+        _merge(params, part)
     return config, params, step
+
+
+CAST_BATCH_BYTES = 256 << 20  # how much of the saved tree load_params(dtype=...) reads at once
+
+
+def _batches(tree: dict[str, Any], budget: int) -> list[dict[str, Any]]:
+    """The leaves of a nested dict of ShapeDtypeStructs as sub-trees of about `budget` bytes (a bigger leaf alone)."""
+    batches: list[dict[str, Any]] = []
+    size = budget
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        nbytes = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        if size + nbytes > budget:
+            batches.append({})
+            size = 0
+        node = batches[-1]
+        keys = [k.key for k in path]
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = leaf
+        size += nbytes
+    return batches
+
+
+def _merge(into: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _merge(into.setdefault(key, {}), value)
+        else:
+            into[key] = value
 
 
 def save_params(run_dir: str, config: Config, params: dict[str, Any], step: int = 0) -> None:
