@@ -27,7 +27,8 @@ MODEL = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num
                     tie_embeddings=False)
 STEP = 40
 PROMPT = [5, 17, 42, 99]
-EVAL_RESULTS = {"results": {"arc_easy": {"acc,none": 0.3125, "acc_stderr,none": 0.01, "alias": "arc_easy"}}}
+EVAL_RESULTS = {"results": {"arc_easy": {"acc,none": 0.3125, "acc_stderr,none": 0.01, "acc_norm,none": 0.375,
+                                         "acc_norm_stderr,none": 0.02, "alias": "arc_easy"}}}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,10 @@ def run_dir(tmp_path_factory):
         f.writelines(json.dumps(r) + "\n" for r in rows)
     plot_losses(rows, os.path.join(run, "loss.png"))
     os.makedirs(os.path.join(run, "eval"))
-    with open(os.path.join(run, "eval", "results.json"), "w") as f:
+    with open(os.path.join(run, "eval", "step_30.json"), "w") as f:  # as trainer.eval writes them
         json.dump(EVAL_RESULTS, f)
+    with open(os.path.join(run, "eval", f"step_{STEP + 10}.json"), "w") as f:  # a later step: not this export's
+        json.dump({"results": {"arc_easy": {"acc,none": 0.9}}}, f)
     return run
 
 
@@ -159,7 +162,7 @@ def test_every_export_writes_a_model_card_of_the_run(run_dir, tmp_path, capsys):
     assert f"| Chinchilla ratio | {tokens / (20 * n):.3g} " in text
     assert "| hardware | 8 × cpu |" in text and "| MFU | 25.0 % (median) |" in text
     assert "| final validation loss | 5.0000 (perplexity 148.41) |" in text
-    assert "| arc_easy | acc 0.3125 |" in text  # lm-eval results found in the run folder
+    assert "(measured at step 30)" in text and "| ARC-Easy | 31.25 ± 1.00 | 37.50 ± 2.00 | – |" in text
     assert "![training and validation loss](loss.png)" in text and (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert TEMPLATE in text and "`</s>` (id 3)" in text and "Prompts get no BOS" in text
     assert "parity ok" in text and "AutoModelForCausalLM.from_pretrained" in text

@@ -45,7 +45,8 @@ class CardFacts:
     datasets: list[str]  # short names for the YAML header
     data_sources: list[str]  # the manifests' descriptions of where the text came from
     metrics: list[dict[str, Any]]
-    eval_results: dict[str, dict[str, Any]]  # lm-eval schema: task → {"acc,none": ...}
+    eval_results: dict[str, Any]  # lm-eval's results schema (`results[task]["acc,none"]`), as `trainer.eval` writes
+    eval_step: int | None  # the step those results were measured at
     chat_template: str | None
     eos_token: str | None
     eos_id: int | None
@@ -79,7 +80,7 @@ def facts(args: argparse.Namespace, run_dir: str, config: Config, params: dict[s
         datasets=sorted({name for m in manifests if m for name in dataset_names(m.get("source", ""))}),
         data_sources=[m["source"] for m in manifests if m and m.get("source")],
         metrics=_metrics(run_dir),
-        eval_results=_eval_results(run_dir),
+        **_eval_results(run_dir, step),
         chat_template=chat_template(tokenizer_source),
         eos_token=_piece(tokenizer, tokenizer.eos_id),
         eos_id=tokenizer.eos_id,
@@ -148,22 +149,20 @@ def _metrics(run_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _eval_results(run_dir: str) -> dict[str, dict[str, Any]]:
-    """lm-eval style results (`{"results": {task: {metric: value}}}`) from JSON files in RUN_DIR or RUN_DIR/eval."""
-    results: dict[str, dict[str, Any]] = {}
-    for folder in (run_dir, storage.join(run_dir, "eval")):
-        if not storage.isdir(folder):
+def _eval_results(run_dir: str, step: int) -> dict[str, Any]:
+    """The zero-shot results `trainer.eval` wrote into RUN_DIR/eval/step_<N>.json (lm-eval's schema) for the exported
+    step, else for the latest step before it: {"eval_results", "eval_step"} ({} and None when there are none)."""
+    folder = storage.join(run_dir, "eval")
+    steps = sorted(int(m.group(1)) for name in storage.listdir(folder)
+                   if (m := re.fullmatch(r"step_(\d+)\.json", name)) and int(m.group(1)) <= step)
+    for at in reversed(steps):
+        try:
+            data = json.loads(storage.read_bytes(storage.join(folder, f"step_{at}.json")))
+        except (OSError, ValueError):  # a damaged file: an older step's results are still the run's own
             continue
-        for name in sorted(storage.listdir(folder)):
-            if not name.endswith(".json"):
-                continue
-            try:
-                data = json.loads(storage.read_bytes(storage.join(folder, name)))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and isinstance(data.get("results"), dict):
-                results.update({task: dict(v) for task, v in data["results"].items() if isinstance(v, dict)})
-    return results
+        if isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]:
+            return {"eval_results": data, "eval_step": at}
+    return {"eval_results": {}, "eval_step": None}
 
 
 def _piece(tokenizer: Any, token_id: int | None) -> str | None:
@@ -196,7 +195,9 @@ def render(card: CardFacts) -> str:
 
 def _summary(card: CardFacts) -> str:
     m = card.config.model
-    return (f"A {_count(card.params)}-parameter LLaMA-architecture decoder trained from scratch with this project's "
+    start = card.config.checkpoint.restore_from
+    origin = f"trained on from `{start}`" if start else "trained from scratch"
+    return (f"A {_count(card.params)}-parameter LLaMA-architecture decoder {origin} with this project's "
             f"JAX trainer ({m.num_layers} layers, width {m.embed_dim}, context {m.max_seq_len}), exported at step "
             f"{card.step:,} as {_FORMAT_NAME[card.format]} ({card.variant}).\n")
 
@@ -266,13 +267,11 @@ def _training(card: CardFacts) -> str:
 def _evaluation(card: CardFacts) -> str:
     if not card.eval_results:
         return ""
-    rows = []
-    for task, values in sorted(card.eval_results.items()):
-        shown = [f"{k.split(',')[0]} {v:.4f}" for k, v in values.items()
-                 if isinstance(v, (int, float)) and "stderr" not in k and k != "alias"]
-        if shown:
-            rows.append((task, ", ".join(shown)))
-    return "## Evaluation\n\n" + _table(rows, ("task", "result")) if rows else ""
+    from trainer.eval.report import card_markdown
+
+    at = "" if card.eval_step == card.step else f" (measured at step {card.eval_step:,})"
+    return (f"## Evaluation\n\nZero-shot, scored by lm-evaluation-harness's rules (`python -m trainer.eval`){at}:\n\n"
+            + card_markdown(card.eval_results) + "\n")
 
 
 def _chat(card: CardFacts) -> str:
@@ -289,7 +288,7 @@ def _chat(card: CardFacts) -> str:
 
 
 def _export(card: CardFacts) -> str:
-    text = (f"## This export\n\n{_FORMAT_NAME[card.format].capitalize()}, {card.variant}: "
+    text = (f"## This export\n\n{_FORMAT_NAME[card.format][0].upper()}{_FORMAT_NAME[card.format][1:]}, {card.variant}: "
             + ", ".join(f"`{f}`" for f in card.files) + ".\n")
     if card.parity:
         text += f"\nChecked against the training code's own forward pass after writing: {card.parity}.\n"
