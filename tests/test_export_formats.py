@@ -214,3 +214,11 @@ def test_a_16_bit_export_without_the_check_restores_each_tensor_in_its_dtype(run
     for a, b in zip(jax.tree.leaves(cast), jax.tree.leaves(full)):
         assert a.dtype == ml_dtypes.bfloat16
         np.testing.assert_array_equal(a, b.astype(ml_dtypes.bfloat16))
+
+
+def test_step_rows_record_the_hardware_the_card_reads():
+    from trainer.run.loop import Speedometer
+
+    row, _ = Speedometer(tokens_per_step=1024, flops_per_token=1e6, devices=8, peak_tflops=None,
+                         hardware="8 × cpu").row(steps=2, seconds=1.0, remaining_steps=0)
+    assert row["hardware"] == "8 × cpu" and row["tokens_per_s"] == 2048
