@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer import sharding
 from trainer.config import Config
+from trainer.model import lora
 from trainer.model.transformer import Transformer
 from trainer.optim import make_optimizer
 
@@ -49,6 +50,18 @@ class StepFunctions:
     init: "InMesh"  # rng -> TrainState
     train_step: "InMesh"  # (TrainState, Batch) -> (TrainState, metrics)
     eval_step: "InMesh"  # (params, Batch) -> {"nll_sum", "tokens"}
+    # LoRA (model.lora.rank > 0): the train state's params are the adapters only; the frozen base params live here
+    # ({"base": tree}, set with `set_base`) and are passed to the jitted steps beside them, never differentiated.
+    abstract_base: Any = None
+    frozen: dict | None = None
+
+    def set_base(self, base: Any) -> None:
+        """Give a LoRA job its frozen base params (restored into `abstract_base`'s shardings)."""
+        self.frozen["base"] = base
+
+    def full_params(self, params: Any) -> Any:
+        """The params the model applies: `params` itself, or for LoRA the base and the adapters together."""
+        return params if self.frozen is None else lora.combine(self.frozen["base"], params)
 
     def global_batch(self, local: dict[str, Any]) -> Batch:
         """This process's rows of a batch (numpy) → global arrays laid out for the steps (every process calls it)."""
@@ -61,26 +74,41 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
     tx, schedule = make_optimizer(config.optimizer, config.train.steps)
     dummy = jnp.zeros((1, config.train.seq_len), jnp.int32)
 
+    adapters_only = lora.enabled(config.model)
+
     def init_boxed(rng: jax.Array) -> TrainState:
         params = model.init(rng, dummy)["params"]
+        if adapters_only:  # only the adapters are trained, stored and given optimizer state
+            params = lora.split(params)[1]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    def abstract(boxed: Any, shardings: Any) -> Any:
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
+                            shardings)
 
     with sharding.activate(mesh, config):
         # The key is made inside the trace: nothing may execute under a mesh of devices that are not here
         # (a TPU topology compiled for on another machine).
         boxed = jax.eval_shape(lambda: init_boxed(jax.random.key(0)))
         state_shardings = sharding.logical_shardings(boxed, mesh, config)
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), state_shardings
-    )
+        boxed_base = base_shardings = abstract_base = None
+        if adapters_only:
+            boxed_base = lora.split(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))["params"])[0]
+            base_shardings = sharding.logical_shardings(boxed_base, mesh, config)
+    abstract_state = abstract(boxed, state_shardings)
+    if adapters_only:
+        abstract_base = abstract(boxed_base, base_shardings)
     batch_sharding = sharding.batch_sharding(mesh, config)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def init(rng: jax.Array) -> TrainState:
         return nn.unbox(init_boxed(rng))
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        grads, stats = _accumulate_gradients(model, config, state.params, batch)
+    def train_step(base: Any, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = None
+        if adapters_only and config.model.lora.dropout > 0:  # a key per step: a resumed run draws the same masks
+            rng = jax.random.fold_in(jax.random.key(config.train.seed), state.step)
+        grads, stats = _accumulate_gradients(model, config, state.params, batch, base, rng)
         count = jnp.maximum(stats["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -96,22 +124,25 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        nll, z, tokens = _loss_sums(model, params, batch)
+    def eval_step(base: Any, params: Any, batch: Batch) -> dict[str, jax.Array]:
+        nll, z, tokens = _loss_sums(model, _full(base, params), batch)
         return {"nll_sum": nll, "tokens": tokens}
 
+    frozen = {"base": None, "abstract": abstract_base}  # the train and eval steps' first argument
     with sharding.activate(mesh, config):
         jit_init = jax.jit(init, out_shardings=state_shardings)
         jit_train = jax.jit(
-            train_step, in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, replicated), donate_argnums=0,
+            train_step, in_shardings=(base_shardings, state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated), donate_argnums=1,
         )
-        jit_eval = jax.jit(eval_step, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+        jit_eval = jax.jit(eval_step, in_shardings=(base_shardings, state_shardings.params, batch_sharding),
+                           out_shardings=replicated)
     return StepFunctions(
         config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
         state_shardings=state_shardings, batch_sharding=batch_sharding,
-        init=InMesh(jit_init, mesh, config), train_step=InMesh(jit_train, mesh, config),
-        eval_step=InMesh(jit_eval, mesh, config),
+        init=InMesh(jit_init, mesh, config), train_step=InMesh(jit_train, mesh, config, frozen),
+        eval_step=InMesh(jit_eval, mesh, config, frozen), abstract_base=abstract_base,
+        frozen=frozen if adapters_only else None,
     )
 
 
@@ -122,20 +153,30 @@ class InMesh:
     fn: Any
     mesh: Mesh
     config: Config
+    frozen: dict | None = None  # train/eval steps: {"base": LoRA base params or None}, passed as their first argument
 
     def __call__(self, *args: Any) -> Any:
         with sharding.activate(self.mesh, self.config):
-            return self.fn(*args)
+            return self.fn(*args if self.frozen is None else (self.frozen["base"], *args))
 
     def lower(self, *args: Any) -> Any:
         """`jax.jit(...).lower` under the mesh: `.compile()` the result to time or inspect compilation."""
+        if self.frozen is not None:  # before the base is restored, its abstract form lowers the same program
+            base = self.frozen["base"] if self.frozen["base"] is not None else self.frozen.get("abstract")
+            args = (base, *args)
         with sharding.activate(self.mesh, self.config):
             return self.fn.lower(*args)
 
 
-def _loss_sums(model: Transformer, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _full(base: Any, params: Any) -> Any:
+    return params if base is None else lora.combine(base, params)
+
+
+def _loss_sums(model: Transformer, params: Any, batch: Batch,
+               rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Summed next-token cross-entropy and z-loss over positions whose loss mask is 1, in fp32, and the token count."""
-    logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+    rngs = None if rng is None else {"dropout": rng}
+    logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], rngs=rngs)
     logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
@@ -145,15 +186,17 @@ def _loss_sums(model: Transformer, params: Any, batch: Batch) -> tuple[jax.Array
     return nll, z, jnp.sum(mask)
 
 
-def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch: Batch) -> tuple[Any, dict[str, Any]]:
+def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch: Batch, base: Any = None,
+                          rng: jax.Array | None = None) -> tuple[Any, dict[str, Any]]:
     """Gradients of the summed loss (divide by the token count afterwards), over `train.microbatches` slices.
 
     Microbatch m takes rows m, m+M, m+2M, … so every microbatch stays spread over all data-parallel devices.
+    With `base` (LoRA), `params` are the adapters and only they are differentiated.
     """
     z_weight = config.train.z_loss
 
-    def summed_loss(p: Any, mb: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-        nll, z, tokens = _loss_sums(model, p, mb)
+    def summed_loss(p: Any, mb: Batch, key: jax.Array | None = rng) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        nll, z, tokens = _loss_sums(model, _full(base, p), mb, key)
         return nll + z_weight * z, (nll, z, tokens)
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -172,11 +215,12 @@ def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch
 
     def body(carry: tuple[Any, dict[str, Any]], mb: Batch) -> tuple[tuple[Any, dict[str, Any]], None]:
         acc, sums = carry
-        g, (nll, z, tokens) = grad_fn(params, mb)
+        mb, index = mb
+        g, (nll, z, tokens) = grad_fn(params, mb, None if rng is None else jax.random.fold_in(rng, index))
         acc = jax.tree.map(jnp.add, acc, g)
         return (acc, {"nll": sums["nll"] + nll, "z": sums["z"] + z, "tokens": sums["tokens"] + tokens}), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     start = {"nll": jnp.zeros(()), "z": jnp.zeros(()), "tokens": jnp.zeros(())}
-    (grads, sums), _ = jax.lax.scan(body, (zeros, start), microbatches)
+    (grads, sums), _ = jax.lax.scan(body, (zeros, start), (microbatches, jnp.arange(micro)))
     return grads, sums

@@ -82,8 +82,8 @@ def facts(args: argparse.Namespace, run_dir: str, config: Config, params: dict[s
         metrics=_metrics(run_dir),
         **_eval_results(run_dir, step),
         chat_template=chat_template(tokenizer_source),
-        eos_token=_piece(tokenizer, tokenizer.eos_id),
-        eos_id=tokenizer.eos_id,
+        eos_token=_piece(tokenizer, _stop_id(tokenizer)),
+        eos_id=_stop_id(tokenizer),
         adds_bos=data_adds_bos(config) and tokenizer.bos_id is not None,
         loss_curve=loss_curve if storage.exists(loss_curve) else None,
     )
@@ -163,6 +163,12 @@ def _eval_results(run_dir: str, step: int) -> dict[str, Any]:
         if isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]:
             return {"eval_results": data, "eval_step": at}
     return {"eval_results": {}, "eval_step": None}
+
+
+def _stop_id(tokenizer: Any) -> int | None:
+    """The token generation stops at: a chat model's end-of-turn token, else EOS."""
+    eot = getattr(tokenizer, "end_of_turn_id", None)
+    return tokenizer.eos_id if eot is None else eot
 
 
 def _piece(tokenizer: Any, token_id: int | None) -> str | None:
@@ -277,8 +283,9 @@ def _evaluation(card: CardFacts) -> str:
 def _chat(card: CardFacts) -> str:
     lines = ["## Tokens\n"]
     if card.eos_token is not None:
-        lines.append(f"Generation stops at `{card.eos_token}` (id {card.eos_id}), the end-of-sequence token that ended "
-                     "every training document. " + ("Prompts start with BOS, as the training documents did."
+        ended = ("the end-of-turn token that ended every reply in fine-tuning" if card.chat_template else
+                 "the end-of-sequence token that ended every training document")
+        lines.append(f"Generation stops at `{card.eos_token}` (id {card.eos_id}), {ended}. " + ("Prompts start with BOS, as the training documents did."
                                                     if card.adds_bos else "Prompts get no BOS: the training documents "
                                                                           "had none."))
     if card.chat_template:

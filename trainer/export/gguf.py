@@ -119,7 +119,8 @@ def _add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: 
     writer.add_token_scores(scores)
     writer.add_token_types(types)
     special = SpecialVocab(path, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=vocab_size)
-    ids = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
+    eos = tokenizer.eos_id if tokenizer.end_of_turn_id is None else tokenizer.end_of_turn_id  # chat: stop at end of turn
+    ids = {"bos": tokenizer.bos_id, "eos": eos, "pad": tokenizer.pad_id}
     special.special_token_ids.update({k: v for k, v in ids.items() if v is not None})
     special.add_special_token.update({"bos": add_bos, "eos": False})
     special.add_to_gguf(writer, quiet=True)

@@ -55,6 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer to ship (SentencePiece .model or HF folder); "
                         "default: RUN_DIR/tokenizer, then the run's data.path")
+    adapters = p.add_mutually_exclusive_group()
+    adapters.add_argument("--merge-lora", action="store_true",
+                          help="a LoRA run: fold its adapters into its base's weights (W + (alpha/rank)·A·B) and "
+                               "export a plain model (what a LoRA run exports by default)")
+    adapters.add_argument("--adapter-only", action="store_true",
+                          help="a LoRA run: only the adapters, as a PEFT folder (adapter_config.json + "
+                               "adapter_model.safetensors) for the base model's own export")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check (huge models)")
     p.add_argument("--force", action="store_true", help="write into an existing output folder")
     return p.parse_args(argv)
@@ -121,8 +128,9 @@ def write_metadata(out: str, model: ModelConfig, tokenizer: Any, dtype: str) -> 
     """config.json and generation_config.json."""
     from transformers import GenerationConfig
 
-    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
-    mapping.llama_config(model, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+    eos = tokenizer.eos_id if tokenizer.end_of_turn_id is None else tokenizer.end_of_turn_id  # a chat model stops
+    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": tokenizer.pad_id}  # at end of turn
+    mapping.llama_config(model, bos_id=tokenizer.bos_id, eos_id=eos, pad_id=tokenizer.pad_id,
                             dtype=dtype).save_pretrained(out)
     GenerationConfig(**ids).save_pretrained(out)
 
@@ -157,7 +165,7 @@ def verify_hf(out: str, model: ModelConfig, params: dict[str, Any], dtype: str, 
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """Run the conversion the arguments describe; returns a summary (what the bench reports)."""
-    from trainer.checkpoint import load_params, parse_reference
+    from trainer.checkpoint import parse_reference
     from trainer.export import card, formats
 
     max_shard = parse_size(args.max_shard_size)
@@ -165,7 +173,17 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     check_out_dir(out, args.force)
     formats.check_args(args)
     start = time.perf_counter()
-    config, params, step = load_params(args.checkpoint, dtype=formats.load_dtype(args))
+    if getattr(args, "adapter_only", False):
+        from trainer.export.peft import export_adapter
+
+        return export_adapter(args, out)
+    from trainer.checkpoint import read_run_config
+    from trainer.model.lora import enabled
+    from trainer.run.finetune import load_merged
+
+    if getattr(args, "merge_lora", False) and not enabled(read_run_config(parse_reference(args.checkpoint)[0]).model):
+        raise ConversionError(f"{args.checkpoint} is not a LoRA run: nothing to merge; drop --merge-lora")
+    config, params, step = load_merged(args.checkpoint, dtype=formats.load_dtype(args))  # LoRA: merged into its base
     loaded = time.perf_counter()
     model = config.model
     mapping.check_params(params, model)

@@ -69,6 +69,9 @@ def write_tokenizer(tokenizer: Any, source: str, out: str, add_bos: bool) -> Non
         for name, data in tokenizer.files().items():
             with open(os.path.join(out, name), "wb") as f:
                 f.write(data)
+        if tokenizer.chat is not None:  # the format fine-tuning used (transformers reads chat_template.jinja)
+            with open(os.path.join(out, "chat_template.jinja"), "w") as f:
+                f.write(tokenizer.chat["chat_template"])
         return
     import sentencepiece as spm
     from transformers import LlamaTokenizerFast
@@ -91,7 +94,8 @@ def write_tokenizer(tokenizer: Any, source: str, out: str, add_bos: bool) -> Non
 
 
 def check_tokenizer(tokenizer: Any, out: str) -> None:
-    """The exported tokenizer must encode sample texts exactly like the run's (ParityError otherwise)."""
+    """The exported tokenizer must encode sample texts exactly like the run's (ParityError otherwise), and for a chat
+    model `apply_chat_template` must give the fine-tuning format: the same text, the same ids."""
     from transformers import AutoTokenizer
 
     exported = AutoTokenizer.from_pretrained(out, local_files_only=True)
@@ -100,3 +104,22 @@ def check_tokenizer(tokenizer: Any, out: str) -> None:
         if ours != theirs:
             raise ParityError(f"the exported tokenizer encodes {text!r} as {theirs[:12]}..., "
                                      f"ours as {ours[:12]}...")
+    if tokenizer.chat is not None:
+        check_chat_template(tokenizer, exported)
+
+
+CHAT_SAMPLE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
+               {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3 + 3?"}]
+
+
+def check_chat_template(tokenizer: Any, exported: Any) -> None:
+    """HF's `apply_chat_template` on the exported tokenizer renders and tokenizes a conversation as training did."""
+    conversation = CHAT_SAMPLE
+    ours = tokenizer.render_chat(conversation)
+    theirs = exported.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    if ours != theirs:
+        raise ParityError(f"the exported chat template renders {theirs[-60:]!r}, training rendered {ours[-60:]!r}")
+    ids = exported.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    if list(ids) != tokenizer.encode_with_offsets(ours)[0]:
+        raise ParityError("the exported tokenizer tokenizes the rendered chat differently from training")

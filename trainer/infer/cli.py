@@ -107,7 +107,8 @@ class Session:
 
     def encode(self, text: str, special_in_text: bool = False) -> list[int]:
         """Prompt ids: BOS (unless the text is a rendered chat, which carries its own) then the text's tokens."""
-        ids = self.tokenizer.encode(text)
+        # A rendered chat may hold special tokens as text (an Alpaca reply's '</s>'): encoded as their ids.
+        ids = self.tokenizer.encode_with_offsets(text)[0] if special_in_text else self.tokenizer.encode(text)
         return ([self.tokenizer.bos_id] if self.bos and not special_in_text else []) + ids
 
     def complete(self, prompts: list[list[int]], rows: list[int], stream: bool) -> list[Any]:
@@ -116,7 +117,7 @@ class Session:
             sys.stdout.write(text)
             sys.stdout.flush()
 
-        eos = () if self.args.ignore_eos else (self.tokenizer.eos_id,)
+        eos = () if self.args.ignore_eos else self.tokenizer.stop_ids  # EOS and a chat format's end of turn
         results = self.generator.generate(
             prompts, self.args.max_new_tokens, self.sampling, seed=self.args.seed, rows=rows, eos_ids=eos,
             pad_id=self.tokenizer.pad_id, stop=self.args.stop, detokenize=self.tokenizer.decode,

@@ -65,7 +65,9 @@ def load_run(reference: str, compute_dtype: str | None = None) -> LoadedRun:
     if compute_dtype is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, compute_dtype=compute_dtype))
     config, mesh = mesh_for(config)
-    params, step = checkpoint.restore_params_from(reference, abstract_params(config, mesh))
+    from trainer.run.finetune import restore_for_inference  # a LoRA run: its base and its adapters
+
+    params, step = restore_for_inference(reference, config, abstract_params(config, mesh))
     folder = storage.join(run_dir, "tokenizer")
     if not storage.exists(folder):
         raise CheckpointError(f"{run_dir} has no tokenizer/ folder: generation needs the run's tokenizer")

@@ -29,6 +29,7 @@ from flax import linen as nn
 from trainer.config import ModelConfig
 from trainer.model.attention import attend
 from trainer.model.cache import KVCache, cached_attention
+from trainer.model import lora
 from trainer.model.rope import apply_rope
 
 REMAT_POLICIES = {
@@ -64,7 +65,9 @@ class Projection(nn.Module):
         kernel = self.param("kernel", _init(c, self.axes), shape, _dtype(c.param_dtype))
         dtype = _dtype(c.compute_dtype)
         contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-        return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        delta = lora.adapter(self, c, x, self.in_dims, self.features, self.axes)  # None unless model.lora names it
+        return y if delta is None else y + delta
 
 
 class Embed(nn.Module):
@@ -187,7 +190,7 @@ class Transformer(nn.Module):
             layer = nn.remat(layer, prevent_cse=not c.scan_layers, policy=REMAT_POLICIES[c.remat_policy])
         if c.scan_layers:
             stack = nn.scan(
-                layer, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+                layer, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )

@@ -16,7 +16,7 @@ from trainer.config import Config
 from trainer.errors import ConfigError, DataError
 from trainer.model import flops
 from trainer.model.attention import check_available
-from trainer.run import budget
+from trainer.run import budget, finetune
 from trainer.run.loop import StopRequest, train
 from trainer.run.metrics import MetricsLogger
 from trainer.run.profile import StepProfiler
@@ -52,7 +52,7 @@ def _prepare_data(config: Config) -> None:
     from trainer.data.prepare import ensure_prepared
 
     if jax.process_index() == 0:
-        ensure_prepared(config.data)
+        ensure_prepared(config.data, tokenizer=finetune.base_tokenizer(config))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -88,7 +88,7 @@ def _copy_tokenizer(config: Config) -> None:
 
     source = mixture.plan(config.data)[0].components[0].path
     target = storage.join(config.run.dir, "tokenizer")
-    for name in ("tokenizer.model", "tokenizer"):
+    for name in ("tokenizer.model", "tokenizer", "chat_template.json"):
         src = storage.join(source, name)
         if storage.exists(src) and not storage.isdir(src):
             storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(src))
@@ -117,9 +117,11 @@ def _initial_state(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Che
         return state
     state = step_fns.init(jax.random.key(config.train.seed))
     if config.checkpoint.restore_from:
-        reference = config.checkpoint.restore_from
+        reference = finetune.pin_base(config)
+        if step_fns.frozen is not None:  # LoRA: fresh adapters (B = 0) on the frozen base attached before
+            return state
         if config.checkpoint.restore_params_only:
-            params, step = checkpoint.restore_params_from(reference, step_fns.abstract_state.params)
+            params, step = finetune.start_params(config, step_fns.abstract_state.params, reference)
             state = state.replace(params=params)
         else:
             state, step = checkpoint.restore_state_from(reference, step_fns.abstract_state)
@@ -150,6 +152,7 @@ def run(config: Config) -> int:
     _check_run_dir(config)
     if real_data:
         _check_tokenizer(config)
+        finetune.check_chat_data(config)
         pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
             config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
             process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
@@ -173,6 +176,7 @@ def run(config: Config) -> int:
 
     step_fns = make_step_functions(config, mesh)
     ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
+    finetune.attach_base(config, step_fns, log.say)  # LoRA: the frozen base, at every start
     state = _initial_state(config, step_fns, ckpt, data_iter, log)
     stop = StopRequest()
     profiler = StepProfiler(config.log.profile_steps, config.run.dir, enabled=is_main, say=log.say)

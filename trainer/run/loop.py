@@ -148,7 +148,7 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
                     f"perplexity {result['eval_perplexity']:.2f}")
             window_start, window_steps = time.perf_counter(), 0
         if task_eval is not None and (step % config.eval.tasks_every_steps == 0 or step == t.steps):
-            scores = task_eval(state.params, step)
+            scores = task_eval(step_fns.full_params(state.params), step)
             log.log({"step": step, **scores})
             log.say(f"step {step:>6}/{t.steps} " + " ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())))
             window_start, window_steps = time.perf_counter(), 0
@@ -168,7 +168,7 @@ def train(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer
     ckpt.wait()
     log.flush(plot=True)
     log.say(f"done: {step} steps in {_duration(time.perf_counter() - started)}; run folder {config.run.dir}")
-    _print_sample(config, step_fns, state.params, log)
+    _print_sample(config, step_fns, step_fns.full_params(state.params), log)
     return ExitCode.OK
 
 
@@ -222,8 +222,10 @@ def _print_sample(config: Config, step_fns: StepFunctions, params: Any, log: Met
 
     tokenizer = load_tokenizer(storage.join(config.run.dir, "tokenizer"))
     text = config.log.sample_prompt
+    if tokenizer.chat is not None:  # a chat model: the prompt is a user turn through its template
+        text = tokenizer.render_chat([{"role": "user", "content": text}])
     result = Generator(config, step_fns.mesh, params).generate(
-        [tokenizer.encode(text)], config.log.sample_tokens, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
+        [tokenizer.encode_with_offsets(text)[0]], config.log.sample_tokens, eos_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         detokenize=tokenizer.decode)[0]
     log.say("sample (greedy):\n" + text + result.text)
 
