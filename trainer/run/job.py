@@ -14,6 +14,7 @@ import jax
 from trainer import checkpoint, distributed, sharding, storage
 from trainer.config import Config
 from trainer.errors import ConfigError, DataError
+from trainer.fit import padding
 from trainer.model import flops
 from trainer.model.attention import check_available
 from trainer.run import budget, finetune
@@ -138,6 +139,7 @@ def run(config: Config) -> int:
     mesh = sharding.make_mesh(config.mesh)
     mesh_shape = dict(mesh.shape)
     sharding.check_batch_divisible(config, mesh_shape, jax.process_count())
+    padding.check(config, mesh_shape)  # an axis split over more devices than it has elements
     is_main = jax.process_index() == 0
 
     real_data = not config.data.synthetic
