@@ -31,7 +31,7 @@ def tokenizer_dir(tmp_path_factory):
     return str(folder)
 
 
-@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "q4_0"])
 def test_gguf_reads_back_within_quantisation_tolerance(gguf_type, tokenizer_dir, tmp_path, capsys):
     params = random_params(MODEL)
     tok = sentencepiece()
@@ -61,6 +61,8 @@ def test_gguf_reads_back_within_quantisation_tolerance(gguf_type, tokenizer_dir,
     assert types[tok.eos_id] == gguf.TokenType.CONTROL and types[sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE
     assert field("tokenizer.ggml.add_space_prefix") is False
     assert (field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")) == (tok.bos_id, tok.eos_id)
+    # written explicitly: without the key llama.cpp prepends a BOS (write_gguf's default: the data had BOS)
+    assert field("tokenizer.ggml.add_bos_token") is True and field("tokenizer.ggml.add_eos_token") is False
     assert field("llama.rope.freq_base") == MODEL.rope_theta and field("llama.attention.head_count_kv") == 2
 
     # transformers rebuilds the tokenizer from these tokens and scores; it ignores add_space_prefix=False (it always
