@@ -21,6 +21,8 @@ DATASETS = ["datasets>=5.2"]  # hf: inputs
 MLX = ["mlx-lm[cpu]>=0.32.2,<0.33"]
 ONNX = ["onnx>=1.23,<2", "onnxruntime>=1.31,<2"]
 LLAMA = ["llama-cpp-python>=0.3.36,<0.4"]
+# LoRA adapters exported with --adapter-only load with peft (tests load them onto the base export).
+LORA = HF + ["peft>=0.21.2,<0.22"]
 
 setup(
     name="trainer",
@@ -48,6 +50,7 @@ setup(
         "absl-py>=2.0",
         "ml-dtypes>=0.4",
         "portpicker>=1.6",  # launch/local.py
+        "jinja2>=3.1",  # chat templates (trainer.data.chat), rendered as transformers renders them
     ],
     extras_require={
         "hf": HF,
@@ -60,10 +63,11 @@ setup(
         "mlx": MLX,
         "onnx": ONNX,
         "llama": LLAMA,
+        "lora": LORA,
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "cloud": ["google-cloud-tpu>=1.18"],
-        "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + MLX + ONNX + [
+        "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + MLX + ONNX + LORA + [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",

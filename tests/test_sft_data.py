@@ -178,3 +178,17 @@ def test_packing_keeps_masks_aligned(tmp_path, base_tokenizer):
                 checked += 1
     it.close()
     assert checked > 10
+
+
+def test_prepare_cli_bad_input_is_one_line(tmp_path, capsys):
+    from trainer.data.prepare import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "only a question"}]}\n')
+    out = str(tmp_path / "out")
+    assert main(["--format", "chat", "--input", str(bad), "--out", out, "--vocab-size", "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "assistant mask is all zero" in err[0] and "bad.jsonl:1" in err[0]
+    assert not os.path.exists(out)  # refused before anything was written
+    assert main(["--format", "chat", "--corpus", "stdlib_qa", "--chat-template", "nope", "--out", out]) == 2
+    assert "neither one of chatml, kodalite, alpaca" in capsys.readouterr().err

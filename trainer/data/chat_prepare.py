@@ -63,6 +63,9 @@ def prepare_chat(
     if bos and tok.bos_id is None:
         raise DataError("--bos was given but the tokenizer has no BOS token")
     dtype = shards_lib.choose_dtype(tok.vocab_size)
+    # Every conversation is rendered and masked before anything is written: a bad one costs nothing on disk.
+    encoded = [(key, *chat.encode(spec, chat.normalize(messages, key), tok, bos=bos, where=key))
+               for key, messages in convs]
     from trainer.data.prepare import _claim_folder  # one rule for every kind of folder: one tokenizer per folder
 
     tokenizer_file = _claim_folder(out, tok)
@@ -74,9 +77,7 @@ def prepare_chat(
     counts = {"train": 0, "val": 0}
     masked = total = 0
     try:
-        for key, messages in convs:
-            messages = chat.normalize(messages, key)
-            ids, mask = chat.encode(spec, messages, tok, bos=bos, where=key)
+        for key, ids, mask in encoded:
             split = "val" if is_validation(key, seed, val_fraction) else "train"
             if split not in writers:
                 writers[split] = ShardWriter(out, f"{split}-{counts[split] // _PER_SHARD:05d}-chat"

@@ -326,7 +326,9 @@ def describe(data: DataConfig) -> str:
         prefix = f"stage {index} from step {phase.start_step}: " if len(phases) > 1 else ""
         lines.append(prefix + ", ".join(parts))
     tok = phases[0].components[0].manifest.tokenizer
-    mode = "packed first-fit" if data.packing else "concatenated"
+    chat = any(c.manifest.kind == "chat" for phase in phases for c in phase.components)
+    mode = ("conversations packed first-fit, loss on replies only" if chat else
+            "packed first-fit" if data.packing else "concatenated")
     lines.append(f"{tok['kind']} vocab {tok['vocab_size']:,}; rows {mode}; shuffle {'on' if data.shuffle else 'off'}; "
                  f"prefetch {data.prefetch}; grain workers {data.worker_count}")
     return "data: " + "\n      ".join(lines)
