@@ -35,7 +35,7 @@ from bench.common import REPO, loadavg, log, machine_info, print_json, ratio  # 
 class _Ids:
     """Special ids for the exported config (no tokenizer is involved)."""
 
-    kind, bos_id, eos_id, pad_id = "none", 2, 3, 0
+    kind, bos_id, eos_id, pad_id, end_of_turn_id = "none", 2, 3, 0, None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -35,7 +35,7 @@ ARCHITECTURES = {
 class Ids:
     """The special ids a tokenizer would give (the mapping tests need no real tokenizer)."""
 
-    kind, bos_id, eos_id, pad_id = "none", 2, 3, 0
+    kind, bos_id, eos_id, pad_id, end_of_turn_id = "none", 2, 3, 0, None
 
 
 def random_params(model: ModelConfig, seed: int = 0) -> dict:

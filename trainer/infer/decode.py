@@ -195,11 +195,11 @@ class Generator:
             start = time.perf_counter()
             runner = ("loop", batch, cache_length, max_new, sampling, eos, pad_id)
             while True:
-                until = self._put(np.int32(min(max_new, int(state.step) + step_chunk)))
+                until = self._put(np.int32(min(max_new, int(_host(state.step)) + step_chunk)))
                 state = self._call(runner, lambda: sample.make_runner(
                     self.tokens_to_logits(cache_length), sampling, eos, pad_id), self.params, state, until)
-                step = int(state.step)
-                out, done, hit_eos = jax.device_get((state.tokens, state.done, state.hit_eos))
+                step = int(_host(state.step))
+                out, done, hit_eos = (_host(x) for x in (state.tokens, state.done, state.hit_eos))
                 if texts is not None and streaming:
                     for row, row_text in enumerate(texts):
                         if host_done[row]:
@@ -213,7 +213,7 @@ class Generator:
                     break
                 if np.any(host_done & ~done):
                     state = state.replace(done=self._put(done | host_done))
-            logprobs = np.asarray(jax.device_get(state.logprobs))
+            logprobs = _host(state.logprobs)
             timing.decode_s = time.perf_counter() - start - (timing.compile_s - compiled_before)
         results = [self._completion(prompts[row], out[row], logprobs[row], step, bool(hit_eos[row]), eos,
                                     texts[row] if texts else None, detokenize) for row in range(batch)]
@@ -233,6 +233,15 @@ class Generator:
             reason = "stop" if hit_eos else "length"
         return Completion(prompt_tokens=list(prompt), tokens=[int(t) for t in tokens[:count]],
                           logprobs=[float(x) for x in logprobs[:count]], text=text, finish_reason=reason)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A global array's value on this host, whatever its sharding (across processes too)."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _round_up(n: int, multiple: int) -> int:

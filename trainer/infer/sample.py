@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from trainer.errors import ConfigError
+
 TokensToLogits = Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
 
 
@@ -45,8 +47,6 @@ class Sampling:
     repetition_penalty: float = 1.0  # 1: off
 
     def __post_init__(self) -> None:
-        from trainer.errors import ConfigError
-
         if self.temperature < 0:
             raise ConfigError(f"temperature must be ≥ 0 (0 is greedy), got {self.temperature}")
         if self.top_k < 0:
