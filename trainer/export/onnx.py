@@ -45,12 +45,20 @@ def check_installed() -> None:
 
 
 def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
-    """A torch module computing our model's forward pass with explicit past keys/values (HF tensor layout)."""
+    """A torch module computing our model's forward pass with explicit past keys/values.
+
+    Projections are held [in, out] as our params hold them (HF's [out, in] transposed back): float32 params are then
+    shared with the torch module, not copied, and the graph multiplies by them with no Transpose to fold.
+    """
     import torch
     from torch import nn
 
     hd, heads, kv_heads = model.resolved_head_dim, model.num_heads, model.num_kv_heads
-    weights = {name: torch.from_numpy(np.array(w, np.float32)) for name, w in mapping.to_hf(params, model)}
+    weights = {}
+    for name, w in mapping.to_hf(params, model):
+        w = np.asarray(w, np.float32)
+        ours = w.T if w.ndim == 2 and name != "model.embed_tokens.weight" else w  # [in, out]
+        weights[name] = torch.from_numpy(np.ascontiguousarray(ours))
     inv_freq = torch.from_numpy(rope.inverse_frequencies(model, np.float64))  # scaling included (model.rope)
     rope_scale = rope.attention_factor(model)  # yarn's factor on cos/sin; 1 otherwise
 
@@ -86,9 +94,9 @@ def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
             for i in range(model.num_layers):
                 p = f"model.layers.{i}."
                 h = rms_norm(x, self.w(p + "input_layernorm.weight"))
-                q = (h @ self.w(p + "self_attn.q_proj.weight").T).view(batch, seq, heads, hd).transpose(1, 2)
-                k = (h @ self.w(p + "self_attn.k_proj.weight").T).view(batch, seq, kv_heads, hd).transpose(1, 2)
-                v = (h @ self.w(p + "self_attn.v_proj.weight").T).view(batch, seq, kv_heads, hd).transpose(1, 2)
+                q = (h @ self.w(p + "self_attn.q_proj.weight")).view(batch, seq, heads, hd).transpose(1, 2)
+                k = (h @ self.w(p + "self_attn.k_proj.weight")).view(batch, seq, kv_heads, hd).transpose(1, 2)
+                v = (h @ self.w(p + "self_attn.v_proj.weight")).view(batch, seq, kv_heads, hd).transpose(1, 2)
                 q, k = rotate(q, cos, sin), rotate(k, cos, sin)
                 k, v = torch.cat((past[2 * i], k), dim=2), torch.cat((past[2 * i + 1], v), dim=2)
                 present += [k, v]
@@ -96,13 +104,13 @@ def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
                 v = v.repeat_interleave(heads // kv_heads, dim=1)
                 scores = (q @ k.transpose(2, 3)) * hd ** -0.5 + bias
                 attn = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, heads * hd)
-                x = x + attn @ self.w(p + "self_attn.o_proj.weight").T
+                x = x + attn @ self.w(p + "self_attn.o_proj.weight")
                 h = rms_norm(x, self.w(p + "post_attention_layernorm.weight"))
-                gate = torch.nn.functional.silu(h @ self.w(p + "mlp.gate_proj.weight").T)
-                x = x + (gate * (h @ self.w(p + "mlp.up_proj.weight").T)) @ self.w(p + "mlp.down_proj.weight").T
+                gate = torch.nn.functional.silu(h @ self.w(p + "mlp.gate_proj.weight"))
+                x = x + (gate * (h @ self.w(p + "mlp.up_proj.weight"))) @ self.w(p + "mlp.down_proj.weight")
             x = rms_norm(x, self.w("model.norm.weight"))
-            head = "model.embed_tokens.weight" if model.tie_embeddings else "lm_head.weight"
-            return (x @ self.w(head).T, *present)
+            head = self.w("model.embed_tokens.weight").T if model.tie_embeddings else self.w("lm_head.weight")
+            return (x @ head, *present)
 
     return Decoder().eval()
 
