@@ -3,7 +3,8 @@
     python -m bench.context --base runs/tiny --extended runs/extend-tiny [--batches 8]
 
 Reads the extended run's config (its length, its `model.rope_scaling`, its data) and evaluates on the held-out split,
-every figure on the same validation rows of each length:
+every figure on the same validation tokens (the first `--batches` × `--batch-size` rows of the original length, the
+same text cut into half as many rows of twice the length):
   base_at_original          the base run at its own length (what pretraining reached)
   base_unscaled_at_extended the base run at the new length as it is: positions it never saw
   base_scaled_at_extended   the base run at the new length with the extension's scaling, before any training
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from typing import Any
@@ -35,13 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def eval_loss(config: Any, params: Any, seq_len: int, model: Any) -> float:
-    """Validation loss of `params` under `model` on `seq_len`-token rows of `config`'s held-out data."""
+def eval_loss(config: Any, params: Any, seq_len: int, model: Any, batches: int) -> float:
+    """Validation loss of `params` under `model` on `batches` batches of `seq_len`-token rows of the held-out data."""
     from trainer import sharding
     from trainer.eval.loss import evaluate
     from trainer.step import make_step_functions
 
-    config = dataclasses.replace(config, model=model,
+    config = dataclasses.replace(config, model=model, eval=dataclasses.replace(config.eval, batches=batches),
                                  train=dataclasses.replace(config.train, seq_len=seq_len, microbatches=1))
     step_fns = make_step_functions(config, sharding.make_mesh(config.mesh))
     return float(evaluate(config, step_fns, params)["eval_loss"])
@@ -53,10 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     base_config, base_params, base_step = load_params(args.base)
     config, params, step = load_params(args.extended)
-    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, batches=args.batches),
-                                 train=dataclasses.replace(config.train, global_batch_size=args.batch_size),
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, global_batch_size=args.batch_size),
                                  mesh=dataclasses.replace(config.mesh, data=1, fsdp=-1, tensor=1))
     short, long = base_config.train.seq_len, config.train.seq_len
+    if long % short or args.batches * short % long:
+        raise SystemExit(f"the lengths {short} and {long} need --batches a multiple of {long // math.gcd(long, short)}")
+    batches = {short: args.batches, long: args.batches * short // long}  # the same tokens at both lengths
     unscaled = dataclasses.replace(config.model, rope_scaling=base_config.model.rope_scaling,
                                    rope_theta=base_config.model.rope_theta)
     figures = {}
@@ -67,13 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         ("extended_at_extended", params, long, config.model),
         ("extended_at_original", params, short, config.model),
     ]:
-        figures[name] = eval_loss(config, p, length, model)
+        figures[name] = eval_loss(config, p, length, model, batches[length])
         log(f"{name}: {figures[name]:.4f}")
     print_json({"base": f"{args.base} (step {base_step})", "extended": f"{args.extended} (step {step})",
                 "original_length": short, "extended_length": long,
                 "rope_scaling": dataclasses.asdict(config.model.rope_scaling),
-                "validation_tokens_per_figure": {"original": args.batches * args.batch_size * short,
-                                                 "extended": args.batches * args.batch_size * long},
+                "validation_tokens_per_figure": args.batches * args.batch_size * short,
                 "eval_loss": figures, "machine": machine_info()})
 
 
