@@ -15,7 +15,7 @@ import re
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile only; before jax is imported
 
-from bench.common import REPO, log, machine_info, print_json  # noqa: E402
+from bench.common import REPO, log, machine_info, print_json
 
 SEEDS = ("303m.yml", "460m.yml", "1b.yml", "1.3b.yml")
 

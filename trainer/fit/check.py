@@ -11,8 +11,9 @@ import dataclasses
 import math
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -190,13 +191,15 @@ def describe(fit: Fit) -> list[str]:
     """The per-chip report for a person."""
     t = fit.target
     head = 100 * (t.hbm_bytes - fit.worst_bytes) / t.hbm_bytes if fit.worst_bytes is not None else None
+    evaluation = ("eval step not compiled" if fit.eval_peak_bytes is None
+                  else f"eval peak {_gib(fit.eval_peak_bytes)} (optimizer state resident)")
     lines = [
         f"target     {t.describe()}, mesh " + " × ".join(f"{k}={v}" for k, v in fit.mesh.items()),
         f"compiled   train and eval steps with the TPU compiler in {fit.compile_s:.1f} s "
         f"({fit.compile_cpu_s:.1f} s CPU)",
         f"per chip   params {_gib(fit.params_bytes)} + optimizer state {_gib(fit.optimizer_bytes)} + batch "
         f"{_gib(fit.batch_bytes)} + temporaries {_gib(fit.temp_bytes)} = train peak {_gib(fit.peak_bytes)}; "
-        f"eval peak {_gib(fit.eval_peak_bytes)} (optimizer state resident)",
+        f"{evaluation}",
         f"HBM        {_gib(t.hbm_bytes)} per chip; peak {_gib(fit.worst_bytes)}; headroom "
         + (f"{_gib(t.hbm_bytes - fit.worst_bytes)} ({head:.0f}%)" if head is not None else "?"),
     ]

@@ -84,7 +84,7 @@ def parse_target(name: str, slices: int = 1) -> Target:
     grid = chip_grid(chips, 3 if acc.generation in ("v4", "v5p") else 2)
     return Target(name=acc.name, generation=acc.generation, chips_per_slice=chips, slices=slices,
                   topology=f"{prefix}:{'x'.join(map(str, grid))}", chip_config=config,
-                  hbm_bytes=int(round(hbm_gib * GiB)))
+                  hbm_bytes=round(hbm_gib * GiB))
 
 
 def require_libtpu() -> None:
