@@ -5,7 +5,8 @@ format and stop on the end-of-turn token? Prints one JSON object.
 
 Held-out prompts are the questions of the data folder's validation split (the same seeded hash as prepare). A reply
 "stops" when generation ended on the end-of-turn id; it is "in format" when it matches the answer pattern of its
-question kind (what / params / module). Exact answers are counted too, for information.
+question kind (what / params / module: FORMATS). Replies naming the asked function and exact answers are counted
+too, for information.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import re
 import sys
 import time
 
+# The answer shape of each question kind, with any identifier where the function's name goes; whether the reply
+# names the asked function is counted apart ("names_the_function"): content, not format.
 FORMATS = {
-    "what": lambda name: re.compile(rf"^`{re.escape(name)}`: .+"),
-    "params": lambda name: re.compile(rf"^`{re.escape(name)}` takes (no parameters|`\w+`(, `\w+`)*)\.$"),
-    "module": lambda name: re.compile(rf"^`{re.escape(name)}` is defined in the `[\w.]+` module\.$"),
+    "what": re.compile(r"^`(?P<name>\w+)`: \S.*$"),
+    "params": re.compile(r"^`(?P<name>\w+)` takes (no parameters|`\w+`(, `\w+`)*)\.$"),
+    "module": re.compile(r"^`(?P<name>\w+)` is defined in the `[\w.]+` module\.$"),
 }
 
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     held = [(k, m) for k, m in stdlib_instructions()
             if is_validation(k, manifest["seed"], manifest["val_fraction"])][:args.limit]
     generator = Generator(run.config, run.mesh, run.params)
-    stopped = in_format = both = exact = 0
+    stopped = in_format = both = named = exact = 0
     examples = []
     start = time.perf_counter()
     for first in range(0, len(held), args.batch_size):
@@ -57,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         for (key, messages), result in zip(part, results):
             name, kind = key.split("#")
             ended = result.finish_reason == "stop" and result.tokens[-1] == tok.end_of_turn_id
-            shaped = bool(FORMATS[kind](name.rsplit(".", 1)[-1]).match(result.text.strip()))
+            match = FORMATS[kind].match(result.text)
+            shaped = match is not None
             stopped += ended
             in_format += shaped
+            named += shaped and match["name"] == name.rsplit(".", 1)[-1]
             both += ended and shaped
             exact += result.text == messages[1]["content"]
             if len(examples) < 6:
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(held)
     print(json.dumps({"checkpoint": args.checkpoint, "step": run.step, "prompts": n,
                       "stopped_on_end_of_turn": stopped / n, "in_format": in_format / n,
-                      "in_format_and_stopped": both / n, "exact": exact / n,
+                      "in_format_and_stopped": both / n, "names_the_function": named / n,
+                      "exact": exact / n,
                       "seconds": round(time.perf_counter() - start, 1), "examples": examples}))
     return 0
 
