@@ -77,7 +77,7 @@ def test_only_adapters_are_trained_and_the_base_is_untouched(one_device):
 
 def test_fsdp8_gives_the_single_device_losses(one_device):
     _, _, single, _ = one_device
-    fns, state, losses, _ = _train(_config({"data": 1, "fsdp": 8, "tensor": 1}), 8)
+    _, state, losses, _ = _train(_config({"data": 1, "fsdp": 8, "tensor": 1}), 8)
     np.testing.assert_allclose(losses, single, rtol=1e-5)
     a = state.params["layers"]["attention"]["query"]["lora_a"]
     assert a.addressable_shards[0].data.shape[1] == a.shape[1] // 8  # sharded along embed like the base kernel

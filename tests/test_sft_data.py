@@ -26,8 +26,8 @@ TEMPLATES = ["chatml", "kodalite", "alpaca", JINJA]
 
 @pytest.fixture(scope="module")
 def base_tokenizer():
-    texts = [" ".join(m["content"] for m in CONVERSATION) * 3, "Below is an instruction that describes a task.\n"
-             "### Instruction:\n### Response:\nsystem user assistant [ ]: 0123456789"] * 20
+    texts = [" ".join(m["content"] for m in CONVERSATION) * 3, ("Below is an instruction that describes a task.\n"
+             "### Instruction:\n### Response:\nsystem user assistant [ ]: 0123456789")] * 20
     return tokenizer_lib.train_sentencepiece(texts, 320, num_threads=1)
 
 

@@ -10,8 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from runs import MICRO, assert_params_equal, final_params, losses, prepare_corpus, train, write_config
 
+from runs import (
+    MICRO,
+    assert_params_equal,
+    final_params,
+    losses,
+    prepare_corpus,
+    train,
+    write_config,
+)
 from trainer import checkpoint
 from trainer.config import from_dict
 from trainer.data.chat_prepare import prepare_chat
@@ -36,6 +44,11 @@ def base_run(tmp_path_factory):
     return root, run, params
 
 
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def _chat_data(root, base, name, **kwargs):
     out = str(root / name)
     if not os.path.exists(out):
@@ -47,7 +60,7 @@ def _chat_data(root, base, name, **kwargs):
 def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path):
     from trainer.export import hf as convert_to_hf
 
-    root, base, base_params = base_run
+    root, base, _ = base_run
     data = _chat_data(root, base, "kodalite", template="kodalite")
     run = str(tmp_path / "sft")
     config = write_config(str(tmp_path / "sft.yml"), data, run, model={**BASE_MODEL, "vocab_size": 516},
@@ -56,7 +69,7 @@ def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path
                           train={"steps": 4}, eval={"every_steps": 4})
     out = train(config)
     assert f"started from {base}:7" in out and "eval_loss" in out
-    assert json.load(open(os.path.join(run, "base.json")))["restore_from"] == f"{base}:7"
+    assert _json(os.path.join(run, "base.json"))["restore_from"] == f"{base}:7"
     params = final_params(run)
     assert params["embed"]["embedding"].shape == (516, 64)  # 512 + <|system|> <|user|> <|assistant|> <|end|>
     # a mismatched template is refused before anything is written
@@ -65,8 +78,8 @@ def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path
 
     export = str(tmp_path / "hf")
     assert convert_to_hf.main(["--checkpoint", run, "--out", export]) == 0  # parity incl. apply_chat_template
-    end = json.load(open(os.path.join(data, "chat_template.json")))["end_of_turn_id"]
-    assert end == 515 and json.load(open(os.path.join(export, "generation_config.json")))["eos_token_id"] == end
+    end = _json(os.path.join(data, "chat_template.json"))["end_of_turn_id"]
+    assert end == 515 and _json(os.path.join(export, "generation_config.json"))["eos_token_id"] == end
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(export, local_files_only=True)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from trainer.data import DataError
-from trainer.data.tokenizer import CHAT_CONFIG_FILE  # the file beside a tokenizer that holds chat_config()
 
 ROLES = ("system", "user", "assistant")
 Message = dict[str, str]
@@ -31,7 +31,7 @@ class ChatTemplate:
 
     name: str
     jinja: str
-    end_of_turn: Optional[str]
+    end_of_turn: str | None
     special_tokens: tuple[str, ...] = ()
 
 
@@ -57,7 +57,7 @@ TEMPLATES = {
 }
 
 
-def resolve_template(spec: str, end_of_turn: Optional[str] = None) -> ChatTemplate:
+def resolve_template(spec: str, end_of_turn: str | None = None) -> ChatTemplate:
     """`chatml` | `alpaca` | `kodalite`, or a Jinja string (anything with `{{` or `{%`) whose turns end with
     `end_of_turn` (default: the tokenizer's EOS). `end_of_turn` also replaces a named template's marker (e.g.
     kodalite with `<|endoftext|>`: its role markers then stay plain text)."""
@@ -174,7 +174,7 @@ def encode(template: ChatTemplate, messages: Sequence[Message], tokenizer: Any, 
     """
     eot = end_of_turn_text(template, tokenizer)
     eot_id = end_of_turn_id(template, tokenizer)
-    tokens = dict(bos_token=_piece(tokenizer, tokenizer.bos_id), eos_token=_piece(tokenizer, tokenizer.eos_id))
+    tokens = {"bos_token": _piece(tokenizer, tokenizer.bos_id), "eos_token": _piece(tokenizer, tokenizer.eos_id)}
     text, spans = assistant_spans(template, messages, eot, **tokens)
     ids, offsets = tokenizer.encode_with_offsets(text)
     mask = [int(any(start < s_end and end > s_start for s_start, s_end in spans)) for start, end in offsets]
@@ -191,7 +191,7 @@ def encode(template: ChatTemplate, messages: Sequence[Message], tokenizer: Any, 
     return ids, mask
 
 
-def _piece(tokenizer: Any, token_id: Optional[int]) -> str:
+def _piece(tokenizer: Any, token_id: int | None) -> str:
     return "" if token_id is None else tokenizer.token_text(token_id)
 
 

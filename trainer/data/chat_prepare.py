@@ -15,7 +15,7 @@ user-defined symbols. `chat_template.json` beside it names the template and the 
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 from trainer import storage
 from trainer.data import DataError, chat, conversations
@@ -33,14 +33,14 @@ def prepare_chat(
     out: str = "",
     *,
     template: str = "chatml",
-    end_of_turn: Optional[str] = None,
-    corpus: Optional[str] = None,
-    tokenizer: Optional[str] = None,
+    end_of_turn: str | None = None,
+    corpus: str | None = None,
+    tokenizer: str | None = None,
     vocab_size: int = 4096,
     val_fraction: float = 0.01,
     seed: int = 0,
     bos: bool = False,
-    limit: Optional[int] = None,
+    limit: int | None = None,
     verbose: bool = True,
     command: str = "",
 ) -> Manifest:
@@ -66,11 +66,12 @@ def prepare_chat(
     # Every conversation is rendered and masked before anything is written: a bad one costs nothing on disk.
     encoded = [(key, *chat.encode(spec, chat.normalize(messages, key), tok, bos=bos, where=key))
                for key, messages in convs]
-    from trainer.data.prepare import _claim_folder  # one rule for every kind of folder: one tokenizer per folder
+    # one rule for every kind of folder: one tokenizer per folder
+    from trainer.data.prepare import _claim_folder
 
     tokenizer_file = _claim_folder(out, tok)
     config = chat.chat_config(spec, tok)
-    storage.write_json_atomic(storage.join(out, chat.CHAT_CONFIG_FILE), config)
+    storage.write_json_atomic(storage.join(out, tokenizer_lib.CHAT_CONFIG_FILE), config)
 
     writers: dict[str, ShardWriter] = {}
     infos = []
@@ -108,7 +109,7 @@ def prepare_chat(
     return manifest
 
 
-def _conversations(inputs: Sequence[str], corpus: Optional[str], limit: Optional[int]) -> Iterable:
+def _conversations(inputs: Sequence[str], corpus: str | None, limit: int | None) -> Iterable:
     if corpus is not None:
         if corpus not in CORPORA:
             raise DataError(f"--corpus {corpus!r} is not a chat corpus; use one of {', '.join(CORPORA)}")
@@ -133,7 +134,7 @@ def _glob(pattern: str) -> list[str]:
     return sorted(scheme + p if scheme and not p.startswith(scheme) else p for p in fs.glob(path))
 
 
-def _tokenizer(path: Optional[str], out: str, spec: chat.ChatTemplate, convs: list, vocab_size: int,
+def _tokenizer(path: str | None, out: str, spec: chat.ChatTemplate, convs: list, vocab_size: int,
                verbose: bool) -> tokenizer_lib.Tokenizer:
     """The given tokenizer (+ the template's missing special tokens), the one already in `out`, or a new BPE."""
     if path is None:

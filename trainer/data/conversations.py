@@ -18,7 +18,8 @@ import ast
 import json
 import os
 import sysconfig
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from trainer import storage
 from trainer.data import DataError

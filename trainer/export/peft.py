@@ -28,8 +28,8 @@ def export_adapter(args: Any, out: str) -> dict[str, Any]:
     run_dir, _ = parse_reference(args.checkpoint)
     tensors = lora.peft_tensors(adapters, config.model.lora)
     dtype = args.dtype or "float32"
-    import numpy as np
     import ml_dtypes
+    import numpy as np
 
     cast = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
     prepare_out_dir(out)

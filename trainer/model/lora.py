@@ -14,7 +14,8 @@ to the step separately and never differentiated, so gradients, optimizer state a
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,7 @@ are restored from that reference at every start.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,7 +25,7 @@ _SHAPE_FIELDS = ("embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_d
                  "scan_layers")
 
 
-def base_tokenizer(config: Config) -> Optional[str]:
+def base_tokenizer(config: Config) -> str | None:
     """The base run's tokenizer folder (what a chat corpus is tokenized with, to fine-tune that model), or None."""
     if not config.checkpoint.restore_from:
         return None
@@ -34,7 +34,7 @@ def base_tokenizer(config: Config) -> Optional[str]:
     return folder if storage.exists(folder) else None
 
 
-def pinned_base(run_dir: str, config: Config) -> Optional[str]:
+def pinned_base(run_dir: str, config: Config) -> str | None:
     """The base `RUN:STEP` this run started from (RUN_DIR/base.json), else checkpoint.restore_from as written."""
     path = storage.join(run_dir, BASE_FILE)
     if storage.exists(path):
@@ -122,7 +122,7 @@ def attach_base(config: Config, step_fns: Any, say: Any) -> None:
         f"{lora.count(step_fns.abstract_base):,} frozen params from {reference} (step {step})")
 
 
-def load_merged(reference: str, dtype: Optional[str] = None) -> tuple[Config, dict[str, Any], int]:
+def load_merged(reference: str, dtype: str | None = None) -> tuple[Config, dict[str, Any], int]:
     """A run's config and numpy params for exporters; a LoRA run's adapters are merged into its base
     (W + (α/r)·A·B) and its config loses `model.lora`, so the result is a plain model."""
     config, params, step = checkpoint.load_params(reference, dtype=dtype)
@@ -131,7 +131,7 @@ def load_merged(reference: str, dtype: Optional[str] = None) -> tuple[Config, di
     return _without_lora(config), lora.merge(with_base(reference, config, params, dtype), config.model.lora), step
 
 
-def with_base(reference: str, config: Config, adapters: dict[str, Any], dtype: Optional[str] = None) -> dict[str, Any]:
+def with_base(reference: str, config: Config, adapters: dict[str, Any], dtype: str | None = None) -> dict[str, Any]:
     """A LoRA run's numpy adapters joined with its base's numpy params (the full tree, adapters unmerged)."""
     run_dir, _ = checkpoint.parse_reference(reference)
     base_ref = pinned_base(run_dir, config)
