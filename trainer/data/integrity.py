@@ -13,7 +13,7 @@ import bisect
 import concurrent.futures
 import itertools
 import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from trainer import storage
 from trainer.data import DataError
