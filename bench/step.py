@@ -40,6 +40,7 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # `python bench/step.py`: make the repo importable like `python -m bench.step`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from trainer import cpu_tuning  # noqa: E402  (imports nothing of jax)
 from bench.common import (  # noqa: E402
     REPO,
     block_rounds,
@@ -57,9 +58,9 @@ SINGLE_DEVICE = ("mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "mesh.dcn_data=1
 # On CPU, the config options that measured fastest for the small model (docs/bench.md has the table); they come before
 # the command line's overrides, so those win. Not applied on accelerators or with --stock.
 CPU_DEFAULTS = ("model.compute_dtype=bfloat16", "model.remat_policy=save_matmuls", "model.scan_layers=true")
-# XLA:CPU flag the bench adds (before jax starts) unless XLA_FLAGS already sets it or --stock: keeps YNNPACK from
-# fusing reductions (the attention softmax backward became one slow YNN fusion, ~16% of the step).
-CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+# XLA:CPU flag the bench adds (before jax starts) unless XLA_FLAGS already sets it or --stock: the one trainer.main
+# adds on this CPU (trainer.cpu_tuning), which keeps YNNPACK from fusing reductions.
+CPU_XLA_FLAG = cpu_tuning.YNN_NO_REDUCE
 # Dense-matmul roof candidates, in both libraries: the machine's roof is the fastest of them (on a Zen 4 EPYC torch's
 # bfloat16 matmul, through oneDNN's AVX512-BF16 kernels, ran ~2× its float32; XLA:CPU's bfloat16 dot does not).
 ROOF_DTYPES = ("bfloat16", "float32")

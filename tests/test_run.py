@@ -39,6 +39,7 @@ def reference(corpus, tmp_path_factory):
     run_dir = str(base / "run")
     out = train(write_config(str(base / "c.yml"), corpus, run_dir))
     assert "eval_loss" in out and "sample (greedy)" in out
+    assert "\ncpu: " in out and "[TRAINER_CPU_TUNING=0: off]" in out  # the CPU settings chosen, said at start-up
     return losses(run_dir), final_params(run_dir)
 
 

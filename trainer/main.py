@@ -81,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         return dry_run_target(config, args.target, args.slices)
     if args.dry_run:
         return dry_run(config, args.devices)
+    from trainer import cpu_tuning
+
+    cpu_line = cpu_tuning.apply()  # XLA:CPU flags for this CPU: before JAX starts its backend
     from trainer.run.job import run
 
-    return run(config)
+    return run(config, cpu_line=cpu_line)
 
 
 if __name__ == "__main__":

@@ -131,8 +131,11 @@ def _initial_state(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Che
     return state
 
 
-def run(config: Config) -> int:
-    """Run the job described by `config` to `train.steps`; returns the process exit code."""
+def run(config: Config, cpu_line: str | None = None) -> int:
+    """Run the job described by `config` to `train.steps`; returns the process exit code.
+
+    `cpu_line` (from trainer.cpu_tuning) is printed at start-up when the job runs on the CPU backend.
+    """
     check_reachable(config)
     distributed.initialize(config.distributed)
     check_available(config.model.attention)
@@ -175,6 +178,8 @@ def run(config: Config) -> int:
             log.say(f"data: synthetic, uniformly random tokens 0..{config.model.vocab_size - 1} from train.seed "
                     "(no shards, no tokenizer; the loss stays near ln(vocab))")
         log.say(budget.run_line(config))
+        if cpu_line and jax.default_backend() == "cpu":
+            log.say(cpu_line)
 
     step_fns = make_step_functions(config, mesh)
     ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
