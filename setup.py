@@ -32,7 +32,8 @@ setup(
     packages=find_packages(include=["trainer", "trainer.*", "launch"]),
     install_requires=[
         # APIs of this stack move fast: the ranges are the ones tested (docs/pitfalls.md lists what they rely on).
-        "jax>=0.10.2,<0.11",
+        # jax 0.10.2 and 0.12.0.1 (Python >= 3.12 only) are tested; on a CPU 0.10.2 trains cheaper (docs/bench.md)
+        "jax>=0.10.2,<0.13",
         "flax>=0.12.8,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12.8,<0.13",
@@ -64,8 +65,8 @@ setup(
         "onnx": ONNX,
         "llama": LLAMA,
         "lora": LORA,
-        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.13"],  # the libtpu matching the jax installed (0.12: libtpu 0.0.50.1)
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],  # jax 0.12's CUDA wheels not tested
         "cloud": ["google-cloud-tpu>=1.18"],
         "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + MLX + ONNX + LORA + [
             "pytest>=8",
