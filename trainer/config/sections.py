@@ -37,7 +37,7 @@ class LoraConfig:
     rank: int = 0
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "out", "gate", "up", "down"])
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
 
 @dataclass(frozen=True)
