@@ -94,14 +94,28 @@ def test_compiles_the_real_step_and_reports_per_chip_memory(capsys, target, atte
         assert record["chips"] == 8 and record["mesh"]["data"] == 2 and "mesh.dcn_data=2" in text
 
 
+def test_the_search_tries_the_smallest_changes_first():
+    """More microbatches (while each still splits over the data-parallel devices), then full remat: no compiling."""
+    from trainer.fit.check import candidates
+
+    config = load_config(TINY, ["train.global_batch_size=16", "train.microbatches=2"])
+    assert [changes for changes, _ in candidates(config)] == [
+        ("train.microbatches=4",), ("train.microbatches=8",), ("train.microbatches=16",),
+        ("model.remat_policy=full",), ("train.microbatches=4", "model.remat_policy=full"),
+        ("train.microbatches=8", "model.remat_policy=full"), ("train.microbatches=16", "model.remat_policy=full"),
+    ]
+    tried = dict(candidates(config))
+    assert tried[("train.microbatches=8", "model.remat_policy=full")].train.microbatches == 8
+    assert tried[("train.microbatches=8", "model.remat_policy=full")].model.remat_policy == "full"
+    full = load_config(TINY, ["train.global_batch_size=12", "model.remat_policy=full"])
+    assert [changes for changes, _ in candidates(full)] == [("train.microbatches=2",), ("train.microbatches=4",)]
+
+
 @needs_libtpu
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TRAINER_TEST_SLOW_COMPILES"),
-                    reason="over 8 minutes of TPU-compiler CPU on 2 cores (a peak near the chip's HBM makes it search "
-                           "long); set TRAINER_TEST_SLOW_COMPILES=1 to run it")
 def test_not_fitting_names_the_smallest_change_that_fits(capsys):
-    # 720k tokens per step through a one-layer model on one v5e chip (15.75 GiB): ~20 GiB, which the compiler
-    # refuses at once; half of it (~10 GiB) compiles with room to spare (a peak near the limit makes it search long).
+    # 720k tokens per step through a one-layer model on one v5e chip (15.75 GiB): ~18 GiB, which the compiler
+    # refuses at once; two microbatches (~12 GiB) compile with room to spare. The eval step goes over the same
+    # microbatches (with it over the whole batch, no microbatch count fitted and the search compiled every candidate).
     code, out, err = _run(capsys, TINY, "--dry-run", "--target", "v5e-1", "train.global_batch_size=2816",
                           "train.seq_len=256", "model.remat_policy=none", "model.num_layers=1")
     assert code == 1, err

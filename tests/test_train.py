@@ -68,6 +68,18 @@ def test_gradient_accumulation_equals_one_big_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), state_four.params, state_one.params)
 
 
+def test_eval_over_microbatches_equals_one_big_batch():
+    """Evaluation goes over the same slices as training (so it never needs more memory): same sums."""
+    evals = []
+    for micro in (1, 4):
+        config = _config(mesh={"data": 2, "fsdp": 4}, train={"microbatches": micro})
+        step_fns = make_step_functions(config, sharding.make_mesh(config.mesh, jax.devices()[:8]))
+        params = step_fns.init(jax.random.key(0)).params
+        evals.append(jax.device_get(step_fns.eval_step(params, jax.device_put(BATCHES[4], step_fns.batch_sharding))))
+    assert evals[0]["tokens"] == evals[1]["tokens"] == BATCHES[4]["loss_mask"].sum()
+    np.testing.assert_allclose(evals[1]["nll_sum"], evals[0]["nll_sum"], rtol=1e-5)
+
+
 def test_gradient_accumulation_four_microbatches_on_one_device():
     mesh = {"data": 1, "fsdp": 1, "tensor": 1}
     one, _ = _losses(_config(mesh=mesh), BATCHES[:2], 1)

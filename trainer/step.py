@@ -125,7 +125,17 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def eval_step(base: Any, params: Any, batch: Batch) -> dict[str, jax.Array]:
-        nll, z, tokens = _loss_sums(model, _full(base, params), batch)
+        full = _full(base, params)
+        if config.train.microbatches == 1:
+            nll, _, tokens = _loss_sums(model, full, batch)
+            return {"nll_sum": nll, "tokens": tokens}
+
+        def body(sums: tuple[jax.Array, jax.Array], mb: Batch) -> tuple[tuple[jax.Array, jax.Array], None]:
+            nll, _, tokens = _loss_sums(model, full, mb)
+            return (sums[0] + nll, sums[1] + tokens), None
+
+        # The same slices as training, so evaluating a batch never needs more memory than training on it.
+        (nll, tokens), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), _split_microbatches(config, batch))
         return {"nll_sum": nll, "tokens": tokens}
 
     frozen = {"base": None, "abstract": abstract_base}  # the train and eval steps' first argument
@@ -186,11 +196,23 @@ def _loss_sums(model: Transformer, params: Any, batch: Batch,
     return nll, z, jnp.sum(mask)
 
 
+def _split_microbatches(config: Config, batch: Batch) -> Batch:
+    """The batch as `train.microbatches` stacked slices; slice m takes rows m, m+M, m+2M, … so every slice stays
+    spread over all data-parallel devices."""
+    micro = config.train.microbatches
+    batch_spec = PartitionSpec(None, sharding.batch_axes(config) or None, None)
+
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, batch_spec)
+
+    return jax.tree.map(split, batch)
+
+
 def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch: Batch, base: Any = None,
                           rng: jax.Array | None = None) -> tuple[Any, dict[str, Any]]:
     """Gradients of the summed loss (divide by the token count afterwards), over `train.microbatches` slices.
 
-    Microbatch m takes rows m, m+M, m+2M, … so every microbatch stays spread over all data-parallel devices.
     With `base` (LoRA), `params` are the adapters and only they are differentiated.
     """
     z_weight = config.train.z_loss
@@ -205,13 +227,7 @@ def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch
         grads, (nll, z, tokens) = grad_fn(params, batch)
         return grads, {"nll": nll, "z": z, "tokens": tokens}
 
-    batch_spec = PartitionSpec(None, sharding.batch_axes(config) or None, None)
-
-    def split(x: jax.Array) -> jax.Array:
-        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x, batch_spec)
-
-    microbatches = jax.tree.map(split, batch)
+    microbatches = _split_microbatches(config, batch)
 
     def body(carry: tuple[Any, dict[str, Any]], mb: Batch) -> tuple[tuple[Any, dict[str, Any]], None]:
         acc, sums = carry

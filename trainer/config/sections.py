@@ -115,7 +115,7 @@ class TrainConfig:
     global_batch_size: int = 16
     seq_len: int = 256
     seed: int = 0
-    microbatches: int = 1  # gradient accumulation inside the jitted step
+    microbatches: int = 1  # gradient accumulation inside the jitted step (evaluation goes over the same slices)
     z_loss: float = 0.0
     peak_tflops: Optional[float] = None  # per device; None: look the device kind up (none on CPU)
     max_consecutive_nonfinite: int = 5  # stop after this many skipped updates in a row
