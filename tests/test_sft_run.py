@@ -72,6 +72,13 @@ def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path
     assert _json(os.path.join(run, "base.json"))["restore_from"] == f"{base}:7"
     params = final_params(run)
     assert params["embed"]["embedding"].shape == (516, 64)  # 512 + <|system|> <|user|> <|assistant|> <|end|>
+    # stopped after step 2 and started again, it resumes its own checkpoint (not the base's) bitwise
+    resumed = [f"run.dir={tmp_path / 'resumed'}", "checkpoint.every_steps=2"]
+    assert "stopped at step 2" in train(config, *resumed, expect=143, TRAINER_TEST_STOP_AT="2")
+    again = train(config, *resumed)
+    assert "resuming from" in again and "started from" not in again
+    assert losses(str(tmp_path / "resumed")) == losses(run)
+    assert_params_equal(final_params(str(tmp_path / "resumed")), params)
     # a mismatched template is refused before anything is written
     bad = train(config, "data.chat_template=chatml", f"run.dir={tmp_path / 'bad'}", expect=2)
     assert "prepared with chat template 'kodalite'" in bad and not os.path.exists(tmp_path / "bad")
