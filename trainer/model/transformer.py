@@ -30,6 +30,7 @@ from trainer.config import ModelConfig
 from trainer.model.attention import attend
 from trainer.model.cache import KVCache, cached_attention
 from trainer.model import lora
+from trainer.model.matmul import contract
 from trainer.model.rope import apply_rope
 
 REMAT_POLICIES = {
@@ -64,8 +65,7 @@ class Projection(nn.Module):
         shape = tuple(x.shape[-self.in_dims:]) + tuple(self.features)
         kernel = self.param("kernel", _init(c, self.axes), shape, _dtype(c.param_dtype))
         dtype = _dtype(c.compute_dtype)
-        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        y = contract(x.astype(dtype), kernel.astype(dtype), self.in_dims)
         delta = lora.adapter(self, c, x, self.in_dims, self.features, self.axes)  # None unless model.lora names it
         return y if delta is None else y + delta
 
