@@ -22,8 +22,9 @@ block opened by --warmup untimed calls (a JAX step right after a torch step meas
 shared machine is spread over all of them.
 
 The bench runs on one device (mesh.data = mesh.fsdp = mesh.tensor = 1, the first device). On CPU it measures the
-options that were fastest there (CPU_DEFAULTS, CPU_XLA_FLAG below; docs/bench.md has the table); `--stock` measures the
-config as it is. Overrides after the options go through `trainer.config.load_config` and win over those defaults.
+options that were fastest there (CPU_DEFAULTS below, and the XLA:CPU flags `trainer.cpu_tuning` chooses for the CPU
+and jax version, as `python -m trainer.main` does; docs/bench.md has the tables); `--stock` measures the config as it
+is. Overrides after the options go through `trainer.config.load_config` and win over those defaults.
 """
 
 from __future__ import annotations
@@ -58,9 +59,6 @@ SINGLE_DEVICE = ("mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "mesh.dcn_data=1
 # On CPU, the config options that measured fastest for the small model (docs/bench.md has the table); they come before
 # the command line's overrides, so those win. Not applied on accelerators or with --stock.
 CPU_DEFAULTS = ("model.compute_dtype=bfloat16", "model.remat_policy=save_matmuls", "model.scan_layers=true")
-# XLA:CPU flag the bench adds (before jax starts) unless XLA_FLAGS already sets it or --stock: the one trainer.main
-# adds on this CPU (trainer.cpu_tuning), which keeps YNNPACK from fusing reductions.
-CPU_XLA_FLAG = cpu_tuning.YNN_NO_REDUCE
 # Dense-matmul roof candidates, in both libraries: the machine's roof is the fastest of them (on a Zen 4 EPYC torch's
 # bfloat16 matmul, through oneDNN's AVX512-BF16 kernels, ran ~2× its float32; XLA:CPU's bfloat16 dot does not).
 ROOF_DTYPES = ("bfloat16", "float32")
@@ -118,13 +116,10 @@ def _mesh(config: Any) -> Any:
     return make_mesh(config.mesh, jax.devices()[:1])
 
 
-def _set_cpu_xla_flag(stock: bool) -> str | None:
-    """Add CPU_XLA_FLAG to XLA_FLAGS (before jax starts its backend) unless --stock or XLA_FLAGS already sets it."""
-    current = os.environ.get("XLA_FLAGS", "")
-    if stock or CPU_XLA_FLAG.split("=")[0] in current:
-        return None
-    os.environ["XLA_FLAGS"] = f"{current} {CPU_XLA_FLAG}".strip()
-    return CPU_XLA_FLAG
+def _tune_cpu(stock: bool) -> list[str]:
+    """Before jax starts its backend: the XLA:CPU flags `python -m trainer.main` adds on this CPU and jax version
+    (trainer.cpu_tuning), so the bench compiles what a training run compiles; none with --stock."""
+    return [] if stock else cpu_tuning.add_xla_flags(cpu_tuning.choose(cpu_tuning.detect()).xla_flags)
 
 
 # ---------------------------------------------------------------------------------------------- the pieces
@@ -276,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     info = machine_info()
     log(f"machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['loadavg_at_start']}")
-    added_flag = _set_cpu_xla_flag(args.stock)
+    added_flags = _tune_cpu(args.stock)
 
     import jax
 
@@ -362,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         f"model: compute {m.compute_dtype}, params {m.param_dtype}, remat {m.remat_policy}, "
         f"scan_layers {m.scan_layers}, attention {m.attention}; bench defaults {defaults or 'none'} "
         f"(before the command line's overrides); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
-        + (f" ({added_flag} added by the bench)" if added_flag else ""),
+        + (f" ({' '.join(added_flags)} added as trainer.cpu_tuning chose)" if added_flags else ""),
         "model FLOPs = trainer.flops.flops_per_token (6·N_matmul + causal attention), recomputation not counted",
         f"cpu_mfu = model_tflops / roof_tflops, the fastest {args.matmul_size}² matmul measured in this run ("
         + ", ".join(f"{name.replace('_matmul_', ' ')} {wall:.3f}" for name, (wall, _) in roofs.items())

@@ -54,11 +54,23 @@ def test_flag_is_added_once_and_the_users_own_value_wins():
     assert mine == {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=eltwise"}
 
 
+def test_the_flag_is_chosen_for_jax_0_10_on_x86_only(monkeypatch, tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text(XEON)
+    xeon = cpu_tuning.detect(str(path))
+    monkeypatch.setattr(cpu_tuning.platform, "machine", lambda: "x86_64")
+    assert cpu_tuning.choose(xeon, (0, 10)).xla_flags == (cpu_tuning.YNN_NO_REDUCE,)
+    assert cpu_tuning.choose(xeon, (0, 12)).xla_flags == ()  # jax ≥ 0.11: the flag measured slower
+    monkeypatch.setattr(cpu_tuning.platform, "machine", lambda: "aarch64")
+    assert cpu_tuning.choose(xeon, (0, 10)).xla_flags == ()
+
+
 def test_apply_says_what_it_chose_and_can_be_turned_off():
     env: dict[str, str] = {}
     line = cpu_tuning.apply(env)
     assert line.startswith("cpu: ") and line.endswith("[TRAINER_CPU_TUNING=0: off]")
-    if platform.machine() == "x86_64":
+    assert f"jax {'.'.join(map(str, cpu_tuning.jax_version()))}" in line
+    if platform.machine() == "x86_64" and cpu_tuning.jax_version() < (0, 11):
         assert env["XLA_FLAGS"] == cpu_tuning.YNN_NO_REDUCE and cpu_tuning.YNN_NO_REDUCE in line
     off = {"TRAINER_CPU_TUNING": "0", "XLA_FLAGS": "--x=1"}
     assert cpu_tuning.apply(off) is None and off["XLA_FLAGS"] == "--x=1"
