@@ -26,6 +26,12 @@ def test_config_is_frozen():
         c.train.steps = 3  # type: ignore[misc]
 
 
+def test_splash_needs_a_sequence_its_blocks_divide():
+    with pytest.raises(ConfigError, match=r"splash needs train.seq_len a multiple of 128 .*got 200: use 256 or"):
+        load_config(os.path.join(CONFIGS, "tiny.yml"), ["model.attention=splash", "train.seq_len=200"])
+    assert load_config(os.path.join(CONFIGS, "tiny.yml"), ["model.attention=splash", "train.seq_len=128"])
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

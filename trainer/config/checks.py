@@ -45,6 +45,9 @@ def validate(config: Config) -> None:
                           "folder made by convert_from_hf)")
     if t.seq_len > m.max_seq_len:
         raise ConfigError(f"train.seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}: lower one or raise the other")
+    if m.attention == "splash" and t.seq_len % 128:
+        raise ConfigError(f"model.attention=splash needs train.seq_len a multiple of 128 (the kernel's block), got "
+                          f"{t.seq_len}: use {t.seq_len + 128 - t.seq_len % 128} or model.attention=dot_product")
     validate_rope_scaling(m)
     if t.global_batch_size % t.microbatches:
         raise ConfigError(

@@ -103,7 +103,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
 
     def local(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
         mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(q.shape[2])])
-        block = min(512, length)
+        block = next((b for b in (512, 256, 128) if length % b == 0), None)  # blocks must divide the sequence
+        if block is None:
+            raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, got {length}")
         sizes = kernel.BlockSizes(
             block_q=block, block_kv_compute=block, block_kv=block, block_q_dkv=block,
             block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
