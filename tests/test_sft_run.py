@@ -156,3 +156,9 @@ def test_lora_resumes_bitwise_and_exports_merged_and_as_peft(base_run, tmp_path)
     ours = np.asarray(Transformer(model_cfg).apply({"params": full}, jnp.asarray(tokens.numpy())))
     np.testing.assert_allclose(merged_logits, ours, atol=1e-4, rtol=1e-4)
     assert not np.allclose(merged_logits, base_logits, atol=1e-3)  # the adapters did change the model
+    # lm-eval's model (trainer.eval) loads the LoRA run itself: its base and its adapters
+    from trainer.eval.harness import load_checkpoint
+
+    _, _, evaluated, _ = load_checkpoint(run)
+    scored = np.asarray(Transformer(model_cfg).apply({"params": jax.device_get(evaluated)}, jnp.asarray(tokens.numpy())))
+    np.testing.assert_allclose(scored, ours, atol=1e-6, rtol=1e-6)

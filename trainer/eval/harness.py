@@ -41,9 +41,11 @@ DEFAULT_MAX_GEN_TOKS = 256  # the hf backend's default
 
 
 def load_checkpoint(reference: str) -> tuple[Config, Any, Any, int]:
-    """A run's config, an evaluation mesh, and the params of `RUN_DIR[:STEP]` restored sharded onto it."""
-    from trainer.checkpoint import parse_reference, read_run_config, restore_params_from
+    """A run's config, an evaluation mesh, and the params of `RUN_DIR[:STEP]` restored sharded onto it (a LoRA run:
+    its pinned base and its adapters, applied unmerged)."""
+    from trainer.checkpoint import parse_reference, read_run_config
     from trainer.model.transformer import Transformer
+    from trainer.run.finetune import restore_for_inference
 
     run_dir, _ = parse_reference(reference)
     config = read_run_config(run_dir)
@@ -54,7 +56,7 @@ def load_checkpoint(reference: str) -> tuple[Config, Any, Any, int]:
         shardings = sharding.logical_shardings(boxed, mesh, config)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
                             shardings)
-    params, step = restore_params_from(reference, abstract)
+    params, step = restore_for_inference(reference, config, abstract)
     return config, mesh, params, step
 
 
