@@ -1,5 +1,5 @@
 """Install: `pip install -e .` (CPU), plus extras: hf (export), mlx, onnx, llama (export runtimes), eval, parquet, tfds,
-tpu, gpu, cloud, wandb, dev."""
+tpu, gpu, gpu-compile, cloud, wandb, dev."""
 
 from setuptools import find_packages, setup
 
@@ -66,7 +66,10 @@ setup(
         "llama": LLAMA,
         "lora": LORA,
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],  # the libtpu matching the jax installed (0.12: libtpu 0.0.50.1)
-        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],  # jax 0.12's CUDA wheels not tested
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],  # training on NVIDIA GPUs; jax 0.12's CUDA runtime not tested
+        # `--dry-run --target 2xl40s` on a machine without a GPU: XLA's GPU compiler (the CUDA plugin, matched to the
+        # installed jax) and CUDA's ptxas, ~580 MB; no driver, no cuDNN (tested with jax 0.10.2 and 0.12.0.1)
+        "gpu-compile": ["jax[cuda12-local]>=0.10.2,<0.13", "nvidia-cuda-nvcc-cu12>=12.6"],
         "cloud": ["google-cloud-tpu>=1.18"],
         "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + MLX + ONNX + LORA + [
             "pytest>=8",

@@ -174,3 +174,18 @@ def test_splash_matches_dot_product_on_a_cpu_mesh_with_a_batch_of_one():
     np.testing.assert_allclose(out, dot_product_attention(q, k, v, segments), atol=1e-5)
     for got, want in zip(grads, jax.grad(loss(dot_product_attention), argnums=(0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_every_seed_names_targets_that_parse():
+    """The `# target:` / `# gpu target:` comments bench.tpu_fit compiles: known names, overrides the config takes."""
+    from bench.tpu_fit import SEEDS, named_targets
+    from trainer.fit.gpu_targets import is_gpu_target, parse_gpu_target
+
+    for seed in SEEDS:
+        path = os.path.join(REPO, "configs", seed)
+        targets = named_targets(path)
+        assert targets and not is_gpu_target(targets[0][0]), seed  # a TPU slice first
+        for name, overrides in targets:
+            (parse_gpu_target if is_gpu_target(name) else parse_target)(name)
+            load_config(path, overrides)
+    assert ("2xl40s", ["train.microbatches=16"]) in named_targets(os.path.join(REPO, "configs", "1.3b.yml"))

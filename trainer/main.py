@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --dry-run: plan for this many devices instead of the ones present (e.g. 256)")
     parser.add_argument("--target", default=None,
                         help="with --dry-run: compile the train and eval steps for this TPU slice (v4-32, v5e-16, "
-                             "v5p-128, v6e-8, ...) and report per-chip memory against its HBM (needs .[tpu])")
+                             "v5p-128, v6e-8, ...; needs .[tpu]) or these GPUs (2xl40s, 2xrtx-pro-6000, 8xh100; "
+                             "needs .[gpu-compile]) and report per-chip memory against its capacity")
     parser.add_argument("--slices", type=int, default=1, help="with --target: this many slices (multi-slice)")
     return parser.parse_intermixed_args(argv)
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.target or args.slices != 1) and not args.dry_run:
         raise ConfigError("--target and --slices only check a --dry-run; a real run compiles for the devices present")
     if args.target and args.devices is not None:
-        raise ConfigError("give --target (a TPU slice) or --devices (a device count), not both")
+        raise ConfigError("give --target (a TPU slice or GPUs) or --devices (a device count), not both")
     if args.dry_run and args.target:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile only: this machine's TPU (if any) stays free
         from trainer.fit.check import dry_run_target

@@ -1,5 +1,5 @@
-"""Compile the job's real train and eval steps for a TPU slice that is not here, read the per-chip memory the TPU
-compiler assigns, and find the smallest change that fits when it doesn't.
+"""Compile the job's real train and eval steps for a TPU slice (or NVIDIA GPUs) that is not here, read the per-chip
+memory the compiler assigns, and find the smallest change that fits when it doesn't.
 
 Nothing executes: the state and the batch are ShapeDtypeStructs carrying their shardings over the topology's
 devices, and `jit(...).lower(...).compile()` is as far as it goes (the same compile a TPU VM does at step 1).
@@ -22,6 +22,7 @@ import numpy as np
 from trainer import sharding
 from trainer.config import Config
 from trainer.fit import padding
+from trainer.fit.gpu_targets import GpuTarget, gpu_devices, missing_tool
 from trainer.fit.targets import GiB, Target, topology_devices
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -31,7 +32,7 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 class Fit:
     """Per-chip memory of one compiled job on one target (bytes), and whether it fits the chip's HBM."""
 
-    target: Target
+    target: Target | GpuTarget
     mesh: dict[str, int]
     changes: tuple[str, ...]  # overrides applied to the config as given (the suggestion), empty for the config itself
     params_bytes: int
@@ -92,6 +93,11 @@ def _oom_bytes(message: str) -> int | None:
     return None
 
 
+def target_devices(target: Target | GpuTarget) -> list[Any]:
+    """The compile-only devices of a TPU slice (libtpu) or of a GPU machine (the CUDA plugin)."""
+    return gpu_devices(target) if isinstance(target, GpuTarget) else topology_devices(target)
+
+
 def abstract_batch(step_fns: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """A global batch of ShapeDtypeStructs laid out as the steps expect (no memory)."""
     from trainer.step import BATCH_KEYS
@@ -101,12 +107,24 @@ def abstract_batch(step_fns: Any) -> dict[str, jax.ShapeDtypeStruct]:
                                     sharding=step_fns.batch_sharding) for k in BATCH_KEYS}
 
 
-def compile_fit(config: Config, target: Target, devices: list[Any] | None = None,
+def compile_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | None = None,
                 changes: tuple[str, ...] = ()) -> Fit:
-    """Compile train and eval steps of `config` for `target` and measure them per chip (a refusal is a non-fit)."""
+    """Compile train and eval steps of `config` for `target` and measure them per chip (a refusal is a non-fit); a
+    GPU compile that fails for want of a CUDA tool (ptxas, cuDNN) is one line naming the extra to install."""
+    try:
+        return _compile_fit(config, target, devices, changes)
+    except RuntimeError as e:  # jax.errors.JaxRuntimeError is one
+        missing = missing_tool(e) if isinstance(target, GpuTarget) else None
+        if missing is None:
+            raise
+        raise missing from None
+
+
+def _compile_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | None,
+                 changes: tuple[str, ...]) -> Fit:
     from trainer.step import make_step_functions
 
-    devices = devices if devices is not None else topology_devices(target)
+    devices = devices if devices is not None else target_devices(target)
     mesh_shape = sharding.resolve_mesh_shape(config.mesh, len(devices))
     sharding.check_batch_divisible(config, mesh_shape)
     padding.check(config, mesh_shape)
@@ -168,12 +186,12 @@ def candidates(config: Config) -> Iterator[tuple[tuple[str, ...], Config]]:
             yield with_(micro, "full")
 
 
-def find_fit(config: Config, target: Target, devices: list[Any] | None = None,
+def find_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | None = None,
              say: Any = None) -> Fit | None:
     """The first candidate change (see `candidates`) whose compiled steps fit, or None; each try is one compile."""
     from trainer.errors import ConfigError
 
-    devices = devices if devices is not None else topology_devices(target)
+    devices = devices if devices is not None else target_devices(target)
     for changes, candidate in candidates(config):
         try:
             fit = compile_fit(candidate, target, devices, changes)
@@ -195,12 +213,12 @@ def describe(fit: Fit) -> list[str]:
                   else f"eval peak {_gib(fit.eval_peak_bytes)} (optimizer state resident)")
     lines = [
         f"target     {t.describe()}, mesh " + " × ".join(f"{k}={v}" for k, v in fit.mesh.items()),
-        f"compiled   train and eval steps with the TPU compiler in {fit.compile_s:.1f} s "
+        f"compiled   train and eval steps with the {t.compiler} in {fit.compile_s:.1f} s "
         f"({fit.compile_cpu_s:.1f} s CPU)",
-        f"per chip   params {_gib(fit.params_bytes)} + optimizer state {_gib(fit.optimizer_bytes)} + batch "
+        f"{'per ' + t.unit:<10} params {_gib(fit.params_bytes)} + optimizer state {_gib(fit.optimizer_bytes)} + batch "
         f"{_gib(fit.batch_bytes)} + temporaries {_gib(fit.temp_bytes)} = train peak {_gib(fit.peak_bytes)}; "
         f"{evaluation}",
-        f"HBM        {_gib(t.hbm_bytes)} per chip; peak {_gib(fit.worst_bytes)}; headroom "
+        f"{'HBM' if t.unit == 'chip' else 'memory':<10} {_gib(t.hbm_bytes)} per {t.unit}; peak {_gib(fit.worst_bytes)}; headroom "
         + (f"{_gib(t.hbm_bytes - fit.worst_bytes)} ({head:.0f}%)" if head is not None else "?"),
     ]
     if fit.error:
@@ -210,10 +228,11 @@ def describe(fit: Fit) -> list[str]:
 
 def verdict(fit: Fit) -> str:
     """One line: 'fits: peak 16.80 GiB of 30.75 GiB per chip' or 'does not fit: 43.28 GiB > 30.75 GiB per chip'."""
+    unit = fit.target.unit
     if fit.fits:
-        return f"fits: peak {_gib(fit.worst_bytes)} of {_gib(fit.capacity_bytes)} per chip"
+        return f"fits: peak {_gib(fit.worst_bytes)} of {_gib(fit.capacity_bytes)} per {unit}"
     if fit.worst_bytes is not None:
-        return f"does not fit: {_gib(fit.worst_bytes)} > {_gib(fit.capacity_bytes)} per chip"
+        return f"does not fit: {_gib(fit.worst_bytes)} > {_gib(fit.capacity_bytes)} per {unit}"
     return f"does not fit: the compiler refused it ({fit.error})"
 
 
@@ -232,17 +251,23 @@ def with_slices(config: Config, slices: int) -> tuple[Config, tuple[str, ...]]:
 
 
 def dry_run_target(config: Config, name: str, slices: int = 1, say: Any = print) -> int:
-    """`--dry-run --target NAME`: compile for the slice, print the per-chip report, a one-line verdict (with the
-    smallest change that fits when it doesn't) and one JSON line; exit 0 when it fits, 1 when not."""
+    """`--dry-run --target NAME`: compile for the slice (or GPUs: `2xl40s`), print the per-chip report, a one-line
+    verdict (with the smallest change that fits when it doesn't) and one JSON line; exit 0 when it fits, 1 when not."""
     import json
 
+    from trainer.fit.gpu_targets import is_gpu_target, parse_gpu_target, require_cuda_plugin
     from trainer.fit.targets import parse_target, require_libtpu
     from trainer.model import flops
 
-    target = parse_target(name, slices)
-    require_libtpu()
+    target: Target | GpuTarget
+    if is_gpu_target(name):
+        target = parse_gpu_target(name, slices)
+        require_cuda_plugin()
+    else:
+        target = parse_target(name, slices)
+        require_libtpu()
     config, implied = with_slices(config, slices)
-    devices = topology_devices(target)
+    devices = target_devices(target)
     m = config.model
     say(f"model      {flops.param_count(m):,} parameters; attention {m.attention}, remat {m.remat_policy}, "
         f"scan_layers {m.scan_layers}; batch {config.train.global_batch_size} × {config.train.seq_len}, "
@@ -259,7 +284,7 @@ def dry_run_target(config: Config, name: str, slices: int = 1, say: Any = print)
         better = find_fit(config, target, devices, say=say)
         if better is None:
             say(f"{verdict(fit)}; no change tried fits (more microbatches, model.remat_policy=full): "
-                "use a bigger slice or more chips")
+                + ("use more or bigger GPUs" if target.unit == "GPU" else "use a bigger slice or more chips"))
         else:
             say(f"{verdict(fit)}; fits with {' '.join(implied + better.changes)} ({_gib(better.worst_bytes)})")
         record["suggestion"] = None if better is None else {

@@ -13,7 +13,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from launch.tpu_catalog import LaunchError, parse_accelerator
 from trainer.errors import ConfigError
@@ -42,6 +42,8 @@ class Target:
     topology: str  # libtpu's name for the chip grid of one slice, e.g. "v4:2x2x4"
     chip_config: str  # "megacore" or "default"
     hbm_bytes: int  # per chip, what the compiler may allocate
+    compiler: ClassVar[str] = "TPU compiler"
+    unit: ClassVar[str] = "chip"
 
     @property
     def chips(self) -> int:
