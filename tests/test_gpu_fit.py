@@ -150,11 +150,11 @@ def test_not_fitting_on_one_gpu_names_the_microbatches_that_fit():
 
 
 @needs_cuda_plugin
-def test_cudnn_attention_without_cudnn_is_one_line():
-    probe = _python("-c", "from jax._src.lib import cuda_versions as v; print(v.cudnn_get_version())",
-                    JAX_PLATFORMS="cpu")
-    if probe.returncode == 0 and probe.stdout.strip().splitlines()[-1:] != ["0"]:
-        pytest.skip("cuDNN is installed: the cudnn attention compiles")
-    code, _, err = _dry_run("--target", "2xl40s", "model.attention=cudnn")
-    # the lines before ours are the CUDA plugin's driver probe, printed by jax at start-up on a machine without GPUs
-    assert code == 2 and err[-1] == f"error: {gpu_targets.CUDNN_HINT}", err
+def test_cudnn_attention_compiles_or_names_what_is_missing():
+    """jax 0.12 compiles cuDNN attention without cuDNN installed; jax 0.10 needs cuDNN to trace it: one line then."""
+    code, out, err = _dry_run("--target", "2xl40s", "model.attention=cudnn")
+    if code == 0:
+        assert json.loads(out[-1])["fits"] is True
+    else:
+        # the lines before ours are the CUDA plugin's driver probe, printed by jax at start-up on a machine without GPUs
+        assert code == 2 and err[-1] == f"error: {gpu_targets.CUDNN_HINT}" and "Traceback" not in "\n".join(err), err

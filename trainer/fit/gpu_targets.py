@@ -4,9 +4,9 @@ builds for, without a GPU ("deviceless" compilation).
 The CUDA plugin creates a compile-only topology from a text `GpuTargetConfigProto`: the device description a real
 GPU would report (compute capability, SM count, memory, caches). XLA keeps such files for a few GPUs inside its C++
 library but exposes none to Python, so the table below holds each model's description, with its source. Compiling
-needs the plugin and CUDA's `ptxas`, nothing else: no driver, no GPU (`pip install -e ".[gpu-compile]"`, ~570 MB:
-`jax[cuda12-local]` and `nvidia-cuda-nvcc-cu12`); `model.attention=cudnn` also needs cuDNN, which `.[gpu]` (the
-whole CUDA runtime, for training on GPUs) brings. The memory figure matters twice: XLA's scheduler plans with it, and JAX on a real GPU lets its
+needs the plugin and CUDA's `ptxas`, nothing else: no driver, no GPU (`pip install -e ".[gpu-compile]"`, ~580 MB:
+`jax[cuda12-local]` and `nvidia-cuda-nvcc-cu12`); on jax 0.10 `model.attention=cudnn` also needs cuDNN, which
+`.[gpu]` (the whole CUDA runtime, for training on GPUs) brings. The memory figure matters twice: XLA's scheduler plans with it, and JAX on a real GPU lets its
 allocator use only `XLA_PYTHON_CLIENT_MEM_FRACTION` of it (0.75 unless set): that share is the capacity a job must
 fit in.
 """
