@@ -32,7 +32,7 @@ setup(
     packages=find_packages(include=["trainer", "trainer.*", "launch"]),
     install_requires=[
         # APIs of this stack move fast: the ranges are the ones tested (docs/pitfalls.md lists what they rely on).
-        # jax 0.10.2 and 0.12.0.1 (Python >= 3.12 only) are tested; on a CPU 0.10.2 trains cheaper (docs/bench.md)
+        # jax 0.10.2 and 0.12.0.1 (Python >= 3.12 only) are tested; on a CPU 0.12 trains faster (docs/bench.md)
         "jax>=0.10.2,<0.13",
         "flax>=0.12.8,<0.13",
         "optax>=0.2.8,<0.3",
