@@ -34,19 +34,6 @@ def named_targets(path: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-def _compiler_missing(name: str) -> str | None:
-    """Why the compiler for this target can't run here (the install hint), or None."""
-    from trainer.errors import ConfigError
-    from trainer.fit.gpu_targets import is_gpu_target, require_cuda_plugin
-    from trainer.fit.targets import require_libtpu
-
-    try:
-        (require_cuda_plugin if is_gpu_target(name) else require_libtpu)()
-    except ConfigError as e:
-        return str(e)
-    return None
-
-
 def main() -> None:
     """Compile every config on each named target and print the per-config figures as one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,9 +41,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from trainer.config import load_config
-    from trainer.fit.check import compile_fit, verdict
-    from trainer.fit.gpu_targets import is_gpu_target, parse_gpu_target
-    from trainer.fit.targets import parse_target
+    from trainer.errors import ConfigError
+    from trainer.fit.check import compile_fit, resolve_target, verdict
 
     rows, machine = [], machine_info()
     for path in args.configs:
@@ -64,13 +50,14 @@ def main() -> None:
         if not targets:
             log(f"{path}: no '# target:' comment, skipped")
         for name, overrides in targets:
-            missing = _compiler_missing(name)
-            if missing:
-                log(f"{os.path.relpath(path, REPO)} on {name}: skipped ({missing})")
+            try:
+                target = resolve_target(name)
+            except ConfigError as e:  # its compiler is not installed
+                log(f"{os.path.relpath(path, REPO)} on {name}: skipped ({e})")
                 continue
-            target = parse_gpu_target(name) if is_gpu_target(name) else parse_target(name)
             fit = compile_fit(load_config(path, overrides), target, changes=tuple(overrides))
-            log(f"{os.path.relpath(path, REPO)} on {name} {' '.join(overrides)}: {verdict(fit)} ({fit.compile_s:.0f} s)")
+            log(f"{os.path.relpath(path, REPO)} on {' '.join([name, *overrides])}: {verdict(fit)} "
+                f"({fit.compile_s:.0f} s)")
             record = fit.record()
             rows.append({"config": os.path.relpath(path, REPO), "target": name, "overrides": overrides,
                          "hbm_peak_bytes": record["hbm_peak_bytes"],

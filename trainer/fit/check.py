@@ -93,6 +93,21 @@ def _oom_bytes(message: str) -> int | None:
     return None
 
 
+def resolve_target(name: str, slices: int = 1) -> Target | GpuTarget:
+    """`--target NAME` → a TPU slice (`v4-32`) or GPUs (`2xl40s`), once its compiler is known to be installed; a bad
+    name or a missing compiler is a one-line ConfigError."""
+    from trainer.fit.gpu_targets import is_gpu_target, parse_gpu_target, require_cuda_plugin
+    from trainer.fit.targets import parse_target, require_libtpu
+
+    if is_gpu_target(name):
+        target: Target | GpuTarget = parse_gpu_target(name, slices)
+        require_cuda_plugin()
+    else:
+        target = parse_target(name, slices)
+        require_libtpu()
+    return target
+
+
 def target_devices(target: Target | GpuTarget) -> list[Any]:
     """The compile-only devices of a TPU slice (libtpu) or of a GPU machine (the CUDA plugin)."""
     return gpu_devices(target) if isinstance(target, GpuTarget) else topology_devices(target)
@@ -215,10 +230,11 @@ def describe(fit: Fit) -> list[str]:
         f"target     {t.describe()}, mesh " + " × ".join(f"{k}={v}" for k, v in fit.mesh.items()),
         f"compiled   train and eval steps with the {t.compiler} in {fit.compile_s:.1f} s "
         f"({fit.compile_cpu_s:.1f} s CPU)",
-        f"{'per ' + t.unit:<10} params {_gib(fit.params_bytes)} + optimizer state {_gib(fit.optimizer_bytes)} + batch "
-        f"{_gib(fit.batch_bytes)} + temporaries {_gib(fit.temp_bytes)} = train peak {_gib(fit.peak_bytes)}; "
+        f"{'per ' + t.unit:<10} params {_gib(fit.params_bytes)} + optimizer state {_gib(fit.optimizer_bytes)} + "
+        f"batch {_gib(fit.batch_bytes)} + temporaries {_gib(fit.temp_bytes)} = train peak {_gib(fit.peak_bytes)}; "
         f"{evaluation}",
-        f"{'HBM' if t.unit == 'chip' else 'memory':<10} {_gib(t.hbm_bytes)} per {t.unit}; peak {_gib(fit.worst_bytes)}; headroom "
+        f"{'HBM' if t.unit == 'chip' else 'memory':<10} {_gib(t.hbm_bytes)} per {t.unit}; peak "
+        f"{_gib(fit.worst_bytes)}; headroom "
         + (f"{_gib(t.hbm_bytes - fit.worst_bytes)} ({head:.0f}%)" if head is not None else "?"),
     ]
     if fit.error:
@@ -255,17 +271,9 @@ def dry_run_target(config: Config, name: str, slices: int = 1, say: Any = print)
     verdict (with the smallest change that fits when it doesn't) and one JSON line; exit 0 when it fits, 1 when not."""
     import json
 
-    from trainer.fit.gpu_targets import is_gpu_target, parse_gpu_target, require_cuda_plugin
-    from trainer.fit.targets import parse_target, require_libtpu
     from trainer.model import flops
 
-    target: Target | GpuTarget
-    if is_gpu_target(name):
-        target = parse_gpu_target(name, slices)
-        require_cuda_plugin()
-    else:
-        target = parse_target(name, slices)
-        require_libtpu()
+    target = resolve_target(name, slices)
     config, implied = with_slices(config, slices)
     devices = target_devices(target)
     m = config.model

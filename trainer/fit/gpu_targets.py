@@ -6,9 +6,9 @@ GPU would report (compute capability, SM count, memory, caches). XLA keeps such 
 library but exposes none to Python, so the table below holds each model's description, with its source. Compiling
 needs the plugin and CUDA's `ptxas`, nothing else: no driver, no GPU (`pip install -e ".[gpu-compile]"`, ~580 MB:
 `jax[cuda12-local]` and `nvidia-cuda-nvcc-cu12`); on jax 0.10 `model.attention=cudnn` also needs cuDNN, which
-`.[gpu]` (the whole CUDA runtime, for training on GPUs) brings. The memory figure matters twice: XLA's scheduler plans with it, and JAX on a real GPU lets its
-allocator use only `XLA_PYTHON_CLIENT_MEM_FRACTION` of it (0.75 unless set): that share is the capacity a job must
-fit in.
+`.[gpu]` (the whole CUDA runtime, for training on GPUs) brings. The memory figure matters twice: XLA's scheduler
+plans with it, and JAX on a real GPU lets its allocator use only `XLA_PYTHON_CLIENT_MEM_FRACTION` of it (0.75
+unless set): that share is the capacity a job must fit in.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from trainer.errors import ConfigError
 
 MiB = 2**20
 GPU_EXTRA_HINT = 'compiling for NVIDIA GPUs needs the CUDA plugin: pip install -e ".[gpu-compile]"'
-PTXAS_HINT = 'compiling for NVIDIA GPUs needs CUDA\'s ptxas: pip install -e ".[gpu-compile]" (or put a CUDA 12 ptxas on PATH)'
+PTXAS_HINT = ('compiling for NVIDIA GPUs needs CUDA\'s ptxas: pip install -e ".[gpu-compile]" '
+              '(or put a CUDA 12 ptxas on PATH)')
 CUDNN_HINT = ('model.attention=cudnn compiled for GPUs needs cuDNN: pip install -e ".[gpu]" '
               '(or check the fit with model.attention=dot_product)')
 DEFAULT_MEM_FRACTION = 0.75  # JAX's default XLA_PYTHON_CLIENT_MEM_FRACTION
@@ -117,25 +118,21 @@ def memory_fraction() -> float:
 
 @dataclass(frozen=True)
 class GpuTarget:
-    """`count` GPUs of one model in one machine, and the share of their memory a JAX job may use."""
+    """`chips` GPUs of one model in one machine (the devices of the mesh), and the share of their memory a JAX job
+    may use."""
 
     name: str  # as given, e.g. "2xl40s"
     model: GpuModel
-    count: int
+    chips: int
     fraction: float
     slices: ClassVar[int] = 1
     compiler: ClassVar[str] = "XLA GPU compiler (CUDA plugin)"
     unit: ClassVar[str] = "GPU"
 
     @property
-    def chips(self) -> int:
-        """GPUs in the machine: the devices of the mesh."""
-        return self.count
-
-    @property
     def topology(self) -> str:
         """The plugin's topology: partitions × hosts per partition × GPUs per host."""
-        return f"1x1x{self.count}"
+        return f"1x1x{self.chips}"
 
     @property
     def hbm_bytes(self) -> int:
@@ -144,7 +141,7 @@ class GpuTarget:
 
     def describe(self) -> str:
         """e.g. '2 × NVIDIA L40S (45.0 GiB each, JAX may use 75%)'."""
-        return (f"{self.count} × {self.model.device} ({self.model.memory_bytes / 2**30:.1f} GiB each, JAX may use "
+        return (f"{self.chips} × {self.model.device} ({self.model.memory_bytes / 2**30:.1f} GiB each, JAX may use "
                 f"{self.fraction:.0%}: XLA_PYTHON_CLIENT_MEM_FRACTION)")
 
 
@@ -163,7 +160,7 @@ def parse_gpu_target(name: str, slices: int = 1) -> GpuTarget:
         raise ConfigError(f"--target {name}: at least one GPU, e.g. 1x{model}")
     if slices != 1:
         raise ConfigError("--slices is for TPU slices; a GPU target is one machine (COUNTxMODEL)")
-    return GpuTarget(name=name.lower(), model=GPUS[model], count=count, fraction=memory_fraction())
+    return GpuTarget(name=name.lower(), model=GPUS[model], chips=count, fraction=memory_fraction())
 
 
 def require_cuda_plugin() -> None:
@@ -189,7 +186,8 @@ def _dnn_version() -> tuple[int, int, int]:
         parts = [int(p) for p in importlib.metadata.version("nvidia-cudnn-cu12").split(".")[:3]]
     except (importlib.metadata.PackageNotFoundError, ValueError):
         parts = [9, 8, 0]
-    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+    major, minor, patch = (parts + [0, 0])[:3]
+    return major, minor, patch
 
 
 def gpu_devices(target: GpuTarget) -> list[Any]:
