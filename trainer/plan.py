@@ -3,6 +3,7 @@
     python -m trainer.plan --hardware v4-32 --hours 72 --mfu 0.45          # a budget → model size, seed config
     python -m trainer.plan --flops 1.2e21                                  # the same from FLOPs
     python -m trainer.plan --config configs/1.3b.yml --tokens 25.4B --hardware v4-32 --mfu 0.45   # → hours
+    python -m trainer.plan --config configs/1.3b.yml --hardware 2xl40s --mfu 0.2   # its own steps, on its own GPUs
 
 The last line printed is one JSON object (docs/plan.md documents every field).
 """
@@ -16,7 +17,6 @@ import sys
 from typing import Any
 
 from trainer.errors import ConfigError, cli
-from trainer.model.flops import param_count
 from trainer.run import budget as b
 
 _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m trainer.plan",
         description="Compute-optimal model size and tokens for a budget (Chinchilla, 20 tokens per parameter), what a "
                     "config sees in that budget, or how long a config takes for a token target.")
-    p.add_argument("--hardware", help="a TPU slice (v4-32, v5e-16), a TPU generation (v5p) or GPUs (h100-8)")
+    p.add_argument("--hardware", help="a machine as --target spells it: a TPU slice (v4-32, v5e-16) or GPUs "
+                                      "(2xl40s, 8xh100); or a bare chip (v5p, h100) for --chip-hours")
     p.add_argument("--hours", help="budget: wall-clock hours on the --hardware slice")
     p.add_argument("--chip-hours", help="budget: chip-hours of the --hardware kind")
     p.add_argument("--flops", help="budget: model FLOPs (e.g. 1.2e21)")
@@ -38,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="plan this config instead of the closest seed config")
     p.add_argument("overrides", nargs="*",
                    help="section.key=value overrides of --config (e.g. train.global_batch_size=256)")
-    p.add_argument("--tokens", help="with --config: a token target (25.4B, 2e10; default: Chinchilla-optimal)")
+    p.add_argument("--tokens", help="with --config: a token target (25.4B, 2e10; default: the config's own "
+                                    "train.steps, or train.epochs over its data)")
     p.add_argument("--configs", default=_REPO_CONFIGS,
                    help="folder of seed configs to choose from (default: %(default)s)")
     return p.parse_intermixed_args(argv)
@@ -91,7 +93,7 @@ def make_plan(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
                      f"(C = 6·N·D, D = {b.TOKENS_PER_PARAM:g}·N)")
 
     if args.config:
-        path, config = args.config, load_config(args.config, args.overrides)
+        path, config = args.config, b.with_epochs(load_config(args.config, args.overrides))
         is_seed = False
     else:
         path, config = b.closest(b.seed_configs(args.configs), record["compute_optimal"]["params"])
@@ -101,8 +103,7 @@ def make_plan(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     if budget is not None:
         plan = b.plan_config(config, path, flops_budget=budget.flops, closest_seed=is_seed)
     else:
-        plan = b.plan_config(config, path, tokens=tokens if tokens is not None else
-                             b.chinchilla_tokens(param_count(config.model)))
+        plan = b.plan_config(config, path, tokens=tokens)  # no --tokens: the config's own train.steps
     if plan.steps < 1:
         raise ConfigError(f"the budget buys less than one step of {path} "
                           f"({plan.tokens_per_step:,} tokens × {plan.flops_per_token:.3g} FLOPs)")
@@ -143,7 +144,7 @@ def _describe_config(plan: b.ConfigPlan, budget: b.Budget | None, record: dict[s
     which = "closest seed config" if plan.closest_seed else "config"
     lines = [(f"config      {plan.path} ({which}): {plan.params:,} parameters, "
               f"{plan.flops_per_token / 1e9:.3g} GFLOP per token (attention included)")]
-    where = "in this budget" if budget is not None else "target"
+    where = "in this budget" if budget is not None else "planned"
     lines.append(f"            {where}: {plan.steps:,} steps × {plan.tokens_per_step:,} tokens = "
                  f"{b.human_count(plan.tokens)} tokens, {plan.chinchilla_percent:.1f}% of Chinchilla-optimal "
                  f"({b.human_count(plan.chinchilla_tokens)} tokens); {plan.flops:.3g} FLOPs")

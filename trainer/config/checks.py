@@ -21,6 +21,10 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if t.epochs is not None and (t.epochs <= 0 or not config.data.path or config.data.mixture or config.data.stages
+                                 or config.data.synthetic):
+        raise ConfigError(f"train.epochs={t.epochs} counts positive passes over one prepared folder: set data.path "
+                          "(no mixture, stages or synthetic data), or give train.steps instead")
     if config.eval.tasks and not config.eval.tasks_data_dir:
         raise ConfigError("eval.tasks needs eval.tasks_data_dir: a folder with one file per task (docs/eval.md)")
     if m.head_dim is None and m.embed_dim % m.num_heads:

@@ -112,6 +112,7 @@ class TrainConfig:
     """The optimisation run: how long, how big a batch, which seed."""
 
     steps: int = 200
+    epochs: Optional[float] = None  # instead of steps: passes over data.path's train tokens (steps derived from them)
     global_batch_size: int = 16
     seq_len: int = 256
     seed: int = 0

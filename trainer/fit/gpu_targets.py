@@ -3,7 +3,8 @@ builds for, without a GPU ("deviceless" compilation).
 
 The CUDA plugin creates a compile-only topology from a text `GpuTargetConfigProto`: the device description a real
 GPU would report (compute capability, SM count, memory, caches). XLA keeps such files for a few GPUs inside its C++
-library but exposes none to Python, so the table below holds each model's description, with its source. Compiling
+library but exposes none to Python, so the table below holds each model's description, with its source; the name,
+memory and peak of each GPU, and the COUNTxMODEL spelling, are the hardware table's (`trainer/hardware.py`). Compiling
 needs the plugin and CUDA's `ptxas`, nothing else: no driver, no GPU (`pip install -e ".[gpu-compile]"`, ~580 MB:
 `jax[cuda12-local]` and `nvidia-cuda-nvcc-cu12`); on jax 0.10 `model.attention=cudnn` also needs cuDNN, which
 `.[gpu]` (the whole CUDA runtime, for training on GPUs) brings. The memory figure matters twice: XLA's scheduler
@@ -13,17 +14,16 @@ unless set): that share is the capacity a job must fit in.
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import importlib.util
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from trainer import hardware
 from trainer.errors import ConfigError
+from trainer.hardware import MiB
 
-MiB = 2**20
 GPU_EXTRA_HINT = 'compiling for NVIDIA GPUs needs the CUDA plugin: pip install -e ".[gpu-compile]"'
 PTXAS_HINT = ('compiling for NVIDIA GPUs needs CUDA\'s ptxas: pip install -e ".[gpu-compile]" '
               '(or put a CUDA 12 ptxas on PATH)')
@@ -80,26 +80,29 @@ device_description_str: "{self.device}"
 
 
 _XLA_SPECS = "XLA's device description (xla/backends/gpu/target_config/specs/{}.txtpb)"
-GPUS: dict[str, GpuModel] = {
+# model → (compute capability, SMs, memory bandwidth B/s, L2 bytes, clock GHz, shared memory per SM, shared memory per
+# block opt-in, threads per SM, FP32 units per SM, source).
+_DESCRIPTIONS: dict[str, tuple[tuple[int, int], int, int, int, float, int, int, int, int, str]] = {
     # Ada Lovelace AD102: NVIDIA's L40S datasheet (142 SMs = 18,176 CUDA cores / 128, 864 GB/s, 96 MB L2, 2.52 GHz
-    # boost), CUDA's table for compute capability 8.9 (100 KB shared memory and 1,536 threads per SM); memory:
-    # `nvidia-smi --query-gpu=memory.total` on an L40S with ECC on: 46,068 MiB of the 48 GB.
-    "l40s": GpuModel("NVIDIA L40S", (8, 9), 142, 46068 * MiB, 864 * 10**9, 96 * MiB, 2.52, 102400, 101376, 1536, 128,
-                     "NVIDIA L40S datasheet; memory as nvidia-smi reports it (ECC on)"),
-    "rtx-pro-6000": GpuModel("NVIDIA RTX PRO 6000 Blackwell", (12, 0), 188, 96 * 1024 * MiB, 1792 * 10**9, 128 * MiB,
-                             2.6, 131072, 101376, 1536, 128, _XLA_SPECS.format("rtx6000pro")),
-    "h100": GpuModel("NVIDIA H100 80GB HBM3", (9, 0), 132, 84942979072, 3352320000000, 50 * MiB, 1.98, 233472, 232448,
-                     2048, 128, _XLA_SPECS.format("h100_sxm")),
-    "a100": GpuModel("NVIDIA A100-SXM4-80GB", (8, 0), 108, 85100068864, 2039040000000, 40 * MiB, 1.41, 167936, 166912,
-                     2048, 64, _XLA_SPECS.format("a100_sxm_80")),
+    # boost), CUDA's table for compute capability 8.9 (100 KB shared memory and 1,536 threads per SM).
+    "l40s": ((8, 9), 142, 864 * 10**9, 96 * MiB, 2.52, 102400, 101376, 1536, 128,
+             "NVIDIA L40S datasheet; memory as nvidia-smi reports it (ECC on)"),
+    "rtx-pro-6000": ((12, 0), 188, 1792 * 10**9, 128 * MiB, 2.6, 131072, 101376, 1536, 128,
+                     _XLA_SPECS.format("rtx6000pro")),
+    "h100": ((9, 0), 132, 3352320000000, 50 * MiB, 1.98, 233472, 232448, 2048, 128, _XLA_SPECS.format("h100_sxm")),
+    "a100": ((8, 0), 108, 2039040000000, 40 * MiB, 1.41, 167936, 166912, 2048, 64, _XLA_SPECS.format("a100_sxm_80")),
 }
-_NAME = re.compile(r"^(\d+)x([a-z0-9-]+)$")
+GPUS: dict[str, GpuModel] = {
+    name: GpuModel(hardware.CHIPS[name].device, cc, sms, hardware.CHIPS[name].memory_bytes, bandwidth, l2, clock,
+                   smem, smem_optin, threads, fp32, source)
+    for name, (cc, sms, bandwidth, l2, clock, smem, smem_optin, threads, fp32, source) in _DESCRIPTIONS.items()
+}
 
 
 def is_gpu_target(name: str) -> bool:
     """Whether `--target` names GPUs: TPU types start with their generation (`v4-32`, `v5litepod-8`), anything else
     is read as COUNTxMODEL."""
-    return re.match(r"v\d", name.strip().lower()) is None
+    return not hardware.is_tpu_name(name)
 
 
 def memory_fraction() -> float:
@@ -146,21 +149,12 @@ class GpuTarget:
 
 
 def parse_gpu_target(name: str, slices: int = 1) -> GpuTarget:
-    """Validate COUNTxMODEL into a GpuTarget; an unknown model is one line naming the nearest known one."""
-    found = _NAME.match(name.lower())
-    if found is None:
-        raise ConfigError(f"unknown target {name!r}: give a TPU type (v4-32, v5e-16, ...) or GPUs as COUNTxMODEL, "
-                          f"e.g. 2xl40s (models: {', '.join(GPUS)})")
-    count, model = int(found.group(1)), found.group(2)
-    if model not in GPUS:
-        near = difflib.get_close_matches(model, list(GPUS), n=1)
-        hint = f"did you mean '{count}x{near[0]}'?" if near else f"known: {', '.join(GPUS)}"
-        raise ConfigError(f"unknown GPU model {model!r} in --target {name}; {hint}")
-    if count < 1:
-        raise ConfigError(f"--target {name}: at least one GPU, e.g. 1x{model}")
+    """Validate COUNTxMODEL (the hardware table's spelling) into a GpuTarget; an unknown model is one line naming the
+    nearest one the compiler has a description of."""
+    count, chip = hardware.parse_gpus(name, models=tuple(GPUS))
     if slices != 1:
         raise ConfigError("--slices is for TPU slices; a GPU target is one machine (COUNTxMODEL)")
-    return GpuTarget(name=name.lower(), model=GPUS[model], chips=count, fraction=memory_fraction())
+    return GpuTarget(name=f"{count}x{chip.name}", model=GPUS[chip.name], chips=count, fraction=memory_fraction())
 
 
 def require_cuda_plugin() -> None:

@@ -1,10 +1,11 @@
 """TPU slices named as gcloud names them (`v4-32`, `v5litepod-16` / `v5e-16`, `v5p-128`, `v6e-8`) → the topology the
 TPU compiler builds devices for, without a TPU.
 
-Slice sizes and generations come from the launcher's catalog (`launch/tpu_catalog.py`), so `--target` accepts exactly
-what `launch/tpu_vm.py --accelerator` does. The chip layout per slice (`v4:2x2x4`) and the HBM the compiler may use per
-chip are ours: libtpu reports no capacity for devices that are not attached, so the table holds what its compiler
-reports when a program is too big ("exceeds available HBM (30.75G)"), checked by tests/test_tpu_fit.py.
+Slice sizes, generations and the HBM the compiler may use per chip come from the hardware table
+(`trainer/hardware.py`), which the launcher validates `--accelerator` against too, so `--target` accepts exactly what
+`launch/tpu_vm.py` does. libtpu reports no capacity for devices that are not attached, so the table holds what its
+compiler reports when a program is too big ("exceeds available HBM (30.75G)"), checked by tests/test_tpu_fit.py.
+The chip layout per slice (`v4:2x2x4`) is derived here.
 """
 
 from __future__ import annotations
@@ -15,19 +16,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from launch.tpu_catalog import LaunchError, parse_accelerator
+from trainer import hardware
 from trainer.errors import ConfigError
+from trainer.hardware import GiB
 
-GiB = 2**30
-
-# generation → (topology prefix libtpu knows, chip config, usable HBM per chip in GiB as libtpu 0.0.42 reports it).
-# v4 and v5p chips are two TensorCores driven as one "megacore" device; v5e and v6e chips have one core.
-CHIPS: dict[str, tuple[str, str, float]] = {
-    "v4": ("v4", "megacore", 30.75),
-    "v5e": ("v5e", "default", 15.75),
-    "v5p": ("v5", "megacore", 95.74),
-    "v6e": ("v6e", "default", 31.25),
-}
 TPU_EXTRA_HINT = 'compiling for a TPU slice needs libtpu: pip install -e ".[tpu]"'
 
 
@@ -77,16 +69,13 @@ def parse_target(name: str, slices: int = 1) -> Target:
     """Validate a TPU type (and slice count) into a Target; an unknown name is one line naming the nearest valid one."""
     if slices < 1:
         raise ConfigError(f"--slices must be at least 1, got {slices}")
-    try:
-        acc = parse_accelerator(name)
-    except LaunchError as e:
-        raise ConfigError(str(e)) from None
-    prefix, config, hbm_gib = CHIPS[acc.generation]
-    chips = acc.size // 2 if acc.generation in ("v4", "v5p") else acc.size  # v4/v5p sizes count TensorCores
-    grid = chip_grid(chips, 3 if acc.generation in ("v4", "v5p") else 2)
-    return Target(name=acc.name, generation=acc.generation, chips_per_slice=chips, slices=slices,
-                  topology=f"{prefix}:{'x'.join(map(str, grid))}", chip_config=config,
-                  hbm_bytes=round(hbm_gib * GiB))
+    tpu = hardware.parse_tpu_slice(name)
+    g = hardware.TPU_GENERATIONS[tpu.generation]
+    grid = chip_grid(tpu.chips, g.torus_dims)
+    # v4 and v5p chips are two TensorCores driven as one "megacore" device; v5e and v6e chips have one core
+    return Target(name=tpu.name, generation=tpu.generation, chips_per_slice=tpu.chips, slices=slices,
+                  topology=f"{g.libtpu_name}:{'x'.join(map(str, grid))}",
+                  chip_config="megacore" if g.cores_per_chip == 2 else "default", hbm_bytes=g.compiler_hbm_bytes)
 
 
 def require_libtpu() -> None:

@@ -1,22 +1,9 @@
-"""Analytic model FLOPs, parameter counts and MFU against a table of accelerator peaks."""
+"""Analytic model FLOPs, parameter counts and MFU against the peak of the chip in the hardware table."""
 
 from __future__ import annotations
 
+from trainer import hardware
 from trainer.config import ModelConfig
-
-# Dense bf16 peak TFLOP/s per device (chip), from the vendors' data sheets.
-PEAK_BF16_TFLOPS = {
-    "tpu v4": 275.0,
-    "tpu v5 lite": 197.0,  # v5e
-    "tpu v5e": 197.0,
-    "tpu v5p": 459.0,
-    "tpu v5": 459.0,
-    "tpu v6 lite": 918.0,  # v6e (Trillium)
-    "tpu v6e": 918.0,
-    "h100": 989.0,
-    "h200": 989.0,
-    "a100": 312.0,
-}
 
 
 def param_count(m: ModelConfig) -> int:
@@ -44,14 +31,12 @@ def flops_per_token(m: ModelConfig, seq_len: int) -> float:
 
 
 def peak_tflops(device_kind: str, override: float | None = None) -> float | None:
-    """Peak bf16 TFLOP/s of one device: the override when given, else the table entry matching the device kind."""
+    """Dense bf16 peak TFLOP/s of one device: the override when given, else the hardware table's chip that jax's
+    `device_kind` names (None for a CPU or an unknown chip: no MFU then)."""
     if override is not None:
         return override
-    kind = device_kind.lower()
-    for name in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
-        if name in kind:
-            return PEAK_BF16_TFLOPS[name]
-    return None
+    chip = hardware.chip_for_device_kind(device_kind)
+    return None if chip is None else chip.peak_bf16_tflops
 
 
 def mfu(tokens_per_second_per_device: float, flops_per_tok: float, peak: float | None) -> float | None:

@@ -11,8 +11,8 @@ E = 1.82, A = 482.0, B = 2085.4, α = 0.348, β = 0.366, whose optimum is again 
 every parameter, embeddings included (KodaLite-1.3B: 1.27B parameters × 20 ≈ 25.4B tokens; it saw 1.64B, 6.5 %).
 
 The 6·N rule only places the optimum. What a concrete config costs per token comes from `trainer.model.flops`
-(every matmul plus causal attention), and the peak FLOP/s of a chip from its table; TPU slice sizes from
-`launch.tpu_catalog`.
+(every matmul plus causal attention), and the peak FLOP/s of a chip and the chips of a machine from the hardware
+table (`trainer.hardware`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from trainer import hardware as hw_table
 from trainer.config import Config
 from trainer.errors import ConfigError
 from trainer.model import flops
 
 TOKENS_PER_PARAM = 20.0  # Chinchilla's compute-optimal ratio D / N
 FLOPS_PER_PARAM_TOKEN = 6.0  # C ≈ 6·N·D (forward 2·N·D, backward 4·N·D)
-_TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
-_TPU_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
 
 
 def chinchilla_tokens(params: float) -> float:
@@ -54,37 +53,21 @@ class Hardware:
 
 
 def parse_hardware(text: str, peak_override: float | None = None) -> Hardware:
-    """A TPU slice (`v4-32`, `v5e-16`, `v5litepod-8`), a TPU generation (`v5p`, chips unknown), or a GPU with an
-    optional count (`h100-8`, `a100`); `peak_override` (TFLOP/s per chip) replaces the table's peak."""
-    from launch.tpu_catalog import LaunchError, parse_accelerator
-
-    name = text.strip().lower()
-    bare = _TPU_ALIASES.get(name, name)
-    if bare in _TPU_GENERATIONS:
-        return Hardware(bare, None, _peak(f"tpu {bare}", peak_override, text))
-    if name.startswith("v") and name[1:2].isdigit():
-        try:
-            acc = parse_accelerator(name)
-        except LaunchError as e:
-            raise ConfigError(f"--hardware: {e}") from None
-        return Hardware(acc.name, acc.chips, _peak(f"tpu {acc.generation}", peak_override, text))
-    match = re.fullmatch(r"([a-z][a-z0-9]*?)(?:-(\d+))?", name)
-    if match and (peak_override is not None or flops.peak_tflops(match.group(1)) is not None):
-        count = int(match.group(2)) if match.group(2) else None
-        if count == 0:
-            raise ConfigError(f"--hardware {text}: the chip count must be positive")
-        return Hardware(name, count, _peak(match.group(1), peak_override, text))
-    known = ", ".join(sorted({k.split()[-1] for k in flops.PEAK_BF16_TFLOPS if not k.startswith("tpu")}))
-    raise ConfigError(f"unknown hardware {text!r}: give a TPU slice (v4-32, v5e-16, v6e-8), a TPU generation "
-                      f"(v4, v5e, v5p, v6e) or a GPU with its count ({known}, e.g. h100-8); "
-                      "for anything else add --peak-tflops")
-
-
-def _peak(kind: str, override: float | None, text: str) -> float:
-    peak = flops.peak_tflops(kind, override)
-    if peak is None or peak <= 0:
-        raise ConfigError(f"no peak FLOP/s known for {text!r}: pass --peak-tflops (dense bf16 TFLOP/s per chip)")
-    return peak
+    """A machine in the spelling `--target` takes (a TPU slice `v4-32` / `v5e-16`, GPUs `2xl40s` / `8xh100`) or a
+    bare chip kind (`v5p`, `h100`: chips unknown, for chip-hour budgets); `peak_override` (TFLOP/s per chip)
+    replaces the hardware table's dense bf16 peak, and with it any COUNTxNAME names a machine outside the table."""
+    try:
+        machine = hw_table.parse_machine(text, bare=True, option="--hardware")
+    except ConfigError as e:
+        other = re.fullmatch(r"(\d+)x[a-z0-9-]+", text.strip().lower())
+        if peak_override is not None and peak_override > 0 and other and int(other.group(1)) > 0:
+            return Hardware(text.strip().lower(), int(other.group(1)), peak_override)
+        outside = " (a machine outside the table: COUNTxNAME with --peak-tflops)" if "unknown" in str(e) else ""
+        raise ConfigError(f"--hardware: {e}{outside}") from None
+    peak = machine.chip.peak_bf16_tflops if peak_override is None else peak_override
+    if not peak > 0:
+        raise ConfigError(f"--peak-tflops must be positive, got {peak:g}")
+    return Hardware(machine.name, machine.count, peak)
 
 
 @dataclass(frozen=True)
@@ -134,7 +117,7 @@ def make_budget(*, flops_budget: float | None = None, hardware: Hardware | None 
         raise ConfigError(f"{given[0]} needs an MFU: --mfu 0.4, or --mfu-from RUN_DIR (a run's metrics.jsonl)")
     if hours is not None:
         if hardware.chips is None:
-            raise ConfigError(f"--hours needs a slice with a size (e.g. {hardware.name}-32 or h100-8), "
+            raise ConfigError(f"--hours needs a machine with a chip count (e.g. v4-32 or 2xl40s), "
                               f"not the bare kind {hardware.name!r}; or give --chip-hours")
         chip_hours = hours * hardware.chips
     elif hardware.chips:
@@ -213,6 +196,27 @@ def plan_config(config: Config, path: str, *, tokens: float | None = None, flops
     else:
         steps = config.train.steps
     return ConfigPlan(path, params, fpt, per_step, steps, steps * per_step, closest_seed)
+
+
+def steps_for_epochs(epochs: float, train_tokens: int, tokens_per_step: int) -> int:
+    """Whole steps that pass `epochs` times over `train_tokens` tokens (at least one)."""
+    return max(1, math.ceil(epochs * train_tokens / tokens_per_step))
+
+
+def with_epochs(config: Config) -> Config:
+    """`config` with train.steps derived from train.epochs and the train tokens of data.path's manifest (unchanged
+    without train.epochs): what the job trains and the planner plans. Packed rows of chat data add a little padding,
+    so an epoch of rows is slightly more steps than an epoch of tokens; the tokens are what this counts."""
+    import dataclasses
+
+    from trainer.data.shards import read_manifest
+
+    t = config.train
+    if t.epochs is None:
+        return config
+    tokens = read_manifest(config.data.path).totals()["train"]["tokens"]
+    steps = steps_for_epochs(t.epochs, tokens, t.global_batch_size * t.seq_len)
+    return dataclasses.replace(config, train=dataclasses.replace(t, steps=steps))
 
 
 def seed_configs(directory: str) -> list[tuple[str, Config]]:

@@ -4,7 +4,8 @@ frozen base of a LoRA run, and the check that chat data matches the configured t
 `checkpoint.restore_from: RUN[:STEP]` names the base (a run trained here or a folder made by convert_from_hf). On the
 first start its exact step is pinned in `RUN_DIR/base.json`, so a resumed run, an export or `trainer.generate` find
 the same base even after the base run trained on. A LoRA run's checkpoints hold only its adapters: the base params
-are restored from that reference at every start.
+are restored from that reference at every start. A LoRA run named as a base starts the new run from its merged
+weights (its base + (α/r)·A·B): a second SFT or a context extension continues the tuned model directly.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def pin_base(config: Config) -> str:
     path = storage.join(config.run.dir, BASE_FILE)
     if storage.exists(path):
         return storage.read_json(path)["restore_from"]
+    if not config.checkpoint.restore_params_only and _is_lora_run(config.checkpoint.restore_from):
+        raise ConfigError(f"checkpoint.restore_from={config.checkpoint.restore_from} is a LoRA run: its train state "
+                          "holds adapters only; start from its merged weights with checkpoint.restore_params_only=true")
     run_dir, step = checkpoint.parse_reference(config.checkpoint.restore_from)
     if step is None:
         step = checkpoint._find_step(run_dir, None)[1]
@@ -70,15 +74,29 @@ def _check_shapes(base: ModelConfig, model: ModelConfig, reference: str) -> None
         raise ConfigError(f"model.vocab_size={model.vocab_size} is below the base's {base.vocab_size}")
 
 
+def _is_lora_run(reference: str) -> bool:
+    run_dir, _ = checkpoint.parse_reference(reference)
+    return lora.enabled(checkpoint.read_run_config(run_dir).model)
+
+
+def restore_base_params(reference: str, abstract_params: Any) -> tuple[Any, int]:
+    """The plain params of the run `reference` names, in `abstract_params`' shardings: its own, or, for a LoRA run
+    (whose checkpoints hold adapters only), its merged weights (its base + (α/r)·A·B)."""
+    if not _is_lora_run(reference):
+        return checkpoint.restore_params_from(reference, abstract_params)
+    _, params, step = load_merged(reference)
+    return jax.tree.map(_to_device, params, abstract_params), step
+
+
 def start_params(config: Config, abstract_params: Any, reference: str) -> tuple[Any, int]:
-    """A full fine-tuning run's first params: the base's, with the embedding (and untied head) grown to
-    model.vocab_size when the data's tokenizer added tokens (chat markers); new rows start at the mean of the
-    existing ones, so a new token begins as an average token rather than noise or zero."""
+    """A full fine-tuning run's first params: the base's (a LoRA base's merged weights), with the embedding (and
+    untied head) grown to model.vocab_size when the data's tokenizer added tokens (chat markers); new rows start at
+    the mean of the existing ones, so a new token begins as an average token rather than noise or zero."""
     base = _base_model(reference)
     _check_shapes(base, config.model, reference)
     if base.vocab_size == config.model.vocab_size:
-        return checkpoint.restore_params_from(reference, abstract_params)
-    _, params, step = checkpoint.load_params(reference)
+        return restore_base_params(reference, abstract_params)
+    _, params, step = load_merged(reference)
     params = grow_vocab(params, config.model.vocab_size)
     return jax.tree.map(_to_device, params, abstract_params), step
 
@@ -113,7 +131,7 @@ def attach_base(config: Config, step_fns: Any, say: Any) -> None:
                           "LoRA trains no embedding rows, so new (chat) tokens can't be learned; use a tokenizer "
                           "that already holds them (train it with them) or full fine-tuning (model.lora.rank=0)")
     try:
-        params, step = checkpoint.restore_params_from(reference, step_fns.abstract_base)
+        params, step = restore_base_params(reference, step_fns.abstract_base)
     except CheckpointError as e:
         raise CheckpointError(f"the base model of this LoRA run can't be read: {e}") from None
     step_fns.set_base(params)
@@ -137,7 +155,7 @@ def with_base(reference: str, config: Config, adapters: dict[str, Any], dtype: s
     base_ref = pinned_base(run_dir, config)
     if not base_ref:
         raise CheckpointError(f"{run_dir} is a LoRA run without a base reference (base.json, checkpoint.restore_from)")
-    _, base, _ = checkpoint.load_params(base_ref, dtype=dtype)
+    _, base, _ = load_merged(base_ref, dtype=dtype)  # a base that is itself a LoRA run: its merged weights
     return lora.combine(base, adapters)
 
 
@@ -153,7 +171,7 @@ def restore_for_inference(reference: str, config: Config, abstract_params: Any) 
     base_abstract, adapter_abstract = lora.split(abstract_params)
     adapters, step = checkpoint.restore_params_from(reference, adapter_abstract)
     run_dir, _ = checkpoint.parse_reference(reference)
-    base, _ = checkpoint.restore_params_from(pinned_base(run_dir, config), base_abstract)
+    base, _ = restore_base_params(pinned_base(run_dir, config), base_abstract)
     return lora.combine(base, adapters), step
 
 
