@@ -40,6 +40,9 @@ setup(
         "grain>=0.2.18,<0.3",
         "array-record>=0.8.6",
         "sentencepiece>=0.2",
+        # Hugging Face tokenizer folders (tokenizer.json: byte-level BPE such as GPT-2's and StarCoder's) are read with
+        # it directly, so a `.[tpu]` worker without transformers prepares, trains, samples and generates with them
+        "tokenizers>=0.20",
         "gcsfs>=2024.6",
         "pyyaml>=6",
         "tensorboardX>=2.6",

@@ -68,4 +68,4 @@ def test_hf_tokenizer_folders_are_copied_as_they_are(tmp_path):
     write_tokenizer(hf_tok, str(sp_out), str(out), add_bos=True)
     again = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     assert again.encode("def f(x):\n    return x", add_special_tokens=False) == hf_tok.encode("def f(x):\n    return x")
-    assert again.encode("x")[0] != hf_tok.bos_id  # no BOS: the folder's own setting, not the argument
+    assert again.encode("x")[0] == hf_tok.bos_id  # BOS: the run's fact (the argument), not the folder's

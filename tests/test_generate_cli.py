@@ -14,6 +14,7 @@ from test_convert_tokenizer import TEMPLATE, sentencepiece
 
 from trainer import checkpoint
 from trainer.config import Config, ModelConfig
+from trainer.data.bos import record_bos
 from trainer.export import hf as convert_to_hf
 from trainer.export import import_hf
 from trainer.infer.cli import main
@@ -29,6 +30,7 @@ def run_dir(tmp_path_factory):
     """A run folder as training leaves it (config, step-3 params, tokenizer/ with a chat template)."""
     run = str(tmp_path_factory.mktemp("gen") / "run")
     checkpoint.save_params(run, Config(model=MODEL), random_params(MODEL, seed=4), step=3)
+    record_bos(run, False, source="data without --bos")  # as training records it
     sentencepiece().save(os.path.join(run, "tokenizer"))
     with open(os.path.join(run, "tokenizer", "chat_template.jinja"), "w") as f:
         f.write(TEMPLATE + "<|assistant|>")

@@ -2,7 +2,8 @@
 
 A prepared data folder keeps its tokenizer beside the shards (`tokenizer.model` for SentencePiece, `tokenizer/` for a
 Hugging Face folder) and names it in `manifest.json`; `load_tokenizer(folder_or_url)` gives it back to anyone who needs
-text (sampling at the end of a run, the HF exporter).
+text (sampling at the end of a run, the HF exporter). A Hugging Face folder is read with the `tokenizers` library alone
+(trainer.data.hf_tokenizer), so training, sampling and generation need no transformers.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
-import os
-import tempfile
 from typing import Iterable, Iterator, Optional
 
 from trainer import storage
@@ -71,6 +70,12 @@ class Tokenizer(abc.ABC):
     def stop_ids(self) -> tuple[int, ...]:
         """The ids generation stops at: EOS, and the end-of-turn token of a chat format."""
         return tuple(dict.fromkeys(i for i in (self.end_of_turn_id, self.eos_id) if i is not None))
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """The text generation stops at besides `stop_ids`: a chat format's end-of-turn marker kept as plain text of
+        several tokens (KodaLite's `<|end|>`); empty when there is none."""
+        return () if self.chat is None else tuple(self.chat.get("stop_strings") or ())
 
     def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
         """A conversation ([{"role", "content"}, ...]) as prompt text through the tokenizer's chat template, ending
@@ -183,79 +188,6 @@ class SentencePieceTokenizer(Tokenizer):
         return SENTENCEPIECE_FILE
 
 
-class HFTokenizer(Tokenizer):
-    """A Hugging Face tokenizer folder (tokenizer.json / tokenizer_config.json ...), loaded with transformers."""
-
-    kind = "hf"
-
-    def __init__(self, local_folder: str):
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise DataError("a Hugging Face tokenizer needs transformers: pip install transformers") from None
-        try:
-            self._tok = AutoTokenizer.from_pretrained(local_folder, local_files_only=True)
-        except Exception as e:  # transformers raises many types for a folder that is not a tokenizer
-            raise DataError(f"cannot load a Hugging Face tokenizer from {local_folder}: {_first_line(e)}") from None
-        self.vocab_size = len(self._tok)
-        if self._tok.eos_token_id is None:
-            raise DataError(f"the Hugging Face tokenizer in {local_folder} has no eos token; every document needs one")
-        self.bos_id = self._tok.bos_token_id
-        self.eos_id = self._tok.eos_token_id
-        self.pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self.eos_id
-        with tempfile.TemporaryDirectory() as tmp:
-            self._tok.save_pretrained(tmp)
-            self._files = {name: open(os.path.join(tmp, name), "rb").read() for name in sorted(os.listdir(tmp))}
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def token_text(self, token_id: int) -> str:
-        return self._tok.convert_ids_to_tokens(int(token_id))
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        out = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(out["input_ids"]), [tuple(o) for o in out["offset_mapping"]]
-
-    def with_tokens(self, tokens: list[str]) -> "HFTokenizer":
-        """Add `tokens` as special tokens (never split, never normalized) after the existing ids."""
-        from tokenizers import AddedToken
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self._tok.save_pretrained(tmp)
-            copy = HFTokenizer(tmp)
-        copy._tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in tokens], special_tokens=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            copy._tok.save_pretrained(tmp)
-            return HFTokenizer(tmp)
-
-    def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
-        if self.chat is not None:
-            return super().render_chat(messages)
-        if not getattr(self._tok, "chat_template", None):
-            return None
-        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    @property
-    def sha256(self) -> str:
-        digest = hashlib.sha256()
-        for name, data in self._files.items():
-            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-        return digest.hexdigest()
-
-    def save(self, folder: str) -> str:
-        for name, data in self._files.items():
-            storage.write_bytes_atomic(storage.join(folder, HF_FOLDER, name), data)
-        return HF_FOLDER
-
-    def files(self) -> dict[str, bytes]:
-        """The saved tokenizer files by name (what `save` writes), e.g. to rebuild it in a worker process."""
-        return dict(self._files)
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -323,8 +255,10 @@ def open_tokenizer(path: str) -> Tokenizer:
     if not storage.isdir(path):
         return _sentencepiece_from_bytes(storage.read_bytes(path), path)
     names = storage.listdir(path)
-    if "tokenizer.json" in names or "tokenizer_config.json" in names:
-        return _hf_from_folder(path, names)
+    if {"tokenizer.json", "tokenizer_config.json", "vocab.json"} & set(names):
+        from trainer.data.hf_tokenizer import read_hf_folder
+
+        return read_hf_folder(path)
     if SENTENCEPIECE_FILE in names:
         return _sentencepiece_from_bytes(storage.read_bytes(storage.join(path, SENTENCEPIECE_FILE)), path)
     raise DataError(f"{path} holds neither tokenizer.json/tokenizer_config.json (Hugging Face) nor tokenizer.model")
@@ -361,21 +295,8 @@ def _sentencepiece_from_bytes(data: bytes, path: str) -> SentencePieceTokenizer:
         raise DataError(f"{path} is not a SentencePiece model: {_first_line(e)}") from None
 
 
-def _hf_from_folder(path: str, names: list[str]) -> HFTokenizer:
-    if not storage.is_remote(path):
-        return HFTokenizer(path)
-    with tempfile.TemporaryDirectory() as tmp:  # transformers reads local folders only
-        for name in names:
-            if not storage.isdir(storage.join(path, name)):
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(storage.read_bytes(storage.join(path, name)))
-        return HFTokenizer(tmp)
-
-
-def hf_from_files(files: dict[str, bytes]) -> HFTokenizer:
+def hf_from_files(files: dict[str, bytes]) -> Tokenizer:
     """Rebuild an HF tokenizer from `HFTokenizer.files()` (worker processes get the files, not the object)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        return HFTokenizer(tmp)
+    from trainer.data.hf_tokenizer import HFTokenizer
+
+    return HFTokenizer(files)

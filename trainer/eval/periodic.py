@@ -38,10 +38,11 @@ class TaskEvaluator:
         if self._lm is None:
             from trainer.data.tokenizer import load_tokenizer
             from trainer.eval.harness import TrainerLM
-            from trainer.export.tokenizer import data_adds_bos
+            from trainer.data.bos import run_adds_bos
 
             tokenizer = load_tokenizer(storage.join(self.config.run.dir, "tokenizer"))
-            self._lm = TrainerLM.from_parts(self.config, self.mesh, params, tokenizer, data_adds_bos(self.config))
+            self._lm = TrainerLM.from_parts(self.config, self.mesh, params, tokenizer,
+                                            run_adds_bos(self.config.run.dir, self.config))
         self._lm.scorer.params = params
         return self._lm
 

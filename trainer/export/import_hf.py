@@ -78,30 +78,35 @@ def read_params(folder: str, config: Config) -> dict[str, Any]:
 
 
 def copy_tokenizer(folder: str, run_dir: str) -> str | None:
-    """The folder's tokenizer into RUN_DIR/tokenizer/ (the files transformers saves); None when the folder has none."""
-    from trainer.data.tokenizer import HFTokenizer
+    """The folder's tokenizer into RUN_DIR/tokenizer/, and whether it puts BOS first (its `add_bos_token`, else its
+    post-processor) as the run's BOS record (trainer.data.bos); None when the folder has no tokenizer."""
+    from trainer.data.bos import record_bos
+    from trainer.data.hf_tokenizer import read_hf_folder
 
     names = set(os.listdir(folder))
     if not names & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"}:
         return None
-    tokenizer = HFTokenizer(folder)
-    return tokenizer.save(run_dir)
+    tokenizer = read_hf_folder(folder)
+    saved = tokenizer.save(run_dir)
+    record_bos(run_dir, tokenizer.adds_bos, source=f"the imported tokenizer ({folder})")
+    return saved
 
 
 def prepare_run_dir(run_dir: str, force: bool) -> None:
     """Refuse an existing run folder without --force; with it, remove its checkpoints and tokenizer first."""
     from trainer import storage
+    from trainer.data.bos import BOS_FILE
 
     if storage.exists(run_dir) and storage.listdir(run_dir):
         if not force:
             raise ConfigError(f"run folder {run_dir} already exists: pass --force to replace its checkpoint and config")
-        for name in ("checkpoints", "tokenizer"):
+        for name in ("checkpoints", "tokenizer", BOS_FILE):
             path = storage.join(run_dir, name)
             if storage.exists(path):
                 if storage.is_remote(path):
                     storage.filesystem(path)[0].rm(path, recursive=True)
                 else:
-                    shutil.rmtree(path)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def verify(folder: str, config: Config, params: dict[str, Any]) -> str:

@@ -18,7 +18,8 @@ def export_adapter(args: Any, out: str) -> dict[str, Any]:
 
     from trainer.checkpoint import load_params, parse_reference
     from trainer.export.hf import prepare_out_dir
-    from trainer.export.tokenizer import data_adds_bos, find_tokenizer, write_tokenizer
+    from trainer.data.bos import run_adds_bos
+    from trainer.export.tokenizer import find_tokenizer, write_tokenizer
     from trainer.run.finetune import pinned_base
 
     config, adapters, step = load_params(args.checkpoint)
@@ -39,7 +40,7 @@ def export_adapter(args: Any, out: str) -> dict[str, Any]:
     with open(os.path.join(out, "adapter_config.json"), "w") as f:
         json.dump(lora.peft_config(config.model.lora, base), f, indent=2)
     tokenizer, source = find_tokenizer(run_dir, config, args.tokenizer)
-    write_tokenizer(tokenizer, source, out, data_adds_bos(config))
+    write_tokenizer(tokenizer, source, out, run_adds_bos(run_dir, config))
     files = ["adapter_config.json", "adapter_model.safetensors"]
     return {"step": step, "out": out, "files": files, "base": base,
             "bytes": os.path.getsize(os.path.join(out, "adapter_model.safetensors"))}

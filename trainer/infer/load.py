@@ -64,6 +64,8 @@ def load_run(reference: str, compute_dtype: str | None = None) -> LoadedRun:
     config = checkpoint.read_run_config(run_dir)
     if compute_dtype is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, compute_dtype=compute_dtype))
+    # The folder read, wherever it was trained (the run's facts, e.g. its BOS record, are read from it).
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, dir=run_dir))
     config, mesh = mesh_for(config)
     from trainer.run.finetune import restore_for_inference  # a LoRA run: its base and its adapters
 
@@ -76,16 +78,8 @@ def load_run(reference: str, compute_dtype: str | None = None) -> LoadedRun:
 
 
 def wants_bos(config: Config, tokenizer: Any) -> bool:
-    """Whether prompts start with BOS, as the run's documents did: the data manifest's `bos` when the data folder is
-    readable, else (a run imported from Hugging Face) whenever the tokenizer has a BOS token, as LLaMA tokenizers do."""
-    if tokenizer.bos_id is None:
-        return False
-    path = config.data.path
-    if path:
-        manifest = storage.join(path, "manifest.json")
-        try:
-            if storage.exists(manifest):
-                return bool(storage.read_json(manifest).get("bos", False))
-        except Exception:  # an unreachable data bucket must not stop generation; fall back to the tokenizer
-            pass
-    return tokenizer.kind == "hf"
+    """Whether prompts start with BOS, as the run's documents did: the run's own record (trainer.data.bos), read from
+    `config.run.dir` (load_run sets it to the folder it loaded); never guessed from the tokenizer."""
+    from trainer.data.bos import run_adds_bos
+
+    return tokenizer.bos_id is not None and run_adds_bos(config.run.dir, config)

@@ -13,6 +13,7 @@ import jax
 
 from trainer import checkpoint, distributed, sharding, storage
 from trainer.config import Config
+from trainer.data.bos import check_same_bos, data_adds_bos, record_bos
 from trainer.errors import ConfigError, DataError
 from trainer.fit import padding
 from trainer.model import flops
@@ -148,6 +149,7 @@ def run(config: Config, cpu_line: str | None = None) -> int:
     real_data = not config.data.synthetic
     if real_data:
         _prepare_data(config)
+        config = budget.with_epochs(config)  # train.epochs → train.steps, from the prepared data's tokens
     from trainer.data import pipeline
 
     vocab = pipeline.dataset_vocab_size(config.data) if real_data else None
@@ -158,6 +160,8 @@ def run(config: Config, cpu_line: str | None = None) -> int:
     if real_data:
         _check_tokenizer(config)
         finetune.check_chat_data(config)
+        bos = data_adds_bos(config)  # every folder of a mixture/stages agrees, or one line now
+        check_same_bos(config.run.dir, bos)
         pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
             config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
             process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
@@ -173,6 +177,7 @@ def run(config: Config, cpu_line: str | None = None) -> int:
         checkpoint.write_run_config(config.run.dir, config)
         if real_data:
             _copy_tokenizer(config)
+            record_bos(config.run.dir, bos, source="data manifest")  # read by generation, evaluation, exports
             log.say(pipeline.describe(config.data))
         else:
             log.say(f"data: synthetic, uniformly random tokens 0..{config.model.vocab_size - 1} from train.seed "

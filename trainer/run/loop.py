@@ -217,6 +217,7 @@ def _print_sample(config: Config, step_fns: StepFunctions, params: Any, log: Met
     if config.data.synthetic:
         log.say("no sample: synthetic data has no tokenizer")
         return
+    from trainer.data.bos import run_adds_bos
     from trainer.data.tokenizer import load_tokenizer
     from trainer.infer.decode import Generator
 
@@ -224,9 +225,12 @@ def _print_sample(config: Config, step_fns: StepFunctions, params: Any, log: Met
     text = config.log.sample_prompt
     if tokenizer.chat is not None:  # a chat model: the prompt is a user turn through its template
         text = tokenizer.render_chat([{"role": "user", "content": text}])
+    ids = tokenizer.encode_with_offsets(text)[0]
+    if tokenizer.bos_id is not None and ids[:1] != [tokenizer.bos_id] and run_adds_bos(config.run.dir, config):
+        ids = [tokenizer.bos_id] + ids  # as the training documents began
     result = Generator(config, step_fns.mesh, params).generate(
-        [tokenizer.encode_with_offsets(text)[0]], config.log.sample_tokens, eos_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-        detokenize=tokenizer.decode)[0]
+        [ids], config.log.sample_tokens, eos_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+        stop=tokenizer.stop_strings, detokenize=tokenizer.decode)[0]
     log.say("sample (greedy):\n" + text + result.text)
 
 
