@@ -4,7 +4,7 @@ format and stop on the end-of-turn token? Prints one JSON object.
     python -m bench.chat_format --checkpoint runs/sft-tiny [--limit 200] [--max-new-tokens 64]
 
 Held-out prompts are the questions of the data folder's validation split (the same seeded hash as prepare). A reply
-"stops" when generation ended on the end-of-turn id; it is "in format" when it matches the answer pattern of its
+"stops" when generation ended on the end of turn (its id, or its stop string when the marker is plain text); it is "in format" when it matches the answer pattern of its
 question kind (what / params / module: FORMATS). Replies naming the asked function and exact answers are counted
 too, for information.
 """
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from trainer import storage
+    from trainer.data.chat import reply_content
     from trainer.data.conversations import stdlib_instructions
     from trainer.data.units import is_validation
     from trainer.infer.decode import Generator
@@ -56,19 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         part = held[first:first + args.batch_size]
         prompts = [tok.encode_with_offsets(tok.render_chat(m[:1]))[0] for _, m in part]
         results = generator.generate(prompts, args.max_new_tokens, eos_ids=tok.stop_ids, pad_id=tok.pad_id,
-                                     detokenize=tok.decode)
+                                     stop=tok.stop_strings, detokenize=tok.decode)
         for (key, messages), result in zip(part, results):
             name, kind = key.split("#")
-            ended = result.finish_reason == "stop" and result.tokens[-1] == tok.end_of_turn_id
-            match = FORMATS[kind].match(result.text)
+            ended = result.finish_reason == "stop"  # on a stop id (EOS, end of turn) or a stop string
+            text = reply_content(tok.chat, result.text) if ended else result.text
+            match = FORMATS[kind].match(text)
             shaped = match is not None
             stopped += ended
             in_format += shaped
             named += shaped and match["name"] == name.rsplit(".", 1)[-1]
             both += ended and shaped
-            exact += result.text == messages[1]["content"]
+            exact += text == messages[1]["content"]
             if len(examples) < 6:
-                examples.append({"prompt": messages[0]["content"], "reply": result.text, "stopped": ended})
+                examples.append({"prompt": messages[0]["content"], "reply": text, "stopped": ended})
     n = len(held)
     print(json.dumps({"checkpoint": args.checkpoint, "step": run.step, "prompts": n,
                       "stopped_on_end_of_turn": stopped / n, "in_format": in_format / n,

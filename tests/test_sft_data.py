@@ -38,7 +38,7 @@ def _with_template(tok, spec):
 
 @pytest.mark.parametrize("name", TEMPLATES, ids=["chatml", "kodalite", "alpaca", "jinja"])
 def test_masks_cover_replies_and_end_of_turn_only(base_tokenizer, name):
-    spec = chat.resolve_template(name)
+    spec = chat.resolve_template(name, markers="special")  # every end of turn one id (plain text: test_chat_seeds)
     tok = _with_template(base_tokenizer, spec)
     ids, mask = chat.encode(spec, CONVERSATION, tok)
     assert len(ids) == len(mask) and set(mask) == {0, 1}
@@ -55,8 +55,9 @@ def test_masks_cover_replies_and_end_of_turn_only(base_tokenizer, name):
     if current:
         runs.append(current)
     # (a token may straddle a header and the reply, " It" after "[assistant]:": it counts as the reply's)
-    assert [(tok.decode(r[:-1]) + tok.token_text(r[-1])).lstrip() for r in runs] == ["It is 4." + eot_text,
-                                                                           "Six, of course." + eot_text]
+    end = ("\n" if name == "kodalite" else "") + eot_text  # KodaLite's card puts <|end|> on a line of its own
+    assert [(tok.decode(r[:-1]) + tok.token_text(r[-1])).lstrip() for r in runs] == ["It is 4." + end,
+                                                                           "Six, of course." + end]
     assert all(r[-1] == eot and r.count(eot) == 1 for r in runs)
     # Everything else — system, user turns, role headers, separators, a user turn's own end marker — is 0.
     unmasked = tok.decode([t for t, m in zip(ids, mask) if not m])
@@ -69,15 +70,15 @@ def test_masks_cover_replies_and_end_of_turn_only(base_tokenizer, name):
     assert ids == tok.encode_with_offsets(text)[0]
 
 
-def test_kodalite_markers_are_single_ids_and_user_end_is_masked(base_tokenizer):
-    spec = chat.resolve_template("kodalite")
+def test_kodalite_markers_as_special_ids_end_only_replies(base_tokenizer):
+    spec = chat.resolve_template("kodalite", markers="special")
     tok = _with_template(base_tokenizer, spec)
     assert tok.vocab_size == base_tokenizer.vocab_size + 4  # <|system|> <|user|> <|assistant|> <|end|> appended
     assert [tok.encode(t) for t in spec.special_tokens] == [[base_tokenizer.vocab_size + i] for i in range(4)]
     ids, mask = chat.encode(spec, CONVERSATION, tok)
     end = tok.encode("<|end|>")[0]
     ends = [m for t, m in zip(ids, mask) if t == end]
-    assert ends == [0, 0, 1, 0, 1]  # system, user, reply, user, reply
+    assert ends == [1, 1]  # the card's format: only replies end with <|end|>
 
 
 def test_all_zero_mask_and_hidden_turns_are_errors(base_tokenizer):
@@ -145,12 +146,13 @@ def test_packing_keeps_masks_aligned(tmp_path, base_tokenizer):
     src = tmp_path / "convs.jsonl"
     src.write_text("\n".join(json.dumps(c) for c in convs))
     out = str(tmp_path / "chat")
-    prepare_chat([str(src)], out, template="kodalite", tokenizer=str(tok_path), val_fraction=0.1, verbose=False)
+    prepare_chat([str(src)], out, template="kodalite", markers="special", tokenizer=str(tok_path), val_fraction=0.1,
+                 verbose=False)
     manifest = read_manifest(out)
     assert manifest.kind == "chat" and manifest.chat["end_of_turn"] == "<|end|>"
     tok = tokenizer_lib.load_tokenizer(out)
     assert tok.end_of_turn_id == manifest.chat["end_of_turn_id"] and tok.end_of_turn_id in tok.stop_ids
-    spec = chat.resolve_template("kodalite")
+    spec = chat.resolve_template("kodalite", markers="special")
     expected = {}
     for c in convs:
         ids, mask = chat.encode(spec, c["messages"], tok)

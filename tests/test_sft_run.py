@@ -61,7 +61,7 @@ def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path
     from trainer.export import hf as convert_to_hf
 
     root, base, _ = base_run
-    data = _chat_data(root, base, "kodalite", template="kodalite")
+    data = _chat_data(root, base, "kodalite", template="kodalite", markers="special")  # its markers as new ids
     run = str(tmp_path / "sft")
     config = write_config(str(tmp_path / "sft.yml"), data, run, model={**BASE_MODEL, "vocab_size": 516},
                           data={"path": data, "chat_template": "kodalite"}, mesh={"data": 1, "fsdp": 8},
@@ -91,7 +91,7 @@ def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path
 
     tok = AutoTokenizer.from_pretrained(export, local_files_only=True)
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
-    assert text == "<|user|>\nhi<|end|>\n<|assistant|>\n" and tok.convert_tokens_to_ids("<|end|>") == end
+    assert text == "<|user|>\nhi\n<|assistant|>\n" and tok.convert_tokens_to_ids("<|end|>") == end
     gguf_out = str(tmp_path / "gguf")
     assert convert_to_hf.main(["--checkpoint", run, "--out", gguf_out, "--format", "gguf", "--no-verify"]) == 0
     from gguf import GGUFReader

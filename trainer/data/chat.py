@@ -1,14 +1,20 @@
 """Chat templates as data, and conversations → (token ids, loss mask).
 
 A template is a Jinja string rendered exactly as transformers' `apply_chat_template` renders it (same sandbox, same
-options, same variables), so the exported Hugging Face tokenizer reproduces the training text. The end of an assistant
-turn is one token id: the template names its end-of-turn string (`<|im_end|>`, `<|end|>`, or the tokenizer's EOS),
-and a tokenizer that lacks it gets it added as a special token.
+options, same variables), so the exported Hugging Face tokenizer reproduces the training text. The template names the
+string that ends an assistant turn (`<|im_end|>`, `<|end|>`, or the tokenizer's EOS), and that marker is either
+- one token id: a token the vocabulary already has (`<|endoftext|>` in a GPT-2 vocabulary, `</s>`), or one the
+  template declares special (ChatML's markers), added to the tokenizer when it lacks it; generation stops at the id;
+- plain text of several tokens (KodaLite v0.1's `<|end|>`, five GPT-2 BPE tokens): nothing is added to the
+  vocabulary, and generation stops at the text (a stop string, `chat_template.json`'s `stop_strings`).
+`markers` chooses for a tokenizer that splits a marker (`MARKER_MODES`): the template's own choice (ChatML special,
+KodaLite plain text as its card, a Jinja template's `--end-of-turn` plain text), every marker special, or none.
 
-The loss mask is 1 on the tokens of each assistant reply and on its end-of-turn token, 0 on everything else (system
-and user turns, role headers, separators). The assistant spans are found from the template itself: the text that
-rendering `messages[:i+1]` adds to `messages[:i]` + the generation prompt is reply i, up to its end-of-turn marker.
-The conversation is then tokenized whole, as at inference, and each token takes the mask of the characters it covers.
+The loss mask is 1 on the tokens of each assistant reply and on its end-of-turn marker's token(s), 0 on everything
+else (system and user turns, role headers, separators). The assistant spans are found from the template itself: the
+text that rendering `messages[:i+1]` adds to `messages[:i]` + the generation prompt is reply i, up to its end-of-turn
+marker. The conversation is then tokenized whole, as at inference, and each token takes the mask of the characters
+it covers.
 """
 
 from __future__ import annotations
@@ -22,24 +28,42 @@ from trainer.data import DataError
 
 ROLES = ("system", "user", "assistant")
 Message = dict[str, str]
+# How markers the tokenizer splits are kept: as the template says, all as new special ids, or all as plain text.
+MARKER_MODES = ("template", "special", "text")
 
 
 @dataclasses.dataclass(frozen=True)
 class ChatTemplate:
-    """A named chat format: its Jinja text, the string that ends a turn (None: the tokenizer's EOS) and the special
-    tokens it needs as single ids."""
+    """A named chat format: its Jinja text, the string that ends a turn (None: the tokenizer's EOS), the special tokens
+    it needs as single ids (added to a tokenizer that splits them) and every marker it writes (`markers="special"`)."""
 
     name: str
     jinja: str
     end_of_turn: str | None
     special_tokens: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
 
 
 # Newlines live inside expressions: transformers renders with trim_blocks, which eats a newline after a block tag.
+# A turn that follows an assistant reply starts with the newline that ends the reply's last line (KodaLite, SmallCoder):
+# the text of a single exchange is exactly the card's, and later turns each start on a line of their own.
+_AFTER_REPLY = "{% if not loop.first and messages[loop.index0 - 1]['role'] == 'assistant' %}{{ '\n' }}{% endif %}"
+_PROMPT_AFTER_REPLY = "{% if messages and messages[-1]['role'] == 'assistant' %}{{ '\n' }}{% endif %}"
 _CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
            "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-_KODALITE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-             "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+# KodaLite's card: `<|user|>\n{question}\n<|assistant|>\n{answer}\n<|end|>`, every marker plain text followed by a
+# newline; a system turn is `<|system|>\n{text}\n`; only replies end with `<|end|>`.
+_KODALITE = ("{% for message in messages %}" + _AFTER_REPLY + "{% if message['role'] == 'assistant' %}"
+             "{{ '<|assistant|>\n' + message['content'] + '\n<|end|>' }}{% else %}"
+             "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endif %}{% endfor %}"
+             "{% if add_generation_prompt %}" + _PROMPT_AFTER_REPLY + "{{ '<|assistant|>\n' }}{% endif %}")
+# SmallCoder's card: the prompt `User: {request}\nAssistant:`; the reply follows after one space and ends with the
+# tokenizer's EOS; a system turn is its text on the lines before.
+_SMALLCODER = ("{% for message in messages %}" + _AFTER_REPLY + "{% if message['role'] == 'user' %}"
+               "{{ 'User: ' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}"
+               "{{ 'Assistant: ' + message['content'] + eos_token }}{% else %}{{ message['content'] + '\n' }}"
+               "{% endif %}{% endfor %}{% if add_generation_prompt %}" + _PROMPT_AFTER_REPLY + "{{ 'Assistant:' }}"
+               "{% endif %}")
 _ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                     "Write a response that appropriately completes the request.")
 _ALPACA = (
@@ -49,33 +73,48 @@ _ALPACA = (
     "{{ '\n\n### Response:\n' + message['content'] + eos_token }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '\n\n### Response:\n' }}{% endif %}"
 )
+_CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
+_KODALITE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 TEMPLATES = {
-    "chatml": ChatTemplate("chatml", _CHATML, "<|im_end|>", ("<|im_start|>", "<|im_end|>")),
-    "kodalite": ChatTemplate("kodalite", _KODALITE, "<|end|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")),
-    "alpaca": ChatTemplate("alpaca", _ALPACA, None, ()),
+    "chatml": ChatTemplate("chatml", _CHATML, "<|im_end|>", _CHATML_MARKERS, _CHATML_MARKERS),
+    "kodalite": ChatTemplate("kodalite", _KODALITE, "<|end|>", (), _KODALITE_MARKERS),  # plain text, as the card
+    "alpaca": ChatTemplate("alpaca", _ALPACA, None),
+    "smallcoder": ChatTemplate("smallcoder", _SMALLCODER, None),
 }
 
 
-def resolve_template(spec: str, end_of_turn: str | None = None) -> ChatTemplate:
-    """`chatml` | `alpaca` | `kodalite`, or a Jinja string (anything with `{{` or `{%`) whose turns end with
-    `end_of_turn` (default: the tokenizer's EOS). `end_of_turn` also replaces a named template's marker (e.g.
-    kodalite with `<|endoftext|>`: its role markers then stay plain text)."""
+def resolve_template(spec: str, end_of_turn: str | None = None, markers: str = "template") -> ChatTemplate:
+    """`chatml` | `kodalite` | `alpaca` | `smallcoder`, or a Jinja string (anything with `{{` or `{%`) whose turns
+    end with `end_of_turn` (default: the tokenizer's EOS). `end_of_turn` also replaces a named template's marker
+    (e.g. kodalite with `<|endoftext|>`); its other markers then stay plain text.
+
+    `markers` (`MARKER_MODES`) decides what happens to markers the tokenizer splits into several tokens:
+    `template` keeps the template's own choice (ChatML's are special tokens; KodaLite's, and an `end_of_turn` given
+    here, plain text: a base model's vocabulary and embedding stay as they are), `special` adds every marker as a new
+    special id (the embedding grows), `text` adds none. A marker the vocabulary already holds as one id is that id.
+    """
+    if markers not in MARKER_MODES:
+        raise DataError(f"--markers {markers!r}: use one of {', '.join(MARKER_MODES)}")
     if spec in TEMPLATES:
         template = TEMPLATES[spec]
         if end_of_turn and end_of_turn != template.end_of_turn:
-            # The marker is replaced in the template's text; only it must be one token, the role markers stay text
-            # (masked 0), so a base tokenizer that already holds e.g. <|endoftext|> needs no new embedding rows.
             if template.end_of_turn is None:
                 raise DataError(f"chat template {spec} ends turns with the tokenizer's EOS; --end-of-turn can't "
                                 "change it (write a Jinja template instead)")
             jinja = template.jinja.replace(template.end_of_turn, end_of_turn)
-            template = ChatTemplate(f"{spec}+{end_of_turn}", jinja, end_of_turn, (end_of_turn,))
-        return template
-    if "{{" not in spec and "{%" not in spec:
+            kept = tuple(m for m in template.markers if m != template.end_of_turn) + (end_of_turn,)
+            template = ChatTemplate(f"{spec}+{end_of_turn}", jinja, end_of_turn, (), kept)
+    elif "{{" not in spec and "{%" not in spec:
         raise DataError(f"chat template {spec!r} is neither one of {', '.join(TEMPLATES)} nor a Jinja string")
-    _environment().from_string(spec)  # a syntax error is named now, not at the first conversation
-    return ChatTemplate("jinja", spec, end_of_turn or None, (end_of_turn,) if end_of_turn else ())
+    else:
+        _environment().from_string(spec)  # a syntax error is named now, not at the first conversation
+        template = ChatTemplate("jinja", spec, end_of_turn or None, (), (end_of_turn,) if end_of_turn else ())
+    if markers == "special":
+        return dataclasses.replace(template, special_tokens=template.markers)
+    if markers == "text":
+        return dataclasses.replace(template, special_tokens=())
+    return template
 
 
 @functools.lru_cache(maxsize=1)
@@ -115,16 +154,24 @@ def end_of_turn_text(template: ChatTemplate, tokenizer: Any) -> str:
     return template.end_of_turn or tokenizer.token_text(tokenizer.eos_id)
 
 
-def end_of_turn_id(template: ChatTemplate, tokenizer: Any) -> int:
-    """The single id of the end-of-turn token; a DataError when the tokenizer splits it (add it first)."""
+def end_of_turn_id(template: ChatTemplate, tokenizer: Any) -> int | None:
+    """The single id of the end-of-turn marker, or None when it is plain text of several tokens (a stop string).
+    A marker the template declares special must be one id: a DataError when the tokenizer splits it (add it first)."""
     text = end_of_turn_text(template, tokenizer)
     if template.end_of_turn is None:
         return int(tokenizer.eos_id)
     ids = tokenizer.encode_with_offsets(text)[0]
-    if len(ids) != 1:
+    if len(ids) == 1:
+        return int(ids[0])
+    if text in template.special_tokens:
         raise DataError(f"the end-of-turn marker {text!r} is {len(ids)} tokens in this tokenizer, not one: runtimes "
-                        "could not stop on it; add it as a special token (prepare --format chat does)")
-    return int(ids[0])
+                        "could not stop on its id; add it as a special token (prepare --format chat does)")
+    return None
+
+
+def stop_strings(template: ChatTemplate, tokenizer: Any) -> tuple[str, ...]:
+    """The text generation must stop at besides the stop ids: the end-of-turn marker when it is plain text."""
+    return () if end_of_turn_id(template, tokenizer) is not None else (end_of_turn_text(template, tokenizer),)
 
 
 def missing_tokens(template: ChatTemplate, tokenizer: Any) -> list[str]:
@@ -181,7 +228,9 @@ def encode(template: ChatTemplate, messages: Sequence[Message], tokenizer: Any, 
     if not any(mask):
         raise DataError(f"{where}: the assistant mask is all zero (no assistant reply, or the template {template.name} "
                         "renders none): nothing would be learned from it")
-    for s_start, s_end in spans:  # the marker must be one token that ends the reply: the stop the model learns
+    for s_start, s_end in spans:  # a one-id marker must end the reply as that id: the stop the model learns
+        if eot_id is None:  # plain text: its tokens are masked like the reply's, the stop string finds any spelling
+            break
         last = max(i for i, (start, end) in enumerate(offsets) if start < s_end and end > s_start)
         if ids[last] != eot_id:
             raise DataError(f"{where}: a reply does not end in the end-of-turn token {eot!r} (id {eot_id}) but in id "
@@ -196,7 +245,25 @@ def _piece(tokenizer: Any, token_id: int | None) -> str:
 
 
 def chat_config(template: ChatTemplate, tokenizer: Any) -> dict[str, Any]:
-    """What `chat_template.json` holds beside a tokenizer: the Jinja (transformers' key), the template's name and the
-    end-of-turn token and id (the stop token of generation and of every export)."""
+    """What `chat_template.json` holds beside a tokenizer: the Jinja (transformers' key), the template's name, the
+    end-of-turn marker, the single id a reply ends with (the marker's own, or EOS when the marker is plain text) and
+    the stop strings (the plain-text marker): what generation and every export stop at."""
+    eot_id = end_of_turn_id(template, tokenizer)
     return {"chat_template": template.jinja, "template": template.name,
-            "end_of_turn": end_of_turn_text(template, tokenizer), "end_of_turn_id": end_of_turn_id(template, tokenizer)}
+            "end_of_turn": end_of_turn_text(template, tokenizer),
+            "end_of_turn_id": int(tokenizer.eos_id) if eot_id is None else eot_id,
+            "stop_strings": list(stop_strings(template, tokenizer))}
+
+
+def reply_content(config: dict[str, Any], generated: str) -> str:
+    """A generated reply as a message's content, for the conversation's history: the text generation stopped before
+    a plain-text marker still holds what the template writes between a reply and its marker (KodaLite's `\\n` before
+    `<|end|>`), which rendering the history would write a second time."""
+    if not config.get("stop_strings"):
+        return generated
+    template = ChatTemplate(config.get("template", "jinja"), config["chat_template"], config.get("end_of_turn"))
+    sentinel = "\x00"
+    text = render(template, [{"role": "user", "content": "?"}, {"role": "assistant", "content": sentinel}])
+    after = text[text.rfind(sentinel) + 1:]
+    between = after[:after.find(config["end_of_turn"])] if config["end_of_turn"] in after else ""
+    return generated[:-len(between)] if between and generated.endswith(between) else generated

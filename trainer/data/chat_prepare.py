@@ -5,11 +5,12 @@
     python -m trainer.data.prepare --format chat --corpus stdlib_qa --chat-template kodalite \\
         --tokenizer runs/tiny/tokenizer --out data/stdlib-qa
 
-Each record is one conversation: its token ids and a loss mask (1 on assistant replies and their end-of-turn token;
-`trainer.data.chat`). The tokenizer is the given one (a base model's, to fine-tune it) with the template's special
-tokens added when it lacks them, or a SentencePiece BPE trained on the rendered conversations with those tokens as
-user-defined symbols. `chat_template.json` beside it names the template and the end-of-turn id; the manifest says
-`kind: chat`. Conversations go to the validation split by a seeded hash of where they came from.
+Each record is one conversation: its token ids and a loss mask (1 on assistant replies and their end-of-turn
+marker; `trainer.data.chat`). The tokenizer is the given one (a base model's, to fine-tune it) with the template's
+special tokens added when it lacks them (`--markers`: which markers are special), or a SentencePiece BPE trained on
+the rendered conversations with those tokens as user-defined symbols. `chat_template.json` beside it names the
+template, the end-of-turn id and the stop strings (a plain-text marker); the manifest says `kind: chat`.
+Conversations go to the validation split by a seeded hash of where they came from.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def prepare_chat(
     *,
     template: str = "chatml",
     end_of_turn: str | None = None,
+    markers: str = "template",
     corpus: str | None = None,
     tokenizer: str | None = None,
     vocab_size: int = 4096,
@@ -47,7 +49,8 @@ def prepare_chat(
     """Prepare conversations from JSONL `inputs` (or `corpus='stdlib_qa'`) into `out`; returns the manifest.
 
     Raises DataError with one line on bad input: an unknown shape, a template that hides the assistant turns, a
-    conversation whose mask is all zero, an end-of-turn marker that is not one token.
+    conversation whose mask is all zero, a special end-of-turn marker that is not one token. `markers`: see
+    `chat.resolve_template`.
     """
     started = time.perf_counter()
     if not out:
@@ -55,7 +58,7 @@ def prepare_chat(
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     storage.check_writable(out, "--out")
-    spec = chat.resolve_template(template, end_of_turn)
+    spec = chat.resolve_template(template, end_of_turn, markers)
     convs = list(_conversations(inputs, corpus, limit))
     if not convs:
         raise DataError("no conversations in the input")
@@ -104,9 +107,16 @@ def prepare_chat(
     if verbose:
         print(f"prepared {len(convs):,} conversations (train {counts['train']:,}, val {counts['val']:,}), "
               f"{total:,} tokens of which {masked:,} ({100 * masked / max(total, 1):.0f}%) are trained on, "
-              f"template {spec.name}, end of turn {config['end_of_turn']!r} = id {config['end_of_turn_id']}, "
+              f"template {spec.name}, end of turn {_stop_description(config)}, "
               f"in {out} ({time.perf_counter() - started:.1f} s)")
     return manifest
+
+
+def _stop_description(config: dict) -> str:
+    """How replies end, for the summary line: a single id, or plain text found as a stop string."""
+    if config["stop_strings"]:
+        return f"{config['end_of_turn']!r} as plain text (a stop string; no token added)"
+    return f"{config['end_of_turn']!r} = id {config['end_of_turn_id']}"
 
 
 def _conversations(inputs: Sequence[str], corpus: str | None, limit: int | None) -> Iterable:

@@ -329,10 +329,18 @@ def _parser() -> argparse.ArgumentParser:
                         "OpenAssistant trees) rendered through --chat-template, with a loss mask on assistant replies "
                         "(docs/finetune.md)")
     p.add_argument("--chat-template", default="chatml",
-                   help="with --format chat: chatml, alpaca, kodalite, or a Jinja string (default chatml)")
+                   help="with --format chat: chatml, kodalite (KodaLite's card: plain-text markers), smallcoder "
+                        "('User: ...\\nAssistant:', replies end with EOS), alpaca, or a Jinja string (default chatml)")
     p.add_argument("--end-of-turn", default=None,
-                   help="with --format chat: the token that ends a reply (default: the template's; a Jinja "
-                        "template's: the tokenizer's EOS); added to the tokenizer as one id when missing")
+                   help="with --format chat: the text that ends a reply (default: the template's; a Jinja "
+                        "template's: the tokenizer's EOS). One id when the vocabulary has it (e.g. '<|endoftext|>' "
+                        "in GPT-2's: nothing added); several tokens: kept as plain text and stopped at as a stop "
+                        "string, unless --markers special")
+    p.add_argument("--markers", choices=["template", "special", "text"], default="template",
+                   help="with --format chat: markers the tokenizer splits stay as the template has them (template, "
+                        "default: chatml's are added as special tokens, kodalite's and --end-of-turn's stay plain "
+                        "text), are all added as new special ids (special: the model's embedding grows by a row "
+                        "each, set model.vocab_size), or are all kept as plain text (text)")
     p.add_argument("--limit", type=int, default=None, help="with --format chat: only the first N conversations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -355,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from trainer.data.chat_prepare import prepare_chat
 
         prepare_chat(args.input or (), args.out, template=args.chat_template, end_of_turn=args.end_of_turn,
-                     corpus=args.corpus, tokenizer=args.tokenizer,
+                     markers=args.markers, corpus=args.corpus, tokenizer=args.tokenizer,
                      vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed, bos=args.bos,
                      limit=args.limit, command=command)
         return ExitCode.OK

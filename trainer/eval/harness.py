@@ -72,7 +72,7 @@ class TrainerLM(TemplateLM):
     """lm-eval `LM` over a checkpoint of this trainer (see the module docstring).
 
     Arguments (`--model_args key=value,...`): `checkpoint` RUN_DIR[:STEP]; `batch_size` rows per device call;
-    `max_length` context (default model.max_seq_len); `add_bos_token` (default: the data manifest's `bos`);
+    `max_length` context (default model.max_seq_len); `add_bos_token` (default: the run's record, trainer.data.bos);
     `prefix_token_id` (default BOS, else EOS, as the hf backend); `tokenizer` (default RUN_DIR/tokenizer);
     `max_gen_toks` (256).
     """
@@ -85,11 +85,13 @@ class TrainerLM(TemplateLM):
         if checkpoint is None:
             raise ValueError("the trainer model needs --model_args checkpoint=RUN_DIR[:STEP]")
         from trainer.checkpoint import parse_reference
-        from trainer.export.tokenizer import data_adds_bos, find_tokenizer
+        from trainer.data.bos import run_adds_bos
+        from trainer.export.tokenizer import find_tokenizer
 
         config, mesh, params, self.step = load_checkpoint(checkpoint)
-        tok, _ = find_tokenizer(parse_reference(checkpoint)[0], config, tokenizer)
-        bos = data_adds_bos(config) if add_bos_token is None else _flag(add_bos_token)
+        run_dir = parse_reference(checkpoint)[0]
+        tok, _ = find_tokenizer(run_dir, config, tokenizer)
+        bos = run_adds_bos(run_dir, config) if add_bos_token is None else _flag(add_bos_token)
         self._setup(config, mesh, params, tok, bos, _batch_size(batch_size), max_length, prefix_token_id,
                     max_gen_toks)
 
@@ -195,7 +197,8 @@ class TrainerLM(TemplateLM):
     # ------------------------------------------------------------------ generation
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Greedy continuations of each context, cut at the first stop string (`until`, plus EOS).
+        """Greedy continuations of each context, cut at the first stop string (`until`, plus EOS and the run's own
+        stop strings: a chat format's end-of-turn marker kept as plain text).
 
         The context is left-truncated to leave `max_gen_toks` of room, as in the hf backend. Sampling arguments
         are ignored: the harness's zero-shot generation tasks decode greedily.
@@ -208,6 +211,7 @@ class TrainerLM(TemplateLM):
             contexts, all_kwargs = zip(*chunk)
             kwargs = normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=self.tok.decode([self.eot_token_id]))
+            until = until + [s for s in self.tok.stop_strings if s not in until]  # a chat run's plain-text stops
             max_gen = int(kwargs.pop("max_gen_toks"))
             if kwargs.get("do_sample"):
                 log.warning("sampling arguments %s ignored: the trainer model decodes greedily", kwargs)

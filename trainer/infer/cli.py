@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-p", type=float, default=0.0, help="drop tokens less likely than min-p × the top token's")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divide positive / multiply negative logits of tokens already present (1: off)")
-    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); not in the text")
+    p.add_argument("--stop", action="append", default=[],
+                   help="stop at this string (repeatable; the run's chat stop strings are added); not in the text")
     p.add_argument("--seed", type=int, default=0, help="prompt i of a run draws from fold_in(key(seed), i)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the tokenizer's EOS token")
     p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
@@ -98,6 +99,8 @@ class Session:
         self.generator = Generator(self.run.config, self.run.mesh, self.run.params)
         self.sampling = sampling_from(args)
         self.bos = wants_bos(self.run.config, self.tokenizer) if args.bos is None else args.bos
+        # --stop, then the run's own: a chat format's end-of-turn marker kept as plain text (e.g. KodaLite's <|end|>)
+        self.stops = tuple(dict.fromkeys([*args.stop, *self.tokenizer.stop_strings]))
         if self.bos and self.tokenizer.bos_id is None:
             raise ConfigError("--bos: this run's tokenizer has no BOS token")
         self.new_tokens = 0
@@ -111,6 +114,14 @@ class Session:
         ids = self.tokenizer.encode_with_offsets(text)[0] if special_in_text else self.tokenizer.encode(text)
         return ([self.tokenizer.bos_id] if self.bos and not special_in_text else []) + ids
 
+    def reply_content(self, text: str) -> str:
+        """A reply's text as the history's message (without what the template writes before a plain-text marker)."""
+        if self.tokenizer.chat is None:
+            return text
+        from trainer.data.chat import reply_content
+
+        return reply_content(self.tokenizer.chat, text)
+
     def complete(self, prompts: list[list[int]], rows: list[int], stream: bool) -> list[Any]:
         """Generate for one batch; with `stream`, text goes to stdout as it becomes final (one prompt only)."""
         def show(row: int, text: str) -> None:
@@ -120,7 +131,7 @@ class Session:
         eos = () if self.args.ignore_eos else self.tokenizer.stop_ids  # EOS and a chat format's end of turn
         results = self.generator.generate(
             prompts, self.args.max_new_tokens, self.sampling, seed=self.args.seed, rows=rows, eos_ids=eos,
-            pad_id=self.tokenizer.pad_id, stop=self.args.stop, detokenize=self.tokenizer.decode,
+            pad_id=self.tokenizer.pad_id, stop=self.stops, detokenize=self.tokenizer.decode,
             on_text=show if stream else None, chunk=4 if stream else None)
         t = self.generator.timing
         self.new_tokens += t.new_tokens
@@ -195,7 +206,7 @@ def run_chat(session: Session) -> None:
             print(json_line(line.rstrip("\n"), result), flush=True)
         else:
             print(flush=True)
-        messages.append({"role": "assistant", "content": result.text})
+        messages.append({"role": "assistant", "content": session.reply_content(result.text)})
         turn += 1
 
 
