@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer import checkpoint
 from trainer.config import Config, ModelConfig
+from trainer.data.bos import record_bos
 from trainer.export import hf as convert_to_hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +27,7 @@ def run_dir(tmp_path_factory):
     run = str(tmp_path_factory.mktemp("run"))
     config = Config(model=MODEL)
     checkpoint.save_params(run, config, random_params(MODEL), step=5)
+    record_bos(run, False, source="data without --bos")  # as training records it
     sentencepiece().save(os.path.join(run, "tokenizer"))
     with open(os.path.join(run, "tokenizer", "chat_template.jinja"), "w") as f:
         f.write(TEMPLATE)
@@ -59,7 +61,7 @@ def test_cli_writes_gguf(run_dir, tmp_path, capsys):
     out = str(tmp_path / "gguf")
     assert convert_to_hf.main(["--checkpoint", run_dir, "--out", out, "--format", "gguf", "--gguf-type", "q8_0"]) == 0
     assert "parity ok" in capsys.readouterr().out
-    assert sorted(os.listdir(out)) == ["README.md", "model-q8_0.gguf"]
+    assert sorted(os.listdir(out)) == ["Modelfile", "README.md", "model-q8_0.gguf"]
 
 
 def test_force_overwrites_and_verify_can_be_skipped(run_dir, tmp_path, capsys):

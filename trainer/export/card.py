@@ -52,6 +52,9 @@ class CardFacts:
     eos_id: int | None
     adds_bos: bool
     loss_curve: str | None  # the run's loss.png, copied beside the card
+    stop_strings: tuple[str, ...] = ()  # a chat format's end-of-turn marker kept as plain text (KodaLite's <|end|>)
+    base_model: str | None = None  # the run a fine-tune or context extension started from (RUN:STEP)
+    eval_shots: dict[str, int] = dataclasses.field(default_factory=dict)  # task → few-shot count of its result
 
 
 def facts(args: argparse.Namespace, run_dir: str, config: Config, params: dict[str, Any], step: int, tokenizer: Any,
@@ -59,7 +62,8 @@ def facts(args: argparse.Namespace, run_dir: str, config: Config, params: dict[s
     """The card's facts for an export the command just wrote (`summary` is the command's own)."""
     import jax
 
-    from trainer.export.tokenizer import chat_template, data_adds_bos
+    from trainer.data.bos import run_adds_bos
+    from trainer.export.tokenizer import chat_template
 
     variant = {"gguf": args.gguf_type, "mlx": f"{args.mlx_bits}-bit" if args.mlx_bits else None,
                "onnx": args.dtype or "float32"}.get(args.format) or args.dtype or config.model.param_dtype
@@ -84,8 +88,10 @@ def facts(args: argparse.Namespace, run_dir: str, config: Config, params: dict[s
         chat_template=chat_template(tokenizer_source),
         eos_token=_piece(tokenizer, _stop_id(tokenizer)),
         eos_id=_stop_id(tokenizer),
-        adds_bos=data_adds_bos(config) and tokenizer.bos_id is not None,
+        stop_strings=tuple(getattr(tokenizer, "stop_strings", ())),
+        adds_bos=run_adds_bos(run_dir, config) and tokenizer.bos_id is not None,
         loss_curve=loss_curve if storage.exists(loss_curve) else None,
+        base_model=_base_model(run_dir, config),
     )
 
 
@@ -150,19 +156,46 @@ def _metrics(run_dir: str) -> list[dict[str, Any]]:
 
 
 def _eval_results(run_dir: str, step: int) -> dict[str, Any]:
-    """The zero-shot results `trainer.eval` wrote into RUN_DIR/eval/step_<N>.json (lm-eval's schema) for the exported
-    step, else for the latest step before it: {"eval_results", "eval_step"} ({} and None when there are none)."""
+    """Every task's result `trainer.eval` wrote into RUN_DIR/eval/step_<N>.json (lm-eval's schema) up to the exported
+    step, each task's newest: {"eval_results", "eval_step", "eval_shots"} ({}, None and {} when there are none).
+    `eval_step` is the newest step a result comes from; `eval_shots` each task's few-shot count (0 unless recorded)."""
     folder = storage.join(run_dir, "eval")
     steps = sorted(int(m.group(1)) for name in storage.listdir(folder)
                    if (m := re.fullmatch(r"step_(\d+)\.json", name)) and int(m.group(1)) <= step)
-    for at in reversed(steps):
+    rows: dict[str, Any] = {}
+    shots: dict[str, int] = {}
+    newest = None
+    for at in steps:
         try:
             data = json.loads(storage.read_bytes(storage.join(folder, f"step_{at}.json")))
-        except (OSError, ValueError):  # a damaged file: an older step's results are still the run's own
+        except (OSError, ValueError):  # a damaged file: the other steps' results are still the run's own
             continue
-        if isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]:
-            return {"eval_results": data, "eval_step": at}
-    return {"eval_results": {}, "eval_step": None}
+        if not (isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]):
+            continue
+        for task, row in data["results"].items():
+            rows[task] = row
+            shots[task] = _n_shot(data, task)
+        newest = at
+    if not rows:
+        return {"eval_results": {}, "eval_step": None, "eval_shots": {}}
+    return {"eval_results": {"results": rows}, "eval_step": newest, "eval_shots": shots}
+
+
+def _n_shot(data: dict[str, Any], task: str) -> int:
+    """A task's few-shot count in lm-eval's results: `n-shot`, else its config's `num_fewshot`, else 0."""
+    config = (data.get("configs") or {}).get(task) or {}
+    for value in ((data.get("n-shot") or {}).get(task), config.get("num_fewshot")):
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _base_model(run_dir: str, config: Config) -> str | None:
+    """The base a fine-tune or context extension started from: the RUN:STEP it pinned (base.json), else
+    checkpoint.restore_from as written; None for a run trained from scratch."""
+    from trainer.run.finetune import pinned_base
+
+    return pinned_base(run_dir, config) or None
 
 
 def _stop_id(tokenizer: Any) -> int | None:
@@ -191,8 +224,12 @@ def render(card: CardFacts) -> str:
               "pipeline_tag": "text-generation",
               "tags": ["llama", "causal-lm", "jax", RUNTIME_TAG[card.format]] + (
                   ["gguf"] if card.format == "gguf" else []),
-              "datasets": card.datasets}
+              "datasets": card.datasets, "base_model": card.base_model}
     header = {k: v for k, v in header.items() if v}
+    if card.eval_results:
+        from trainer.export.model_index import model_index
+
+        header["model-index"] = model_index(card.name, card.eval_results["results"], card.eval_shots)
     parts = ["---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n",
              f"# {card.name}\n", _summary(card), _architecture(card), _training(card), _evaluation(card),
              _chat(card), _export(card), _usage(card)]
@@ -285,6 +322,8 @@ def _chat(card: CardFacts) -> str:
     if card.eos_token is not None:
         ended = ("the end-of-turn token that ended every reply in fine-tuning" if card.chat_template else
                  "the end-of-sequence token that ended every training document")
+        if card.stop_strings:  # replies ended with plain text: the stop strings (see Usage) end them
+            ended = "and at the text " + ", ".join(f"`{s}`" for s in card.stop_strings) + " that ended every reply"
         lines.append(f"Generation stops at `{card.eos_token}` (id {card.eos_id}), {ended}. " + ("Prompts start with BOS, as the training documents did."
                                                     if card.adds_bos else "Prompts get no BOS: the training documents "
                                                                           "had none."))
@@ -309,13 +348,20 @@ def _usage(card: CardFacts) -> str:
                 f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
                 f'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
                 'inputs = tokenizer("def fibonacci(n):", return_tensors="pt")\n'
-                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64, do_sample=False)[0]))\n```")
+                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64, do_sample=False"
+                + (", tokenizer=tokenizer" if card.stop_strings else "") + ")[0]))\n```")
     elif card.format == "gguf":
         gguf_file = card.files[0]
         code = (f'```bash\nllama-cli -m {name}/{gguf_file} -p "def fibonacci(n):" -n 64 --temp 0\n```\n\n'
                 "```python\nfrom llama_cpp import Llama\n\n"
                 f'llm = Llama(model_path="{name}/{gguf_file}")\n'
                 'print(llm("def fibonacci(n):", max_tokens=64, temperature=0)["choices"][0]["text"])\n```')
+        stops = ", ".join(f"`{s}`" for s in dict.fromkeys([card.eos_token, *card.stop_strings]) if s)
+        code += (f"\n\nOllama: `ollama create {name} -f {name}/Modelfile` (the Modelfile beside the GGUF holds the "
+                 f"chat template, if any, and the stops{': ' + stops if stops else ''}).")
+        if card.stop_strings:  # GGUF has no key for a plain-text end of turn
+            code += (" LM Studio: add " + ", ".join(f"`{s}`" for s in card.stop_strings)
+                     + " as stop strings in the model's prompt settings.")
     elif card.format == "mlx":
         code = (f'```bash\nmlx_lm.generate --model {name} --prompt "def fibonacci(n):" --max-tokens 64\n```\n\n'
                 "```python\nfrom mlx_lm import generate, load\n\n"
@@ -341,7 +387,22 @@ def _usage(card: CardFacts) -> str:
                 "    step_ids = [int(outputs[0][0, -1].argmax())]\n"
                 "    tokens += step_ids\n"
                 "print(tokenizer.decode(tokens))\n```")
-    return f"## Usage ({RUNTIME_TAG[card.format]})\n\n{code}\n"
+    return f"## Usage ({RUNTIME_TAG[card.format]})\n\n{code}\n" + _stops(card)
+
+
+_STOP_HOW = {"hf": "`generation_config.json` carries them as `stop_strings`, which `generate` applies when given "
+                   "`tokenizer=tokenizer`",
+             "gguf": "GGUF has no key for them: pass them as `stop=[...]` to llama-cpp-python",
+             "mlx": "cut the generated text at them", "onnx": "cut the generated text at them"}
+
+
+def _stops(card: CardFacts) -> str:
+    """The stop strings a chat model needs in every runtime (its end of turn is text, not one token)."""
+    if not card.stop_strings:
+        return ""
+    listed = ", ".join(f"`{s}`" for s in card.stop_strings)
+    return (f"\nStop strings: {listed}. Replies end with this text, several tokens, not one token id: stop generation "
+            f"there ({_STOP_HOW[card.format]}).\n")
 
 
 def _count(n: int) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 
 from trainer.config import Config
 from trainer.errors import ConversionError
-from trainer.export.tokenizer import data_adds_bos, write_tokenizer
+from trainer.data.bos import run_adds_bos
+from trainer.export.tokenizer import write_tokenizer
 
 SIXTEEN_BIT = ("bfloat16", "float16")
 
@@ -35,6 +36,10 @@ def check_args(args: argparse.Namespace) -> None:
         onnx.check_installed()
     if args.format == "gguf" and args.dtype is not None:
         raise ConversionError("--dtype does not apply to --format gguf: choose the file type with --gguf-type")
+    if args.format == "gguf":
+        from trainer.export import gguf_quantize
+
+        gguf_quantize.check_installed(args.gguf_type)  # a K-quant needs llama.cpp's quantizer
 
 
 def load_dtype(args: argparse.Namespace) -> str | None:
@@ -49,6 +54,13 @@ def load_dtype(args: argparse.Namespace) -> str | None:
     return None
 
 
+def adds_bos(args: argparse.Namespace, config: Config) -> bool:
+    """Whether the exported tokenizer (and llama.cpp's add_bos_token) starts prompts with BOS: the run's record."""
+    from trainer.checkpoint import parse_reference
+
+    return run_adds_bos(parse_reference(args.checkpoint)[0], config)
+
+
 def export_format(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
                   source: str) -> dict[str, Any]:
     """Write `args.format` into `out` (and check it unless --no-verify); returns the summary's entries."""
@@ -60,18 +72,19 @@ def export_format(args: argparse.Namespace, out: str, config: Config, params: di
 
 def _gguf(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
           source: str) -> dict[str, Any]:
-    from trainer.export import gguf
+    from trainer.export import gguf, modelfile
 
-    model, add_bos = config.model, data_adds_bos(config)
+    model, add_bos = config.model, adds_bos(args, config)
     filename = f"model-{args.gguf_type}.gguf"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tok_dir:
         write_tokenizer(tokenizer, source, tok_dir, add_bos)
         gguf.write_gguf(os.path.join(out, filename), model, params, tok_dir, tokenizer, args.gguf_type,
                         add_bos=add_bos)
-    summary: dict[str, Any] = {"files": [filename], "write_s": time.perf_counter() - started}
+    files = [filename, modelfile.write_modelfile(out, filename, tokenizer)]  # Ollama: template and stop strings
+    summary: dict[str, Any] = {"files": files, "write_s": time.perf_counter() - started}
     if not args.no_verify:
-        summary["parity"] = gguf.verify_gguf(out, filename, model, params, args.gguf_type)
+        summary["parity"] = gguf.verify_gguf(out, filename, model, params, args.gguf_type, tokenizer, add_bos)
     return summary
 
 
@@ -83,7 +96,7 @@ def _mlx(args: argparse.Namespace, out: str, config: Config, params: dict[str, A
     dtype = args.dtype or model.param_dtype
     started = time.perf_counter()
     files = hf.write_folder(out, model, params, dtype, hf.parse_size(args.max_shard_size), tokenizer, source,
-                            data_adds_bos(config))
+                            adds_bos(args, config))
     if args.mlx_bits is not None:
         files = mlx.quantize_folder(out, args.mlx_bits)
     summary: dict[str, Any] = {"files": files, "write_s": time.perf_counter() - started}
@@ -101,7 +114,7 @@ def _onnx(args: argparse.Namespace, out: str, config: Config, params: dict[str, 
     started = time.perf_counter()
     files = onnx.write_onnx(out, model, params, dtype)
     hf.write_metadata(out, model, tokenizer, dtype)
-    write_tokenizer(tokenizer, source, out, data_adds_bos(config))
+    write_tokenizer(tokenizer, source, out, adds_bos(args, config))
     summary: dict[str, Any] = {"files": files, "write_s": time.perf_counter() - started}
     if not args.no_verify:
         summary["parity"] = onnx.verify_onnx(out, model, params, dtype)

@@ -1,11 +1,13 @@
-"""Our parameters → a llama.cpp GGUF file (F16, BF16, Q8_0 or Q4_0) with tokenizer metadata, and its read-back check.
+"""Our parameters → a llama.cpp GGUF file (F16, BF16, Q8_0, Q4_0, or llama.cpp's K-quants) with tokenizer metadata,
+and its read-back check.
 
 Built on PyPI `gguf` (the writer, the name map, the quantizers and the vocab readers of llama.cpp's own converter).
 Tensors go through the HF names of `trainer.hf_mapping`, then llama.cpp's names; q/k rows get the permutation HF's
 convert_hf_to_gguf applies, because llama.cpp rotates adjacent pairs where HF (and we) rotate halves.
 Norm scales stay F32, and a Q8_0 / Q4_0 file keeps rows whose width is not a multiple of 32 in F16 (as llama.cpp's
-converter). `tokenizer.ggml.add_bos_token` comes from the data manifest: without it llama.cpp prepends a BOS the model
-may never have seen.
+converter). Q4_K_M, Q5_K_M and Q6_K are made from an F16 file by llama.cpp's own quantizer (`gguf_quantize`).
+The tokenizer (`gguf_vocab`) is written so llama.cpp splits text as training did; `tokenizer.ggml.add_bos_token` is
+the data's BOS flag: without it llama.cpp prepends a BOS the model may never have seen.
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ import dataclasses
 import importlib.util
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainer.config import ModelConfig
 from trainer.errors import ConversionError
-from trainer.export import gguf_rope, mapping, parity
+from trainer.export import gguf_llama_cpp, gguf_quantize, gguf_rope, gguf_vocab, mapping, parity
 
-QUANT_NAMES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
-# GGML type → parity rounding kind
+QUANT_NAMES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}  # written here, with `gguf`
+GGUF_TYPES = (*QUANT_NAMES, *gguf_quantize.K_QUANTS)  # --gguf-type's choices
+# GGML type → parity rounding kind (types our own writer stores)
 KIND_OF = {"F32": "float32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0"}
 
 
@@ -82,65 +84,27 @@ def _nbytes(shape: tuple[int, ...], qtype: Any) -> int:
     return math.prod(gguf.quant_shape_to_byte_shape(shape, qtype))
 
 
-def _add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: int, add_bos: bool) -> None:
-    """Tokens, scores, types, merges, special ids, BOS/EOS flags and chat template, read from an HF tokenizer folder
-    by gguf.vocab (the BOS flag from the data manifest, which transformers 5 no longer saves in the folder)."""
-    gguf = _gguf()
-    from gguf.vocab import BpeVocab, LlamaHfVocab, SentencePieceVocab, SpecialVocab
-
-    path = Path(tokenizer_dir)
-    vocab: Any = None
-    for cls in (SentencePieceVocab, LlamaHfVocab, BpeVocab):
-        try:
-            vocab = cls(path)
-            break
-        except (FileNotFoundError, TypeError):
-            continue
-    if vocab is None:
-        raise ConversionError("GGUF export supports SentencePiece, LLaMA-style and GPT-2-style BPE tokenizers only; "
-                          "use --format hf for this tokenizer")
-    tokens, scores, types = [], [], []
-    for text, score, kind in vocab.all_tokens():
-        tokens.append(text)
-        scores.append(score)
-        types.append(kind)
-    if len(tokens) > vocab_size:
-        raise ConversionError(f"the tokenizer has {len(tokens)} tokens but model.vocab_size is {vocab_size}")
-    for i in range(len(tokens), vocab_size):  # llama.cpp needs one token per embedding row
-        tokens.append(f"[PAD{i}]".encode())
-        scores.append(-1000.0)
-        types.append(gguf.TokenType.UNUSED)
-    writer.add_tokenizer_model(vocab.tokenizer_model)
-    if vocab.tokenizer_model == "gpt2":
-        writer.add_tokenizer_pre("gpt2")
-    else:
-        writer.add_add_space_prefix(_adds_dummy_prefix(path))
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    special = SpecialVocab(path, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=vocab_size)
-    eos = tokenizer.eos_id if tokenizer.end_of_turn_id is None else tokenizer.end_of_turn_id  # chat: stop at end of turn
-    ids = {"bos": tokenizer.bos_id, "eos": eos, "pad": tokenizer.pad_id}
-    special.special_token_ids.update({k: v for k, v in ids.items() if v is not None})
-    special.add_special_token.update({"bos": add_bos, "eos": False})
-    special.add_to_gguf(writer, quiet=True)
-
-
-def _adds_dummy_prefix(path: Path) -> bool:
-    """Whether the SentencePiece model prepends a space (llama.cpp assumes it does unless told)."""
-    model_file = path / "tokenizer.model"
-    if not model_file.exists():
-        return False
-    from sentencepiece import sentencepiece_model_pb2
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(model_file.read_bytes())
-    return bool(proto.normalizer_spec.add_dummy_prefix)
-
-
 def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_dir: str, tokenizer: Any,
                gguf_type: str, name: str = "model", add_bos: bool = True) -> int:
-    """Write the GGUF tensor by tensor (tensor infos first, then each converted tensor); returns the file's bytes."""
+    """Write the GGUF of `gguf_type` (a K-quant: an F16 file beside it, quantised by llama.cpp, then removed);
+    returns the file's bytes."""
+    if gguf_type not in gguf_quantize.K_QUANTS:
+        return _write(path, model, params, tokenizer_dir, tokenizer, gguf_type, name, add_bos)
+    gguf_quantize.check_installed(gguf_type)
+    source = f"{path}.f16.tmp"
+    try:
+        _write(source, model, params, tokenizer_dir, tokenizer, "f16", name, add_bos)
+        gguf_quantize.quantize(source, path, gguf_type)
+    finally:
+        if os.path.exists(source):
+            os.remove(source)
+    return os.path.getsize(path)
+
+
+def _write(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_dir: str, tokenizer: Any,
+           gguf_type: str, name: str, add_bos: bool) -> int:
+    """Write a GGUF our own writer makes (F16/BF16/Q8_0/Q4_0) tensor by tensor: tensor infos first, then each
+    converted tensor; returns the file's bytes."""
     gguf = _gguf()
     gguf_rope.check_supported(model)
     shapes = mapping.hf_shapes(model)
@@ -160,7 +124,7 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
     writer.add_vocab_size(model.vocab_size)
     writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{QUANT_NAMES[gguf_type]}"])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_tokenizer(writer, tokenizer_dir, tokenizer, model.vocab_size, add_bos)
+    gguf_vocab.add_tokenizer(writer, tokenizer_dir, tokenizer, model.vocab_size, add_bos)
     types = {hf: tensor_type(shape, gguf_type) for hf, shape in shapes.items()}
     for hf, shape in shapes.items():
         writer.add_tensor_info(names[hf], shape, np.dtype(np.float32), _nbytes(shape, types[hf]), raw_dtype=types[hf])
@@ -185,10 +149,10 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
 
 
 def read_gguf(path: str, model: ModelConfig) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The file's tensors dequantized to fp32 under their HF names and layout, and each one's rounding kind."""
+    """The file's tensors dequantized to fp32 under their HF names and layout, and each one's GGML type name."""
     gguf = _gguf()
     to_hf_name = {g: hf for hf, g in gguf_names(model).items()}
-    tensors, kinds = {}, {}
+    tensors, types = {}, {}
     for t in gguf.GGUFReader(path).tensors:
         if t.name == gguf_rope.ROPE_FREQS:  # not a weight: RoPE's scaling, checked by gguf_rope.check_rope
             continue
@@ -197,34 +161,51 @@ def read_gguf(path: str, model: ModelConfig) -> tuple[dict[str, np.ndarray], dic
         w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
         heads = _heads_if_permuted(hf, model)
         tensors[hf] = unpermute_qk(w, heads) if heads is not None else w
-        kinds[hf] = KIND_OF[t.tensor_type.name]
-    return tensors, kinds
+        types[hf] = t.tensor_type.name
+    return tensors, types
 
 
-def check_gguf_weights(path: str, model: ModelConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """Read the GGUF back: each tensor within its quantisation's bound of ours; returns the stored weights as params."""
-    tensors, kinds = read_gguf(path, model)
+def check_gguf_weights(path: str, model: ModelConfig, params: dict[str, Any], gguf_type: str = "f16") -> dict[str, Any]:
+    """Read the GGUF back: each tensor within its quantisation's bound of ours (for llama.cpp's K-quant mixes, within
+    its type's relative error); returns the stored weights as params."""
+    tensors, types = read_gguf(path, model)
     missing = sorted(set(mapping.hf_shapes(model)) - set(tensors))
     if missing:
         raise parity.ParityError(f"the GGUF lacks {missing[0]} (and {len(missing) - 1} more)")
-    parity.check_weights(mapping.to_hf(params, model), tensors.__getitem__, kinds.__getitem__)
+    if gguf_type in gguf_quantize.K_QUANTS:
+        gguf_quantize.check_weights(mapping.to_hf(params, model), tensors.__getitem__, types.__getitem__)
+    else:
+        parity.check_weights(mapping.to_hf(params, model), tensors.__getitem__, lambda n: KIND_OF[types[n]])
     return mapping.from_hf(tensors.__getitem__, dataclasses.replace(model, scan_layers="layers" in params))
 
 
-def verify_gguf(folder: str, filename: str, model: ModelConfig, params: dict[str, Any], gguf_type: str) -> str:
-    """The weights and RoPE read back, then transformers' GGUF loader against ours on the stored weights (fp32)."""
-    stored = check_gguf_weights(os.path.join(folder, filename), model, params)
+def verify_gguf(folder: str, filename: str, model: ModelConfig, params: dict[str, Any], gguf_type: str,
+                tokenizer: Any = None, add_bos: bool = True) -> str:
+    """The weights and RoPE read back, then transformers' GGUF loader against ours on the stored weights (fp32), then
+    — when llama-cpp-python is installed and `tokenizer` given — llama.cpp itself: tokenization, logits, greedy."""
+    path = os.path.join(folder, filename)
+    stored = check_gguf_weights(path, model, params, gguf_type)
     if importlib.util.find_spec("accelerate") is None:
         raise ConversionError("the GGUF parity check loads the file with transformers, which needs accelerate: "
                           "pip install accelerate (or pass --no-verify)")
     tokens = parity.sample_tokens(model.vocab_size, length=min(64, model.max_seq_len))
     ours_stored = parity.jax_logits(model, stored, tokens)
     ours = parity.jax_logits(model, params, tokens)
-    gguf_rope.check_rope(os.path.join(folder, filename), model)
+    gguf_rope.check_rope(path, model)
     # transformers' GGUF loader reads no RoPE scaling for `llama`: it gets the config.json we would write, whose
     # scaling check_rope has just shown to be the one llama.cpp reads from the file
     config = None
     if model.rope_scaling.type in ("linear", "yarn", "llama3"):
         config = mapping.llama_config(model, bos_id=None, eos_id=None, pad_id=None)
     theirs = parity.hf_logits(parity.load_hf_model(folder, gguf_file=filename, config=config), tokens)
-    return parity.check_logits(parity.compare(ours_stored, theirs), parity.compare(ours, ours_stored), gguf_type)
+    exported, drift = parity.compare(ours_stored, theirs), parity.compare(ours, ours_stored)
+    if gguf_type in gguf_quantize.K_QUANTS:
+        report = parity.check_logits(exported) + "; " + gguf_quantize.check_drift(drift, gguf_type)
+    else:
+        report = parity.check_logits(exported, drift, gguf_type)
+    if tokenizer is None:
+        return report
+    if not gguf_llama_cpp.available():
+        return f"{report}; {gguf_llama_cpp.not_run()}"
+    return f"{report}; " + gguf_llama_cpp.check_model(path, model, stored, ours_stored, tokens, tokenizer, add_bos,
+                                                      gguf_type)

@@ -20,12 +20,13 @@ import time
 from typing import Any
 
 from trainer.config import ModelConfig
+from trainer.data.bos import run_adds_bos
 from trainer.errors import ConversionError, cli
 from trainer.export import mapping, parity
+from trainer.export.gguf import GGUF_TYPES
 from trainer.export.safetensors import SafetensorsFolder, plan_shards, write_safetensors
 from trainer.export.tokenizer import (
     check_tokenizer,
-    data_adds_bos,
     find_tokenizer,
     write_tokenizer,
 )
@@ -46,7 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--format", choices=("hf", "gguf", "mlx", "onnx"), default="hf",
                    help="hf: a transformers folder (safetensors); gguf: one llama.cpp file; mlx: an mlx-lm folder; "
                         "onnx: an onnxruntime decoder with a KV cache (default: hf)")
-    p.add_argument("--gguf-type", choices=("f16", "bf16", "q8_0", "q4_0"), default="f16", help="with --format gguf")
+    p.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16",
+                   help="with --format gguf; q4_k_m, q5_k_m and q6_k are made by llama.cpp's own quantizer "
+                        '(pip install -e ".[llama]")')
     p.add_argument("--mlx-bits", type=int, choices=(8, 4), default=None,
                    help="with --format mlx: quantise with mlx-lm to 8 or 4 bits (groups of 64; default: none)")
     p.add_argument("--license", default="apache-2.0", help="the model card's license (default: apache-2.0)")
@@ -125,14 +128,16 @@ def write_weights(out: str, model: ModelConfig, params: dict[str, Any], dtype: s
 
 
 def write_metadata(out: str, model: ModelConfig, tokenizer: Any, dtype: str) -> None:
-    """config.json and generation_config.json."""
+    """config.json and generation_config.json: the stop id as `eos_token_id`, and a chat format's plain-text
+    end-of-turn marker as `stop_strings` (transformers stops on it when `generate` is given `tokenizer=`)."""
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_id if tokenizer.end_of_turn_id is None else tokenizer.end_of_turn_id  # a chat model stops
     ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": tokenizer.pad_id}  # at end of turn
     mapping.llama_config(model, bos_id=tokenizer.bos_id, eos_id=eos, pad_id=tokenizer.pad_id,
                             dtype=dtype).save_pretrained(out)
-    GenerationConfig(**ids).save_pretrained(out)
+    stops = list(getattr(tokenizer, "stop_strings", ()))  # a chat marker kept as plain text (KodaLite's <|end|>):
+    GenerationConfig(**ids, **({"stop_strings": stops} if stops else {})).save_pretrained(out)  # needs tokenizer=
 
 
 def write_folder(out: str, model: ModelConfig, params: dict[str, Any], dtype: str, max_shard_bytes: int,
@@ -199,7 +204,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     else:
         dtype = args.dtype or model.param_dtype
         summary["files"] = write_folder(out, model, params, dtype, max_shard, tokenizer, source,
-                                        data_adds_bos(config))
+                                        run_adds_bos(run_dir, config))
         summary["bytes"] = sum(os.path.getsize(os.path.join(out, name)) for name in summary["files"]
                                if name.endswith(".safetensors"))
         summary["write_s"] = time.perf_counter() - loaded
