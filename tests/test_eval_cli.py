@@ -31,10 +31,14 @@ def trained(tmp_path_factory):
     data, run, task_dir = (str(root / name) for name in ("data", "run", "tasks"))
     prepare_corpus(data)
     write_task_files(task_dir)
-    config = write_config(str(root / "c.yml"), data, run,
-                          eval={"every_steps": 8, "tasks": TASKS, "tasks_every_steps": 4,
-                                "tasks_data_dir": task_dir, "tasks_limit": 3},
-                          checkpoint={"every_steps": 4}, log={"every_steps": 4, "sample_tokens": 0})
+    config = write_config(
+        str(root / "c.yml"),
+        data,
+        run,
+        eval={"every_steps": 8, "tasks": TASKS, "tasks_every_steps": 4, "tasks_data_dir": task_dir, "tasks_limit": 3},
+        checkpoint={"every_steps": 4},
+        log={"every_steps": 4, "sample_tokens": 0},
+    )
     output = train(config)
     return {"run": run, "tasks": task_dir, "output": output, "root": root}
 
@@ -56,9 +60,31 @@ def test_cli_prints_the_table_and_writes_lm_eval_json(trained, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("The river runs past the old stone house.\nIt never stops. " * 20)
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.eval", "--checkpoint", f"{trained['run']}:4", "--tasks", "winogrande,boolq",
-         "--data-dir", trained["tasks"], "--text", str(text), "--limit", "4", "--output", str(out), "--markdown"],
-        capture_output=True, text=True, env=trainer_env(), cwd=REPO, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "trainer.eval",
+            "--checkpoint",
+            f"{trained['run']}:4",
+            "--tasks",
+            "winogrande,boolq",
+            "--data-dir",
+            trained["tasks"],
+            "--text",
+            str(text),
+            "--limit",
+            "4",
+            "--output",
+            str(out),
+            "--markdown",
+        ],
+        capture_output=True,
+        text=True,
+        env=trainer_env(),
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
     assert "|winogrande" in result.stdout and "word_perplexity" in result.stdout
@@ -82,19 +108,28 @@ def test_the_harness_finds_the_trainer_model_by_name(trained, tmp_path):
     from trainer.eval import tasks
 
     tasks.write_include_path(tmp_path, ["piqa"], trained["tasks"])
-    results = lm_eval.simple_evaluate(model="trainer", model_args=f"checkpoint={trained['run']}", tasks=["piqa"],
-                                      batch_size=4, limit=2, bootstrap_iters=0,
-                                      task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+    results = lm_eval.simple_evaluate(
+        model="trainer",
+        model_args=f"checkpoint={trained['run']}",
+        tasks=["piqa"],
+        batch_size=4,
+        limit=2,
+        bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+    )
     assert results["results"]["piqa"]["acc,none"] in (0.0, 0.5, 1.0)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_tasks", "nothing to evaluate"),
-    ("no_data_dir", "--tasks read their documents from --data-dir"),
-    ("missing_file", "no file for task piqa"),
-    ("missing_step", "step 7 is not among the checkpoints"),
-    ("not_a_run", "not a run folder"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_tasks", "nothing to evaluate"),
+        ("no_data_dir", "--tasks read their documents from --data-dir"),
+        ("missing_file", "no file for task piqa"),
+        ("missing_step", "step 7 is not among the checkpoints"),
+        ("not_a_run", "not a run folder"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(case, message, trained, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

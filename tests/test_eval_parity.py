@@ -18,7 +18,7 @@ from trainer import checkpoint
 from trainer.config import Config, DataConfig
 from trainer.eval import tasks
 from trainer.eval.harness import TrainerLM
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 
 TOLERANCE = 1e-4
 WITH_ACC_NORM = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "openbookqa")
@@ -51,8 +51,12 @@ def greedy_lambada_texts(lm: TrainerLM, wanted: int = 2) -> list[str]:
         new = lm._greedy([lm.tok_encode(context)], 3, [])[0]
         for j in range(len(new), 0, -1):
             word = lm.tok.decode(new[:j])
-            if (word.startswith(" ") and word[1:].strip() and not any(c.isspace() for c in word[1:])
-                    and lm._encode_pair(context, word)[1] == new[:j]):
+            if (
+                word.startswith(" ")
+                and word[1:].strip()
+                and not any(c.isspace() for c in word[1:])
+                and lm._encode_pair(context, word)[1] == new[:j]
+            ):
                 found.append(context + word)
                 break
         if len(found) == wanted:
@@ -101,8 +105,9 @@ def test_every_score_is_identical(results):
         for metric in ("acc,none", "acc_norm,none"):
             assert ours[task].get(metric) == theirs[task].get(metric), (task, metric)
         assert "acc,none" in ours[task]
-    assert ours["lambada_openai"]["perplexity,none"] == pytest.approx(theirs["lambada_openai"]["perplexity,none"],
-                                                                      rel=TOLERANCE)
+    assert ours["lambada_openai"]["perplexity,none"] == pytest.approx(
+        theirs["lambada_openai"]["perplexity,none"], rel=TOLERANCE
+    )
     assert {t for t in ours if "acc_norm,none" in ours[t]} == set(WITH_ACC_NORM)
 
 
@@ -157,10 +162,11 @@ def test_with_bos_data_requests_and_perplexity_windows_match(with_bos):
     for i in range(3):  # greedy generation: the same tokens as transformers' generate
         prompt = ours.tok_encode(sentence(i, 4))
         new = ours._greedy([prompt], 12, [])[0]
-        generated = theirs.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)).long(),
-                                          max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+        generated = theirs.model.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)).long(), max_new_tokens=12, do_sample=False
+        )[0, len(prompt) :].tolist()
         assert new == [t for t in generated if t != ours.tok.eos_id][: len(new)] and len(new) >= 1
     free = ours.generate_until([Instance("generate_until", {}, ("The river", {"max_gen_toks": 12}), 0)])[0]
-    stop = free[len(free) // 2: len(free) // 2 + 2]
+    stop = free[len(free) // 2 : len(free) // 2 + 2]
     cut = ours.generate_until([Instance("generate_until", {}, ("The river", {"until": [stop], "max_gen_toks": 12}), 0)])
     assert cut == [free.split(stop)[0]] and len(cut[0]) < len(free)

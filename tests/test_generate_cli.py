@@ -15,13 +15,23 @@ from test_convert_tokenizer import TEMPLATE, sentencepiece
 from trainer import checkpoint
 from trainer.config import Config, ModelConfig
 from trainer.data.bos import record_bos
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 from trainer.export import import_hf
 from trainer.infer.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                    max_seq_len=128, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+MODEL = ModelConfig(
+    vocab_size=512,
+    embed_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=128,
+    max_seq_len=128,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 PROMPT = "def main():\n"
 
 
@@ -51,8 +61,9 @@ def test_a_prompt_streams_the_text_its_json_result_holds(run_dir, capsys):
     code, streamed, err = generate(capsys, "--checkpoint", run_dir, "--prompt", PROMPT, "--max-new-tokens", "24")
     assert code == 0, err
     assert "tokens/s" in err.strip().splitlines()[-1] and "step 3" in err
-    code, out, _ = generate(capsys, "--checkpoint", f"{run_dir}:3", "--prompt", PROMPT, "--max-new-tokens", "24",
-                            "--output", "json")
+    code, out, _ = generate(
+        capsys, "--checkpoint", f"{run_dir}:3", "--prompt", PROMPT, "--max-new-tokens", "24", "--output", "json"
+    )
     (row,) = json_rows(out)
     assert set(row) == {"prompt", "text", "tokens", "logprobs", "finish_reason"}
     assert streamed == PROMPT + row["text"] + "\n"
@@ -63,8 +74,22 @@ def test_a_prompt_streams_the_text_its_json_result_holds(run_dir, capsys):
 def test_sampled_prompts_do_not_depend_on_the_batch_they_are_in(run_dir, capsys, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps(p) for p in [{"prompt": "import os\n"}, "class A:", {"prompt": "x = "}]))
-    common = ["--checkpoint", run_dir, "--prompts", str(prompts), "--output", "json", "--max-new-tokens", "12",
-              "--temperature", "0.9", "--top-k", "40", "--seed", "7"]
+    common = [
+        "--checkpoint",
+        run_dir,
+        "--prompts",
+        str(prompts),
+        "--output",
+        "json",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "40",
+        "--seed",
+        "7",
+    ]
     _, together, _ = generate(capsys, *common, "--batch-size", "3")
     _, one_by_one, _ = generate(capsys, *common, "--batch-size", "1")
     _, other_seed, _ = generate(capsys, *common[:-1], "8", "--batch-size", "3")
@@ -76,19 +101,43 @@ def test_sampled_prompts_do_not_depend_on_the_batch_they_are_in(run_dir, capsys,
 
 
 def test_a_stop_string_of_several_tokens_ends_the_text_before_it(run_dir, capsys):
-    _, out, _ = generate(capsys, "--checkpoint", run_dir, "--prompt", PROMPT, "--max-new-tokens", "40",
-                         "--output", "json", "--ignore-eos")
+    _, out, _ = generate(
+        capsys,
+        "--checkpoint",
+        run_dir,
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "40",
+        "--output",
+        "json",
+        "--ignore-eos",
+    )
     full = json_rows(out)[0]
     text = full["text"]
-    stop = next(text[i:i + 5] for i in range(4, len(text) - 5) if len(sentencepiece().encode(text[i:i + 5])) >= 2)
-    _, out, _ = generate(capsys, "--checkpoint", run_dir, "--prompt", PROMPT, "--max-new-tokens", "40",
-                         "--output", "json", "--ignore-eos", "--stop", "NEVER-THERE", "--stop", stop)
+    stop = next(text[i : i + 5] for i in range(4, len(text) - 5) if len(sentencepiece().encode(text[i : i + 5])) >= 2)
+    _, out, _ = generate(
+        capsys,
+        "--checkpoint",
+        run_dir,
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "40",
+        "--output",
+        "json",
+        "--ignore-eos",
+        "--stop",
+        "NEVER-THERE",
+        "--stop",
+        stop,
+    )
     cut = json_rows(out)[0]
-    assert cut["finish_reason"] == "stop" and cut["text"] == text[:text.find(stop)]
+    assert cut["finish_reason"] == "stop" and cut["text"] == text[: text.find(stop)]
     assert stop not in cut["text"]
-    assert cut["tokens"] == full["tokens"][:len(cut["tokens"])] and len(cut["tokens"]) < len(full["tokens"])
+    assert cut["tokens"] == full["tokens"][: len(cut["tokens"])] and len(cut["tokens"]) < len(full["tokens"])
     through = sentencepiece().decode(cut["tokens"])
-    assert through.startswith(text[:text.find(stop)] + stop[:1]) and stop in through  # ends within the stop string
+    assert through.startswith(text[: text.find(stop)] + stop[:1]) and stop in through  # ends within the stop string
 
 
 def test_chat_on_a_model_imported_from_hugging_face(run_dir, capsys, tmp_path, monkeypatch):
@@ -106,14 +155,17 @@ def test_chat_on_a_model_imported_from_hugging_face(run_dir, capsys, tmp_path, m
     assert code == 0 and out.startswith("x")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--checkpoint", "/nonexistent/run", "--prompt", "x"], "/nonexistent/run"),
-    (["--prompt", "x", "--top-k", "5"], "temperature"),
-    (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
-    (["--prompt", " ".join(map(str, range(100)))], "leaves no room"),
-    (["--prompts", "/nonexistent.jsonl"], "no such file"),
-    (["--chat"], "chat template"),  # the run's SentencePiece tokenizer has none
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "/nonexistent/run", "--prompt", "x"], "/nonexistent/run"),
+        (["--prompt", "x", "--top-k", "5"], "temperature"),
+        (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--prompt", " ".join(map(str, range(100)))], "leaves no room"),
+        (["--prompts", "/nonexistent.jsonl"], "no such file"),
+        (["--chat"], "chat template"),  # the run's SentencePiece tokenizer has none
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, args, message):
     if "--checkpoint" not in args:
         args = ["--checkpoint", run_dir, *args]
@@ -125,6 +177,12 @@ def test_the_command_runs_as_a_module(run_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\nnot json\n')
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-    result = subprocess.run([sys.executable, "-m", "trainer.generate", "--checkpoint", run_dir, "--prompts", str(bad)],
-                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.generate", "--checkpoint", run_dir, "--prompts", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stderr.strip() == f"error: {bad}:2 is not JSON (Expecting value)"

@@ -16,8 +16,8 @@ from trainer import sharding
 from trainer.config import Config, MeshConfig, ModelConfig
 from trainer.export import parity
 from trainer.infer.decode import Generator
-from trainer.infer.load import abstract_params
 from trainer.model.transformer import Transformer
+from trainer.step import abstract_params
 
 NEW_TOKENS = 64
 # |cached − full| / max|full logit|, both fp32: the same sums in another order (measured ~3e-7)
@@ -33,8 +33,18 @@ def sharded(config: Config, params: dict) -> tuple:
 
 @pytest.mark.parametrize("scan", [True, False])
 def test_cached_decoding_equals_the_full_forward_pass_at_every_position(scan):
-    model = ModelConfig(vocab_size=256, embed_dim=64, num_layers=3, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                        max_seq_len=48, compute_dtype="float32", remat_policy="full", scan_layers=scan)
+    model = ModelConfig(
+        vocab_size=256,
+        embed_dim=64,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        mlp_dim=128,
+        max_seq_len=48,
+        compute_dtype="float32",
+        remat_policy="full",
+        scan_layers=scan,
+    )
     tokens = np.random.default_rng(0).integers(0, model.vocab_size, (2, 40)).astype(np.int32)
     params = random_params(model)
     full = np.asarray(Transformer(model).apply({"params": params}, tokens))
@@ -46,8 +56,12 @@ def test_cached_decoding_equals_the_full_forward_pass_at_every_position(scan):
     prefill, variables = apply({"params": params}, tokens[:, :9], positions[:, :9], ones[:, :9])
     steps = [np.asarray(prefill)]
     for t in range(9, 40):
-        logits, variables = apply({"params": params, "cache": variables["cache"]}, tokens[:, t:t + 1],
-                                  positions[:, t:t + 1], ones[:, t:t + 1])
+        logits, variables = apply(
+            {"params": params, "cache": variables["cache"]},
+            tokens[:, t : t + 1],
+            positions[:, t : t + 1],
+            ones[:, t : t + 1],
+        )
         steps.append(np.asarray(logits))
     cached = np.concatenate(steps, axis=1)
     relative = np.abs(cached - full).max() / np.abs(full).max()
@@ -62,8 +76,12 @@ def prompts_for(vocab: int, lengths=(7, 12, 3, 9)) -> list[list[int]]:
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_greedy_tokens_equal_transformers_generate(name, tmp_path):
-    model = dataclasses.replace(ARCHITECTURES[name], compute_dtype="float32", remat_policy="none",
-                                max_seq_len=max(ARCHITECTURES[name].max_seq_len, 96))
+    model = dataclasses.replace(
+        ARCHITECTURES[name],
+        compute_dtype="float32",
+        remat_policy="none",
+        max_seq_len=max(ARCHITECTURES[name].max_seq_len, 96),
+    )
     params = random_params(model, seed=1)
     export(model, params, str(tmp_path))
     hf = parity.load_hf_model(str(tmp_path))
@@ -74,9 +92,14 @@ def test_greedy_tokens_equal_transformers_generate(name, tmp_path):
     ours = Generator(config, mesh, placed, unroll=name != "tiny").generate(prompts, NEW_TOKENS)
     for prompt, result in zip(prompts, ours):
         with torch.no_grad():
-            out = hf.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                              do_sample=False, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-        assert result.tokens == out[0, len(prompt):].tolist()
+            out = hf.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            )
+        assert result.tokens == out[0, len(prompt) :].tolist()
         assert result.finish_reason == "length" and len(result.logprobs) == NEW_TOKENS
 
 

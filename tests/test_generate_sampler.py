@@ -26,15 +26,29 @@ def bigram(table: jax.Array, tokens: jax.Array, cache: jax.Array) -> tuple[jax.A
     return table[tokens], cache + 1
 
 
-def generate(sampling: Sampling, first: np.ndarray, max_new: int, seed: int = 0, rows=None, eos=(), chunk=None,
-             table=None, prompt=None) -> sample.LoopState:
+def generate(
+    sampling: Sampling,
+    first: np.ndarray,
+    max_new: int,
+    seed: int = 0,
+    rows=None,
+    eos=(),
+    chunk=None,
+    table=None,
+    prompt=None,
+) -> sample.LoopState:
     """Run the loop from `first` (each row's last prompt token) for `max_new` tokens, in chunks if asked."""
     table = bigram_table() if table is None else table
     batch = len(first)
     rows = np.arange(batch) if rows is None else np.asarray(rows)
-    state = sample.init_state(table[jnp.asarray(first)], jnp.zeros((), jnp.int32), max_new,
-                              sample.row_keys(seed, rows), sampling.repetition_penalty != 1.0,
-                              None if prompt is None else jnp.asarray(prompt))
+    state = sample.init_state(
+        table[jnp.asarray(first)],
+        jnp.zeros((), jnp.int32),
+        max_new,
+        sample.row_keys(seed, rows),
+        sampling.repetition_penalty != 1.0,
+        None if prompt is None else jnp.asarray(prompt),
+    )
     run = sample.make_runner(bigram, sampling, eos, pad_id=0)
     step = 0
     while step < max_new and not bool(jnp.all(state.done)):
@@ -129,8 +143,11 @@ def allowed(logits: np.ndarray, sampling: Sampling) -> np.ndarray:
     return keep
 
 
-@pytest.mark.parametrize("sampling", [Sampling(temperature=1.0, top_k=4), Sampling(temperature=1.0, top_p=0.5),
-                                      Sampling(temperature=1.0, min_p=0.3)], ids=["top_k", "top_p", "min_p"])
+@pytest.mark.parametrize(
+    "sampling",
+    [Sampling(temperature=1.0, top_k=4), Sampling(temperature=1.0, top_p=0.5), Sampling(temperature=1.0, min_p=0.3)],
+    ids=["top_k", "top_p", "min_p"],
+)
 def test_filters_never_draw_outside_the_allowed_set(sampling):
     table = bigram_table(seed=2, scale=1.0)  # flat-ish rows: many tokens near the cut
     rows = 256
@@ -163,9 +180,9 @@ def test_eos_ends_a_row_and_pads_the_rest():
     stop_at = chain.index(eos)
     state = generate(Sampling(), np.array([3, 17]), 30, eos=(eos,))
     tokens = np.asarray(state.tokens)
-    assert tokens[0, :stop_at + 1].tolist() == chain[:stop_at + 1]
-    assert (tokens[0, stop_at + 1:] == 0).all() and bool(state.hit_eos[0])
-    assert np.asarray(state.logprobs)[0, stop_at + 1:].sum() == 0
+    assert tokens[0, : stop_at + 1].tolist() == chain[: stop_at + 1]
+    assert (tokens[0, stop_at + 1 :] == 0).all() and bool(state.hit_eos[0])
+    assert np.asarray(state.logprobs)[0, stop_at + 1 :].sum() == 0
 
 
 def test_repetition_penalty_avoids_tokens_already_present():

@@ -16,9 +16,18 @@ from trainer.model.transformer import Transformer
 from trainer.step import make_step_functions
 
 BASE = {
-    "model": {"vocab_size": 256, "embed_dim": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-              "mlp_dim": 128, "max_seq_len": 32, "compute_dtype": "float32", "tie_embeddings": False,
-              "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": ["query", "value", "out", "down"]}},
+    "model": {
+        "vocab_size": 256,
+        "embed_dim": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "mlp_dim": 128,
+        "max_seq_len": 32,
+        "compute_dtype": "float32",
+        "tie_embeddings": False,
+        "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": ["query", "value", "out", "down"]},
+    },
     "train": {"global_batch_size": 8, "seq_len": 32, "steps": 10},
     "optimizer": {"learning_rate": 1e-2, "warmup_steps": 1, "weight_decay": 0.0},
 }
@@ -36,8 +45,10 @@ def _base_params(config):
     """A 'pretrained' base: the plain model's random init (no adapters), as numpy."""
     plain = dataclasses.replace(config.model, lora=dataclasses.replace(config.model.lora, rank=0))
     params = Transformer(plain).init(jax.random.key(7), jnp.zeros((1, 8), jnp.int32))["params"]
-    return jax.tree.map(np.asarray, jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
-                                                 is_leaf=lambda x: hasattr(x, "unbox")))
+    return jax.tree.map(
+        np.asarray,
+        jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params, is_leaf=lambda x: hasattr(x, "unbox")),
+    )
 
 
 def _train(config, devices):
@@ -94,22 +105,28 @@ def test_merged_weights_give_the_unmerged_logits(one_device):
     unmerged = Transformer(config.model).apply({"params": full}, tokens)
     together = Transformer(plain).apply({"params": merged}, tokens)
     np.testing.assert_allclose(np.asarray(together), np.asarray(unmerged), atol=2e-5, rtol=1e-5)
-    assert not np.allclose(np.asarray(Transformer(plain).apply({"params": base_np}, tokens)), np.asarray(unmerged),
-                           atol=1e-3)  # the adapters do change the model
+    assert not np.allclose(
+        np.asarray(Transformer(plain).apply({"params": base_np}, tokens)), np.asarray(unmerged), atol=1e-3
+    )  # the adapters do change the model
 
 
 def test_unscanned_layers_merge_in_layer_order():
     config = _config({"data": 1, "fsdp": 1, "tensor": 1}, scan_layers=False, num_layers=3)
     params = Transformer(config.model).init(jax.random.key(1), jnp.zeros((1, 8), jnp.int32))["params"]
-    params = jax.tree.map(lambda x: np.asarray(x.unbox() if hasattr(x, "unbox") else x), params,
-                          is_leaf=lambda x: hasattr(x, "unbox"))
+    params = jax.tree.map(
+        lambda x: np.asarray(x.unbox() if hasattr(x, "unbox") else x), params, is_leaf=lambda x: hasattr(x, "unbox")
+    )
     params = jax.tree_util.tree_map_with_path(
-        lambda p, x: x + 0.01 if jax.tree_util.keystr(p).endswith("['lora_b']") else x, params)
+        lambda p, x: x + 0.01 if jax.tree_util.keystr(p).endswith("['lora_b']") else x, params
+    )
     merged = lora.merge(params, config.model.lora)
     plain = dataclasses.replace(config.model, lora=dataclasses.replace(config.model.lora, rank=0))
     tokens = jnp.arange(16, dtype=jnp.int32)[None]
-    np.testing.assert_allclose(np.asarray(Transformer(plain).apply({"params": merged}, tokens)),
-                               np.asarray(Transformer(config.model).apply({"params": params}, tokens)), atol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(Transformer(plain).apply({"params": merged}, tokens)),
+        np.asarray(Transformer(config.model).apply({"params": params}, tokens)),
+        atol=2e-5,
+    )
     peft = lora.peft_tensors(params, config.model.lora)
     assert len(peft) == 3 * 4 * 2 and "base_model.model.model.layers.2.self_attn.o_proj.lora_A.weight" in peft
     assert peft["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 64)

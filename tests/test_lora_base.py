@@ -9,20 +9,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runs import prepare_corpus
 from test_convert_mapping import random_params
 
-from runs import prepare_corpus
 from trainer import checkpoint, sharding, storage
 from trainer.config import CheckpointConfig, Config, DataConfig, LoraConfig, ModelConfig, from_dict
 from trainer.errors import ConfigError
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 from trainer.model import lora
 from trainer.model.transformer import Transformer
 from trainer.run import finetune
 from trainer.step import make_step_functions
 
-MODEL = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                    max_seq_len=64, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+MODEL = ModelConfig(
+    vocab_size=512,
+    embed_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=128,
+    max_seq_len=64,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 LORA = LoraConfig(rank=4, alpha=8.0, targets=["query", "value", "out", "down"])
 TOKENS = [[5, 17, 99, 3, 250, 42, 7, 300]]
 
@@ -37,9 +47,14 @@ def lora_run(tmp_path_factory):
     tuned_model = dataclasses.replace(MODEL, lora=LORA)
     shapes = jax.eval_shape(Transformer(tuned_model).init, jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
     rng = np.random.default_rng(3)
-    adapters = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32),
-                            lora.split(jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, shapes,
-                                                    is_leaf=lambda x: hasattr(x, "unbox")))[1])
+    adapters = jax.tree.map(
+        lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32),
+        lora.split(
+            jax.tree.map(
+                lambda x: x.unbox() if hasattr(x, "unbox") else x, shapes, is_leaf=lambda x: hasattr(x, "unbox")
+            )
+        )[1],
+    )
     run = str(root / "lora")
     config = Config(model=tuned_model, data=DataConfig(path=data), checkpoint=CheckpointConfig(restore_from=base))
     checkpoint.save_params(run, config, adapters, step=4)
@@ -58,9 +73,16 @@ def _merged_export_logits(run, out):
 
 
 def _new_run(root, run, data, name, **model):
-    return from_dict({"model": {**dataclasses.asdict(MODEL), "lora": {"rank": 0}, **model}, "data": {"path": data},
-                      "mesh": {"data": 1, "fsdp": 2, "tensor": 1}, "train": {"global_batch_size": 2, "seq_len": 64},
-                      "checkpoint": {"restore_from": run}, "run": {"dir": str(root / name)}})
+    return from_dict(
+        {
+            "model": {**dataclasses.asdict(MODEL), "lora": {"rank": 0}, **model},
+            "data": {"path": data},
+            "mesh": {"data": 1, "fsdp": 2, "tensor": 1},
+            "train": {"global_batch_size": 2, "seq_len": 64},
+            "checkpoint": {"restore_from": run},
+            "run": {"dir": str(root / name)},
+        }
+    )
 
 
 def _logits(model, params):
@@ -98,7 +120,8 @@ def test_a_second_run_from_a_lora_run_starts_from_its_merged_weights(lora_run, t
 
 def test_a_lora_runs_train_state_is_not_a_whole_state_to_resume(lora_run):
     root, _, run, data = lora_run
-    config = dataclasses.replace(_new_run(root, run, data, "whole"),
-                                 checkpoint=CheckpointConfig(restore_from=run, restore_params_only=False))
+    config = dataclasses.replace(
+        _new_run(root, run, data, "whole"), checkpoint=CheckpointConfig(restore_from=run, restore_params_only=False)
+    )
     with pytest.raises(ConfigError, match="restore_params_only=true"):
         finetune.pin_base(config)

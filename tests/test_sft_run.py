@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from runs import (
     MICRO,
     assert_params_equal,
@@ -20,6 +19,7 @@ from runs import (
     train,
     write_config,
 )
+
 from trainer import checkpoint
 from trainer.config import from_dict
 from trainer.data.chat_prepare import prepare_chat
@@ -35,8 +35,9 @@ def base_run(tmp_path_factory):
     corpus = prepare_corpus(str(root / "corpus"))
     config = from_dict({"model": BASE_MODEL, "data": {"path": corpus}})
     params = Transformer(config.model).init(jax.random.key(5), jnp.zeros((1, 8), jnp.int32))["params"]
-    params = jax.tree.map(lambda x: np.asarray(x.unbox() if hasattr(x, "unbox") else x), params,
-                          is_leaf=lambda x: hasattr(x, "unbox"))
+    params = jax.tree.map(
+        lambda x: np.asarray(x.unbox() if hasattr(x, "unbox") else x), params, is_leaf=lambda x: hasattr(x, "unbox")
+    )
     run = str(root / "base")
     checkpoint.save_params(run, config, params, step=7)
     os.makedirs(os.path.join(run, "tokenizer"))
@@ -52,21 +53,35 @@ def _json(path):
 def _chat_data(root, base, name, **kwargs):
     out = str(root / name)
     if not os.path.exists(out):
-        prepare_chat(out=out, corpus="stdlib_qa", limit=240, tokenizer=os.path.join(base, "tokenizer"),
-                     val_fraction=0.1, verbose=False, **kwargs)
+        prepare_chat(
+            out=out,
+            corpus="stdlib_qa",
+            limit=240,
+            tokenizer=os.path.join(base, "tokenizer"),
+            val_fraction=0.1,
+            verbose=False,
+            **kwargs,
+        )
     return out
 
 
 def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path):
-    from trainer.export import hf as convert_to_hf
+    from trainer.export import command as convert_to_hf
 
     root, base, _ = base_run
     data = _chat_data(root, base, "kodalite", template="kodalite", markers="special")  # its markers as new ids
     run = str(tmp_path / "sft")
-    config = write_config(str(tmp_path / "sft.yml"), data, run, model={**BASE_MODEL, "vocab_size": 516},
-                          data={"path": data, "chat_template": "kodalite"}, mesh={"data": 1, "fsdp": 8},
-                          checkpoint={"every_steps": 4, "restore_from": base},
-                          train={"steps": 4}, eval={"every_steps": 4})
+    config = write_config(
+        str(tmp_path / "sft.yml"),
+        data,
+        run,
+        model={**BASE_MODEL, "vocab_size": 516},
+        data={"path": data, "chat_template": "kodalite"},
+        mesh={"data": 1, "fsdp": 8},
+        checkpoint={"every_steps": 4, "restore_from": base},
+        train={"steps": 4},
+        eval={"every_steps": 4},
+    )
     out = train(config)
     assert f"started from {base}:7" in out and "eval_loss" in out
     assert _json(os.path.join(run, "base.json"))["restore_from"] == f"{base}:7"
@@ -103,12 +118,18 @@ def test_full_sft_grows_the_vocab_and_exports_the_chat_format(base_run, tmp_path
 
 def _lora_config(tmp_path, base, data, name):
     run = str(tmp_path / name)
-    path = write_config(str(tmp_path / f"{name}.yml"), data, run,
-                        model={**BASE_MODEL, "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.1}},
-                        data={"path": data, "chat_template": "chatml", "end_of_turn": "</s>"},
-                        mesh={"data": 2, "fsdp": 4}, checkpoint={"every_steps": 2, "restore_from": base},
-                        train={"steps": 4}, optimizer={"learning_rate": 3e-2, "warmup_steps": 1},
-                        eval={"every_steps": 4})
+    path = write_config(
+        str(tmp_path / f"{name}.yml"),
+        data,
+        run,
+        model={**BASE_MODEL, "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.1}},
+        data={"path": data, "chat_template": "chatml", "end_of_turn": "</s>"},
+        mesh={"data": 2, "fsdp": 4},
+        checkpoint={"every_steps": 2, "restore_from": base},
+        train={"steps": 4},
+        optimizer={"learning_rate": 3e-2, "warmup_steps": 1},
+        eval={"every_steps": 4},
+    )
     return path, run
 
 
@@ -117,8 +138,8 @@ def test_lora_resumes_bitwise_and_exports_merged_and_as_peft(base_run, tmp_path)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from trainer.export import hf as convert_to_hf
-    from trainer.run.finetune import with_base
+    from trainer.export import command as convert_to_hf
+    from trainer.run_folder import load_run, open_run
 
     root, base, base_params = base_run
     data = _chat_data(root, base, "chatml", template="chatml", end_of_turn="</s>")  # </s>: one id, no new rows
@@ -150,15 +171,13 @@ def test_lora_resumes_bitwise_and_exports_merged_and_as_peft(base_run, tmp_path)
         peft_logits = PeftModel.from_pretrained(plain, exports["adapter"]).eval()(tokens).logits.numpy()
     np.testing.assert_allclose(peft_logits, merged_logits, atol=1e-4, rtol=1e-4)
     # ... and both are the unmerged model's: base + adapters applied side by side by our model (fp32)
-    cfg = checkpoint.read_run_config(run)
-    full = with_base(run, cfg, adapters)
+    cfg, full = open_run(run).host_params(merged=False)
     model_cfg = cfg.model.__class__(**{**cfg.model.__dict__, "compute_dtype": "float32"})
     ours = np.asarray(Transformer(model_cfg).apply({"params": full}, jnp.asarray(tokens.numpy())))
     np.testing.assert_allclose(merged_logits, ours, atol=1e-4, rtol=1e-4)
     assert not np.allclose(merged_logits, base_logits, atol=1e-3)  # the adapters did change the model
-    # lm-eval's model (trainer.eval) loads the LoRA run itself: its base and its adapters
-    from trainer.eval.harness import load_checkpoint
-
-    _, _, evaluated, _ = load_checkpoint(run)
-    scored = np.asarray(Transformer(model_cfg).apply({"params": jax.device_get(evaluated)}, jnp.asarray(tokens.numpy())))
+    # the run API, which lm-eval's model and generation load with, reads the LoRA run itself: base and adapters
+    evaluated = load_run(run).params
+    scored = Transformer(model_cfg).apply({"params": jax.device_get(evaluated)}, jnp.asarray(tokens.numpy()))
+    scored = np.asarray(scored)
     np.testing.assert_allclose(scored, ours, atol=1e-6, rtol=1e-6)

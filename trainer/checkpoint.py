@@ -16,7 +16,8 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,8 +49,12 @@ def _quiet_abandoned_reads(previous: Any) -> Any:
         tb = unraisable.exc_traceback
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        if (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
-                and tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"):
+        if (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and tb is not None
+            and tb.tb_frame.f_code.co_name == "_check_closed"
+        ):
             return
         previous(unraisable)
 
@@ -57,7 +62,6 @@ def _quiet_abandoned_reads(previous: Any) -> Any:
 
 
 sys.unraisablehook = _quiet_abandoned_reads(sys.unraisablehook)
-
 
 
 DAMAGED_DIR = "damaged_checkpoints"  # where steps that can't be restored are kept, beside checkpoints/
@@ -124,15 +128,21 @@ class Checkpointer:
                 error = None
             except Exception as e:  # tensorstore / Orbax / JSON errors of a damaged step
                 if _is_transient(e):
-                    raise StorageError(f"can't read checkpoint {self.directory}/{step} ({_gist(e)}): the store "
-                                          "is unreachable or refused; run again when it is back") from None
+                    raise StorageError(
+                        f"can't read checkpoint {self.directory}/{step} ({_gist(e)}): the store "
+                        "is unreachable or refused; run again when it is back"
+                    ) from None
                 error = _gist(e)
             if all(distributed.allgather_json(error is None)):  # every process restored this step
                 for bad, reason in failed:
                     aside = self._set_aside(bad)
                     if jax.process_index() == 0:
-                        print(f"warning: checkpoint {self.directory}/{bad} is damaged ({reason}); moved it to "
-                              f"{aside} and resuming from step {step}", file=sys.stderr, flush=True)
+                        print(
+                            f"warning: checkpoint {self.directory}/{bad} is damaged ({reason}); moved it to "
+                            f"{aside} and resuming from step {step}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 if failed:
                     self.manager.reload()
                 return state, step
@@ -140,9 +150,11 @@ class Checkpointer:
         if not failed:
             return None
         listed = ", ".join(str(s) for s, _ in failed)
-        raise CheckpointError(f"no checkpoint of {self.directory} can be restored (steps {listed}; newest: "
-                              f"{failed[0][1]}): was the run's optimizer or code changed? Use a new run.dir, or "
-                              "move checkpoints/ away to start over")
+        raise CheckpointError(
+            f"no checkpoint of {self.directory} can be restored (steps {listed}; newest: "
+            f"{failed[0][1]}): was the run's optimizer or code changed? Use a new run.dir, or "
+            "move checkpoints/ away to start over"
+        )
 
     def _set_aside(self, step: int) -> str:
         """Move a damaged step out of Orbax's view to RUN/damaged_checkpoints/<step>[-n] (process 0; all wait)."""
@@ -161,7 +173,7 @@ class Checkpointer:
 
         The data state is taken now, from every process, and merged: the loop moves on while the write runs.
         """
-        from trainer.data.pipeline import merge_states
+        from trainer.data.pipeline import merge_states  # only saving needs Grain (and the pipeline's exit hook)
 
         data_state = merge_states(distributed.allgather_json(data_iterator.get_state()))
         return self.manager.save(
@@ -217,6 +229,12 @@ def _find_step(run_dir: str, step: int | None) -> tuple[str, int]:
     return directory, step
 
 
+def resolve_step(run_dir: str, step: int | None = None) -> int:
+    """The step `RUN_DIR[:STEP]` names: `step` when it is among the run's complete checkpoints, else (None) the
+    latest; one CheckpointError line otherwise."""
+    return _find_step(run_dir, step)[1]
+
+
 def read_run_config(run_dir: str) -> Config:
     """The resolved config a run folder was written with."""
     storage.check_reachable(run_dir, "the run folder")
@@ -254,8 +272,7 @@ def _restore_params(run_dir: str, step: int | None, target: Any, restore_arg: An
     with _explained(run_dir, directory, step):
         restored = ocp.PyTreeCheckpointer().restore(
             storage.join(directory, str(step), "state"),
-            args=ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(restore_arg, item),
-                                        partial_restore=True),
+            args=ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(restore_arg, item), partial_restore=True),
         )
     return restored["params"], step
 
@@ -269,11 +286,12 @@ def _explained(run_dir: str, directory: str, step: int) -> Iterator[None]:
         raise
     except Exception as e:  # tensorstore / Orbax errors of a damaged (or unreachable) step
         if _is_transient(e):
-            raise StorageError(f"can't read checkpoint {directory}/{step} ({_gist(e)}): the store is unreachable "
-                                  "or refused; try again when it is back") from None
+            raise StorageError(
+                f"can't read checkpoint {directory}/{step} ({_gist(e)}): the store is unreachable "
+                "or refused; try again when it is back"
+            ) from None
         older = [s for s in sorted(ocp.utils.checkpoint_steps(directory)) if s < step]
-        instead = (f"use an earlier step, e.g. {run_dir}:{older[-1]}" if older else
-                   "it is the run's only checkpoint")
+        instead = f"use an earlier step, e.g. {run_dir}:{older[-1]}" if older else "it is the run's only checkpoint"
         raise CheckpointError(f"checkpoint step {step} of {run_dir} is damaged ({_gist(e)}); {instead}") from None
 
 
@@ -301,8 +319,9 @@ def load_params(path: str, step: int | None = None, dtype: str | None = None) ->
     cast = jax.numpy.dtype(dtype)
     params: dict[str, Any] = {}
     for batch in _batches(target, CAST_BATCH_BYTES):
-        part, step = _restore_params(run_dir, step, batch,
-                                     lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast))
+        part, step = _restore_params(
+            run_dir, step, batch, lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast)
+        )
         _merge(params, part)
     return config, params, step
 
@@ -341,9 +360,11 @@ def save_params(run_dir: str, config: Config, params: dict[str, Any], step: int 
     storage.makedirs(run_dir)
     write_run_config(run_dir, config)
     with ocp.CheckpointManager(_absolute(checkpoint_dir(run_dir)), item_names=("state", "meta")) as manager:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"params": params}),
-            meta=ocp.args.JsonSave({"step": step, "config": config.to_dict(), "params_only": True}),
-        ))
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"params": params}),
+                meta=ocp.args.JsonSave({"step": step, "config": config.to_dict(), "params_only": True}),
+            ),
+        )
         manager.wait_until_finished()
-

@@ -47,9 +47,9 @@ class StepFunctions:
     abstract_state: TrainState  # ShapeDtypeStructs, no memory
     state_shardings: TrainState
     batch_sharding: NamedSharding
-    init: "InMesh"  # rng -> TrainState
-    train_step: "InMesh"  # (TrainState, Batch) -> (TrainState, metrics)
-    eval_step: "InMesh"  # (params, Batch) -> {"nll_sum", "tokens"}
+    init: InMesh  # rng -> TrainState
+    train_step: InMesh  # (TrainState, Batch) -> (TrainState, metrics)
+    eval_step: InMesh  # (params, Batch) -> {"nll_sum", "tokens"}
     # LoRA (model.lora.rank > 0): the train state's params are the adapters only; the frozen base params live here
     # ({"base": tree}, set with `set_base`) and are passed to the jitted steps beside them, never differentiated.
     abstract_base: Any = None
@@ -57,6 +57,7 @@ class StepFunctions:
 
     def set_base(self, base: Any) -> None:
         """Give a LoRA job its frozen base params (restored into `abstract_base`'s shardings)."""
+        assert self.frozen is not None, "set_base is for LoRA jobs, whose step functions hold a frozen dict"
         self.frozen["base"] = base
 
     def full_params(self, params: Any) -> Any:
@@ -69,7 +70,8 @@ class StepFunctions:
 
 
 def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
-    """Build model, optimizer and the jitted init / train / eval functions with explicit shardings (nothing allocated)."""
+    """Build model, optimizer and the jitted init / train / eval functions with explicit shardings (nothing
+    allocated)."""
     model = Transformer(config.model)
     tx, schedule = make_optimizer(config.optimizer, config.train.steps)
     dummy = jnp.zeros((1, config.train.seq_len), jnp.int32)
@@ -82,10 +84,6 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
             params = lora.split(params)[1]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    def abstract(boxed: Any, shardings: Any) -> Any:
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
-                            shardings)
-
     with sharding.activate(mesh, config):
         # The key is made inside the trace: nothing may execute under a mesh of devices that are not here
         # (a TPU topology compiled for on another machine).
@@ -95,9 +93,9 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
         if adapters_only:
             boxed_base = lora.split(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))["params"])[0]
             base_shardings = sharding.logical_shardings(boxed_base, mesh, config)
-    abstract_state = abstract(boxed, state_shardings)
+    abstract_state = with_shardings(boxed, state_shardings)
     if adapters_only:
-        abstract_base = abstract(boxed_base, base_shardings)
+        abstract_base = with_shardings(boxed_base, base_shardings)
     batch_sharding = sharding.batch_sharding(mesh, config)
     replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -142,18 +140,46 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
     with sharding.activate(mesh, config):
         jit_init = jax.jit(init, out_shardings=state_shardings)
         jit_train = jax.jit(
-            train_step, in_shardings=(base_shardings, state_shardings, batch_sharding),
-            out_shardings=(state_shardings, replicated), donate_argnums=1,
+            train_step,
+            in_shardings=(base_shardings, state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=1,
         )
-        jit_eval = jax.jit(eval_step, in_shardings=(base_shardings, state_shardings.params, batch_sharding),
-                           out_shardings=replicated)
+        jit_eval = jax.jit(
+            eval_step, in_shardings=(base_shardings, state_shardings.params, batch_sharding), out_shardings=replicated
+        )
     return StepFunctions(
-        config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
-        state_shardings=state_shardings, batch_sharding=batch_sharding,
-        init=InMesh(jit_init, mesh, config), train_step=InMesh(jit_train, mesh, config, frozen),
-        eval_step=InMesh(jit_eval, mesh, config, frozen), abstract_base=abstract_base,
+        config=config,
+        mesh=mesh,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        abstract_state=abstract_state,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sharding,
+        init=InMesh(jit_init, mesh, config),
+        train_step=InMesh(jit_train, mesh, config, frozen),
+        eval_step=InMesh(jit_eval, mesh, config, frozen),
+        abstract_base=abstract_base,
         frozen=frozen if adapters_only else None,
     )
+
+
+def with_shardings(boxed: Any, shardings: Any) -> Any:
+    """The boxed abstract values of an init (`jax.eval_shape`) as plain ShapeDtypeStructs carrying `shardings`: what a
+    restore reads into, or a compiler plans for, with nothing allocated."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings)
+
+
+def abstract_params(config: Config, mesh: Mesh) -> Any:
+    """ShapeDtypeStructs of the model's whole params tree (a LoRA model: base and adapters) with the shardings
+    training gives them on `mesh`; nothing allocated."""
+    model = Transformer(config.model)
+    with sharding.activate(mesh, config):
+        # The key is made inside the trace, as for the train state: nothing executes on the mesh's devices.
+        boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+        shardings = sharding.logical_shardings(boxed, mesh, config)
+    return with_shardings(boxed, shardings)  # outside the mesh: unboxing under one would add sharding constraints
 
 
 @dataclass(frozen=True)
@@ -182,12 +208,15 @@ def _full(base: Any, params: Any) -> Any:
     return params if base is None else lora.combine(base, params)
 
 
-def _loss_sums(model: Transformer, params: Any, batch: Batch,
-               rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _loss_sums(
+    model: Transformer, params: Any, batch: Batch, rng: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Summed next-token cross-entropy and z-loss over positions whose loss mask is 1, in fp32, and the token count."""
     rngs = None if rng is None else {"dropout": rng}
-    logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], rngs=rngs)
-    logits = logits.astype(jnp.float32)
+    out: jax.Array = model.apply(  # type: ignore[assignment]  # typed as (output, variables) for mutable applies
+        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], rngs=rngs
+    )
+    logits = out.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
     mask = batch["loss_mask"].astype(jnp.float32)
@@ -209,8 +238,9 @@ def _split_microbatches(config: Config, batch: Batch) -> Batch:
     return jax.tree.map(split, batch)
 
 
-def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch: Batch, base: Any = None,
-                          rng: jax.Array | None = None) -> tuple[Any, dict[str, Any]]:
+def _accumulate_gradients(
+    model: Transformer, config: Config, params: Any, batch: Batch, base: Any = None, rng: jax.Array | None = None
+) -> tuple[Any, dict[str, Any]]:
     """Gradients of the summed loss (divide by the token count afterwards), over `train.microbatches` slices.
 
     With `base` (LoRA), `params` are the adapters and only they are differentiated.
@@ -229,9 +259,9 @@ def _accumulate_gradients(model: Transformer, config: Config, params: Any, batch
 
     microbatches = _split_microbatches(config, batch)
 
-    def body(carry: tuple[Any, dict[str, Any]], mb: Batch) -> tuple[tuple[Any, dict[str, Any]], None]:
+    def body(carry: tuple[Any, dict[str, Any]], xs: tuple[Batch, jax.Array]) -> tuple[tuple[Any, dict[str, Any]], None]:
         acc, sums = carry
-        mb, index = mb
+        mb, index = xs
         g, (nll, z, tokens) = grad_fn(params, mb, None if rng is None else jax.random.fold_in(rng, index))
         acc = jax.tree.map(jnp.add, acc, g)
         return (acc, {"nll": sums["nll"] + nll, "z": sums["z"] + z, "tokens": sums["tokens"] + tokens}), None

@@ -17,9 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import jax
-import numpy as np
-from flax import linen as nn
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import (
@@ -31,33 +28,13 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from trainer import sharding
 from trainer.config import Config
-from trainer.eval.scorer import Scorer, bucket_for, eval_mesh
+from trainer.eval.scorer import Scorer, bucket_for
+from trainer.run_folder import load_run
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_GEN_TOKS = 256  # the hf backend's default
-
-
-def load_checkpoint(reference: str) -> tuple[Config, Any, Any, int]:
-    """A run's config, an evaluation mesh, and the params of `RUN_DIR[:STEP]` restored sharded onto it (a LoRA run:
-    its pinned base and its adapters, applied unmerged)."""
-    from trainer.checkpoint import parse_reference, read_run_config
-    from trainer.model.transformer import Transformer
-    from trainer.run.finetune import restore_for_inference
-
-    run_dir, _ = parse_reference(reference)
-    config = read_run_config(run_dir)
-    mesh = eval_mesh(config)
-    model = Transformer(config.model)
-    with sharding.activate(mesh, config):
-        boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 8), np.int32)))["params"]
-        shardings = sharding.logical_shardings(boxed, mesh, config)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
-                            shardings)
-    params, step = restore_for_inference(reference, config, abstract)
-    return config, mesh, params, step
 
 
 def _batch_size(value: Any) -> int:
@@ -72,32 +49,51 @@ class TrainerLM(TemplateLM):
     """lm-eval `LM` over a checkpoint of this trainer (see the module docstring).
 
     Arguments (`--model_args key=value,...`): `checkpoint` RUN_DIR[:STEP]; `batch_size` rows per device call;
-    `max_length` context (default model.max_seq_len); `add_bos_token` (default: the run's record, trainer.data.bos);
-    `prefix_token_id` (default BOS, else EOS, as the hf backend); `tokenizer` (default RUN_DIR/tokenizer);
-    `max_gen_toks` (256).
+    `max_length` context (default model.max_seq_len); `add_bos_token` (default: the run's record, trainer.data.bos,
+    when the tokenizer has a BOS token); `prefix_token_id` (default BOS, else EOS, as the hf backend); `tokenizer`
+    (default RUN_DIR/tokenizer); `max_gen_toks` (256).
     """
 
-    def __init__(self, checkpoint: str | None = None, batch_size: Any = DEFAULT_BATCH_SIZE,
-                 max_length: int | None = None, add_bos_token: bool | None = None,
-                 prefix_token_id: int | None = None, tokenizer: str | None = None,
-                 max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, **ignored: Any):
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        batch_size: Any = DEFAULT_BATCH_SIZE,
+        max_length: int | None = None,
+        add_bos_token: bool | None = None,
+        prefix_token_id: int | None = None,
+        tokenizer: str | None = None,
+        max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        **ignored: Any,
+    ):
         super().__init__()
         if checkpoint is None:
             raise ValueError("the trainer model needs --model_args checkpoint=RUN_DIR[:STEP]")
-        from trainer.checkpoint import parse_reference
-        from trainer.data.bos import run_adds_bos
-        from trainer.export.tokenizer import find_tokenizer
-
-        config, mesh, params, self.step = load_checkpoint(checkpoint)
-        run_dir = parse_reference(checkpoint)[0]
-        tok, _ = find_tokenizer(run_dir, config, tokenizer)
-        bos = run_adds_bos(run_dir, config) if add_bos_token is None else _flag(add_bos_token)
-        self._setup(config, mesh, params, tok, bos, _batch_size(batch_size), max_length, prefix_token_id,
-                    max_gen_toks)
+        run = load_run(checkpoint, tokenizer=tokenizer)  # a LoRA run: its pinned base and adapters, unmerged
+        self.step = run.step
+        bos = run.bos() if add_bos_token is None else _flag(add_bos_token)
+        self._setup(
+            run.config,
+            run.mesh,
+            run.params,
+            run.tokenizer,
+            bos,
+            _batch_size(batch_size),
+            max_length,
+            prefix_token_id,
+            max_gen_toks,
+        )
 
     @classmethod
-    def from_parts(cls, config: Config, mesh: Any, params: Any, tokenizer: Any, add_bos: bool,
-                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None) -> TrainerLM:
+    def from_parts(
+        cls,
+        config: Config,
+        mesh: Any,
+        params: Any,
+        tokenizer: Any,
+        add_bos: bool,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_length: int | None = None,
+    ) -> TrainerLM:
         """A model over params already on a mesh (evaluation inside a training run)."""
         lm = cls.__new__(cls)
         TemplateLM.__init__(lm)
@@ -105,8 +101,18 @@ class TrainerLM(TemplateLM):
         lm._setup(config, mesh, params, tokenizer, add_bos, batch_size, max_length, None, DEFAULT_MAX_GEN_TOKS)
         return lm
 
-    def _setup(self, config: Config, mesh: Any, params: Any, tokenizer: Any, add_bos: bool, batch_size: int,
-               max_length: int | None, prefix_token_id: int | None, max_gen_toks: int) -> None:
+    def _setup(
+        self,
+        config: Config,
+        mesh: Any,
+        params: Any,
+        tokenizer: Any,
+        add_bos: bool,
+        batch_size: int,
+        max_length: int | None,
+        prefix_token_id: int | None,
+        max_gen_toks: int,
+    ) -> None:
         self.config, self.tok, self.add_bos = config, tokenizer, add_bos
         if add_bos and tokenizer.bos_id is None:
             raise ValueError("add_bos_token is set but the tokenizer has no BOS token")
@@ -132,13 +138,17 @@ class TrainerLM(TemplateLM):
         """Rows per device call."""
         return self.scorer.batch_size
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
-                   **kwargs: Any) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs: Any
+    ) -> list[int]:
         """Token ids of `string`, with BOS first when the run's data had BOS (like the exported HF tokenizer with
         its `add_bos_token`); `add_special_tokens=False` never adds it."""
         ids = list(self.tok.encode(string))
-        if self.add_bos and add_special_tokens is not False and not (
-                add_special_tokens is None and ids[:1] == [self.tok.bos_id]):
+        if (
+            self.add_bos
+            and add_special_tokens is not False
+            and not (add_special_tokens is None and ids[:1] == [self.tok.bos_id])
+        ):
             ids = [self.tok.bos_id] + ids
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
@@ -148,8 +158,9 @@ class TrainerLM(TemplateLM):
 
     # ------------------------------------------------------------------ scoring
 
-    def _loglikelihood_tokens(self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False,
-                              **kwargs: Any) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
         """(log p(continuation | context), continuation is greedy) for (key, context ids, continuation ids).
 
         Longest first, `batch_size` rows per call; a row keeps its last max_length + 1 tokens (left truncation).
@@ -161,9 +172,10 @@ class TrainerLM(TemplateLM):
             inputs, targets = [], []
             for _, context, continuation in chunk:
                 if not continuation or len(continuation) > self.max_length:
-                    raise ValueError(f"a continuation of {len(continuation)} tokens can't be scored "
-                                     f"within {self.max_length}")
-                whole = (context + continuation)[-(self.max_length + 1):]
+                    raise ValueError(
+                        f"a continuation of {len(continuation)} tokens can't be scored within {self.max_length}"
+                    )
+                whole = (context + continuation)[-(self.max_length + 1) :]
                 inputs.append(whole[:-1])
                 targets.append(whole[1:])
             for (key, _, continuation), (logprobs, greedy) in zip(chunk, self.scorer.token_logprobs(inputs, targets)):
@@ -180,15 +192,19 @@ class TrainerLM(TemplateLM):
         """Log-likelihood of whole texts in disjoint windows of the context length (perplexity tasks)."""
         windows, counts = [], []
         for (text,) in [r.args for r in requests]:
-            pairs = get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                                              max_seq_len=self.max_length, context_len=1)
+            pairs = get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
             mine = [(None, *make_disjoint_window(p)) for p in pairs]
             windows += mine
             counts.append(len(mine))
         scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
         totals, start = [], 0
         for request, count in zip(requests, counts):
-            total = sum(s for s, _ in scores[start:start + count])
+            total = sum(s for s, _ in scores[start : start + count])
             start += count
             totals.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
@@ -203,8 +219,12 @@ class TrainerLM(TemplateLM):
         The context is left-truncated to leave `max_gen_toks` of room, as in the hf backend. Sampling arguments
         are ignored: the harness's zero-shot generation tasks decode greedily.
         """
-        order = Collator([r.args for r in requests], sort_fn=lambda a: (-len(self.tok_encode(a[0])), a[0]),
-                         group_by="gen_kwargs", group_fn=lambda a: a[1])
+        order = Collator(
+            [r.args for r in requests],
+            sort_fn=lambda a: (-len(self.tok_encode(a[0])), a[0]),
+            group_by="gen_kwargs",
+            group_fn=lambda a: a[1],
+        )
         results: list[str] = []
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests")
         for chunk in order.get_batched(n=self.batch_size):

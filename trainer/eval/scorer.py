@@ -20,8 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer import sharding
-from trainer.config import Config, MeshConfig
-from trainer.errors import ConfigError
+from trainer.config import Config
 from trainer.model.transformer import Transformer
 
 SMALLEST_BUCKET = 32
@@ -39,15 +38,6 @@ def length_buckets(max_len: int) -> list[int]:
 def bucket_for(length: int, max_len: int) -> int:
     """The smallest bucket holding `length` tokens."""
     return next(b for b in length_buckets(max_len) if b >= length)
-
-
-def eval_mesh(config: Config) -> Mesh:
-    """The run's mesh when it fits the devices here, else every device on `fsdp` with the run's axis rules."""
-    try:
-        return sharding.make_mesh(config.mesh)
-    except ConfigError:
-        fallback = MeshConfig(data=1, fsdp=-1, tensor=1, rules=config.mesh.rules)
-        return sharding.make_mesh(fallback)
 
 
 def scoring_config(config: Config) -> Config:
@@ -95,8 +85,9 @@ class Scorer:
             out[i, : len(row)] = row
         return out
 
-    def token_logprobs(self, inputs: Sequence[Sequence[int]],
-                       targets: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def token_logprobs(
+        self, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each row: log p(targets[t] | inputs[:t+1]) and whether targets[t] is the argmax, for every t.
 
         At most `batch_size` rows, each at most the context length; `targets[i]` is as long as `inputs[i]`.
@@ -105,8 +96,9 @@ class Scorer:
             raise ValueError(f"{len(inputs)} rows exceed the batch of {self.batch_size}")
         length = bucket_for(max(len(r) for r in inputs), self.max_len)
         with sharding.activate(self.mesh, self.config):
-            lp, greedy = self._token_logprobs(self.params, self._global(self._padded(inputs, length)),
-                                              self._global(self._padded(targets, length)))
+            lp, greedy = self._token_logprobs(
+                self.params, self._global(self._padded(inputs, length)), self._global(self._padded(targets, length))
+            )
         lp, greedy = _local(lp), _local(greedy)
         return [(lp[i, : len(r)], greedy[i, : len(r)]) for i, r in enumerate(inputs)]
 
@@ -116,9 +108,11 @@ class Scorer:
         lengths[: len(rows)] = [len(r) for r in rows]
         lengths = np.maximum(lengths, 1)
         with sharding.activate(self.mesh, self.config):
-            out = self._next_tokens(self.params, self._global(self._padded(rows, length)),
-                                    jax.make_array_from_callback(lengths.shape, self._replicated,
-                                                                 lambda index: lengths[index]))
+            out = self._next_tokens(
+                self.params,
+                self._global(self._padded(rows, length)),
+                jax.make_array_from_callback(lengths.shape, self._replicated, lambda index: lengths[index]),
+            )
         return _local(out)[: len(rows)]
 
 

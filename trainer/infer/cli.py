@@ -11,16 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from trainer import storage
+from trainer.data.chat import reply_content
 from trainer.errors import ConfigError, ExitCode, cli
+from trainer.infer.decode import Generator, params_in
+from trainer.infer.sample import Sampling
+from trainer.run_folder import load_run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring and docs/generate.md)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.generate",
-                                description="Generate text from a run's checkpoint with a KV-cache sampler.")
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.generate", description="Generate text from a run's checkpoint with a KV-cache sampler."
+    )
     p.add_argument("--checkpoint", required=True, help="run folder (local or gs://), optionally :STEP (default latest)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt (its text is streamed)")
@@ -31,18 +37,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="sample among the most likely tokens holding mass p")
     p.add_argument("--min-p", type=float, default=0.0, help="drop tokens less likely than min-p × the top token's")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="divide positive / multiply negative logits of tokens already present (1: off)")
-    p.add_argument("--stop", action="append", default=[],
-                   help="stop at this string (repeatable; the run's chat stop strings are added); not in the text")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="divide positive / multiply negative logits of tokens already present (1: off)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="stop at this string (repeatable; the run's chat stop strings are added); not in the text",
+    )
     p.add_argument("--seed", type=int, default=0, help="prompt i of a run draws from fold_in(key(seed), i)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the tokenizer's EOS token")
-    p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
-                   help="start prompts with BOS (default: as the run's training data did)")
+    p.add_argument(
+        "--bos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start prompts with BOS (default: as the run's training data did)",
+    )
     p.add_argument("--output", choices=("text", "json"), default="text", help="streamed text, or JSON per prompt")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together from --prompts")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="compute dtype (default: the run's model.compute_dtype)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="compute dtype (default: the run's model.compute_dtype)",
+    )
     return p.parse_args(argv)
 
 
@@ -67,12 +89,15 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def sampling_from(args: argparse.Namespace) -> Any:
+def sampling_from(args: argparse.Namespace) -> Sampling:
     """The sampling settings of the command line."""
-    from trainer.infer.sample import Sampling
-
-    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    repetition_penalty=args.repetition_penalty)
+    return Sampling(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+    )
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -90,15 +115,13 @@ class Session:
     """A loaded run and the command line's settings: turns prompt texts into completions."""
 
     def __init__(self, args: argparse.Namespace):
-        from trainer.infer.decode import Generator
-        from trainer.infer.load import load_run, wants_bos
-
         self.args = args
         self.run = load_run(args.checkpoint, args.dtype)
+        self.run.params = params_in(self.run.config.model.compute_dtype, self.run.params)
         self.tokenizer = self.run.tokenizer
         self.generator = Generator(self.run.config, self.run.mesh, self.run.params)
         self.sampling = sampling_from(args)
-        self.bos = wants_bos(self.run.config, self.tokenizer) if args.bos is None else args.bos
+        self.bos = self.run.bos() if args.bos is None else args.bos
         # --stop, then the run's own: a chat format's end-of-turn marker kept as plain text (e.g. KodaLite's <|end|>)
         self.stops = tuple(dict.fromkeys([*args.stop, *self.tokenizer.stop_strings]))
         if self.bos and self.tokenizer.bos_id is None:
@@ -118,21 +141,29 @@ class Session:
         """A reply's text as the history's message (without what the template writes before a plain-text marker)."""
         if self.tokenizer.chat is None:
             return text
-        from trainer.data.chat import reply_content
-
         return reply_content(self.tokenizer.chat, text)
 
     def complete(self, prompts: list[list[int]], rows: list[int], stream: bool) -> list[Any]:
         """Generate for one batch; with `stream`, text goes to stdout as it becomes final (one prompt only)."""
+
         def show(row: int, text: str) -> None:
             sys.stdout.write(text)
             sys.stdout.flush()
 
         eos = () if self.args.ignore_eos else self.tokenizer.stop_ids  # EOS and a chat format's end of turn
         results = self.generator.generate(
-            prompts, self.args.max_new_tokens, self.sampling, seed=self.args.seed, rows=rows, eos_ids=eos,
-            pad_id=self.tokenizer.pad_id, stop=self.stops, detokenize=self.tokenizer.decode,
-            on_text=show if stream else None, chunk=4 if stream else None)
+            prompts,
+            self.args.max_new_tokens,
+            self.sampling,
+            seed=self.args.seed,
+            rows=rows,
+            eos_ids=eos,
+            pad_id=self.tokenizer.pad_id,
+            stop=self.stops,
+            detokenize=self.tokenizer.decode,
+            on_text=show if stream else None,
+            chunk=4 if stream else None,
+        )
         t = self.generator.timing
         self.new_tokens += t.new_tokens
         self.seconds += t.decode_s
@@ -145,22 +176,31 @@ class Session:
         """The closing line: decode and prefill speed, compile time apart."""
         decode = self.new_tokens / self.seconds if self.seconds else 0.0
         prefill = self.prefill[0] / self.prefill[1] if self.prefill[1] else 0.0
-        return (f"{self.new_tokens} new tokens in {self.seconds:.2f} s: {decode:,.1f} tokens/s "
-                f"(prefill {self.prefill[0]} tokens at {prefill:,.0f} tokens/s; compile {self.compile_s:.1f} s; "
-                f"step {self.run.step} of {self.run.run_dir})")
+        return (
+            f"{self.new_tokens} new tokens in {self.seconds:.2f} s: {decode:,.1f} tokens/s "
+            f"(prefill {self.prefill[0]} tokens at {prefill:,.0f} tokens/s; compile {self.compile_s:.1f} s; "
+            f"step {self.run.step} of {self.run.run_dir})"
+        )
 
 
 def batches(items: list[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
     """(index of the first item, items) in groups of `size`."""
     for start in range(0, len(items), size):
-        yield start, items[start:start + size]
+        yield start, items[start : start + size]
 
 
 def json_line(prompt: str, result: Any) -> str:
     """One prompt's result as the JSON line of `--output json`."""
-    return json.dumps({"prompt": prompt, "text": result.text, "tokens": result.tokens,
-                       "logprobs": [round(x, 6) for x in result.logprobs], "finish_reason": result.finish_reason},
-                      ensure_ascii=False)
+    return json.dumps(
+        {
+            "prompt": prompt,
+            "text": result.text,
+            "tokens": result.tokens,
+            "logprobs": [round(x, 6) for x in result.logprobs],
+            "finish_reason": result.finish_reason,
+        },
+        ensure_ascii=False,
+    )
 
 
 def run_prompts(session: Session, texts: list[str]) -> None:

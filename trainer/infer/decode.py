@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -77,9 +78,9 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int) -> tupl
     segments = np.zeros((batch, length), np.int32)
     for row, prompt in enumerate(prompts):
         n = len(prompt)
-        tokens[row, length - n:] = prompt
-        positions[row, length - n:] = np.arange(n)
-        segments[row, length - n:] = 1
+        tokens[row, length - n :] = prompt
+        positions[row, length - n :] = np.arange(n)
+        segments[row, length - n :] = 1
     return tokens, positions, segments
 
 
@@ -115,8 +116,12 @@ class Generator:
         def step(params: Any, tokens: jax.Array, cache: dict[str, Any]) -> tuple[jax.Array, Any]:
             positions = cache["positions"][:, None]
             logits, variables = model.apply(
-                {"params": params, "cache": cache["kv"]}, tokens[:, None], positions, jnp.ones_like(positions),
-                mutable=["cache"])
+                {"params": params, "cache": cache["kv"]},
+                tokens[:, None],
+                positions,
+                jnp.ones_like(positions),
+                mutable=["cache"],
+            )
             return logits[:, 0], {"kv": variables["cache"], "positions": cache["positions"] + 1}
 
         return step
@@ -124,8 +129,9 @@ class Generator:
     def _prefill_fn(self, cache_length: int, max_new: int, penalty: bool) -> Callable:
         model = self._model(cache_length)
 
-        def prefill(params: Any, tokens: jax.Array, positions: jax.Array, segments: jax.Array, rows: jax.Array,
-                    seed: jax.Array) -> sample.LoopState:
+        def prefill(
+            params: Any, tokens: jax.Array, positions: jax.Array, segments: jax.Array, rows: jax.Array, seed: jax.Array
+        ) -> sample.LoopState:
             logits, variables = model.apply({"params": params}, tokens, positions, segments, mutable=["cache"])
             cache = {"kv": variables["cache"], "positions": positions[:, -1] + 1}
             keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(seed), r))(rows)
@@ -147,10 +153,21 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------- host side
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: sample.Sampling | None = None,
-                 *, seed: int = 0, rows: Sequence[int] | None = None, eos_ids: Sequence[int] = (), pad_id: int = 0,
-                 stop: Sequence[str] = (), detokenize: Detokenize | None = None,
-                 on_text: Callable[[int, str], None] | None = None, chunk: int | None = None) -> list[Completion]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: sample.Sampling | None = None,
+        *,
+        seed: int = 0,
+        rows: Sequence[int] | None = None,
+        eos_ids: Sequence[int] = (),
+        pad_id: int = 0,
+        stop: Sequence[str] = (),
+        detokenize: Detokenize | None = None,
+        on_text: Callable[[int, str], None] | None = None,
+        chunk: int | None = None,
+    ) -> list[Completion]:
         """Complete each prompt (token ids) with up to `max_new_tokens` tokens, all rows in one batch.
 
         `rows`: the rows' numbers for their random streams (default 0..n-1; give a prompt's index in a larger set to
@@ -167,8 +184,10 @@ class Generator:
             raise ConfigError("stop strings need a tokenizer to read the text")
         longest = max(len(p) for p in prompts)
         if longest >= self.context_length:
-            raise ConfigError(f"a prompt of {longest} tokens leaves no room in the model's context of "
-                              f"{self.context_length} (model.max_seq_len)")
+            raise ConfigError(
+                f"a prompt of {longest} tokens leaves no room in the model's context of "
+                f"{self.context_length} (model.max_seq_len)"
+            )
         max_new = min(max_new_tokens, self.context_length - longest)
         length = min(_round_up(longest, PROMPT_BUCKET), self.context_length - max_new)
         cache_length = min(_round_up(length + max_new, CACHE_BUCKET), self.context_length)
@@ -184,10 +203,16 @@ class Generator:
         self.timing = timing = Timing(prompt_tokens=sum(len(p) for p in prompts))
         with sharding.activate(self.mesh, decode_config(self.config, batch, self.mesh)):
             start = time.perf_counter()
-            args = (*map(self._put, (tokens, positions, segments, np.asarray(rows, np.uint32))),
-                    self._put(np.uint32(seed)))
-            state = self._call(("prefill", batch, length, cache_length, max_new, penalty),
-                               lambda: self._prefill_fn(cache_length, max_new, penalty), self.params, *args)
+            args = (
+                *map(self._put, (tokens, positions, segments, np.asarray(rows, np.uint32))),
+                self._put(np.uint32(seed)),
+            )
+            state = self._call(
+                ("prefill", batch, length, cache_length, max_new, penalty),
+                lambda: self._prefill_fn(cache_length, max_new, penalty),
+                self.params,
+                *args,
+            )
             state.done.block_until_ready()
             timing.prefill_s = time.perf_counter() - start - timing.compile_s
             compiled_before = timing.compile_s
@@ -196,8 +221,13 @@ class Generator:
             runner = ("loop", batch, cache_length, max_new, sampling, eos, pad_id)
             while True:
                 until = self._put(np.int32(min(max_new, int(_host(state.step)) + step_chunk)))
-                state = self._call(runner, lambda: sample.make_runner(
-                    self.tokens_to_logits(cache_length), sampling, eos, pad_id), self.params, state, until)
+                state = self._call(
+                    runner,
+                    lambda: sample.make_runner(self.tokens_to_logits(cache_length), sampling, eos, pad_id),
+                    self.params,
+                    state,
+                    until,
+                )
                 step = int(_host(state.step))
                 out, done, hit_eos = (_host(x) for x in (state.tokens, state.done, state.hit_eos))
                 if texts is not None and streaming:
@@ -215,15 +245,33 @@ class Generator:
                     state = state.replace(done=self._put(done | host_done))
             logprobs = _host(state.logprobs)
             timing.decode_s = time.perf_counter() - start - (timing.compile_s - compiled_before)
-        results = [self._completion(prompts[row], out[row], logprobs[row], step, bool(hit_eos[row]), eos,
-                                    texts[row] if texts else None, detokenize) for row in range(batch)]
+        results = [
+            self._completion(
+                prompts[row],
+                out[row],
+                logprobs[row],
+                step,
+                bool(hit_eos[row]),
+                eos,
+                texts[row] if texts else None,
+                detokenize,
+            )
+            for row in range(batch)
+        ]
         timing.new_tokens = sum(len(r.tokens) for r in results)
         return results
 
     @staticmethod
-    def _completion(prompt: Sequence[int], tokens: np.ndarray, logprobs: np.ndarray, step: int,
-                    hit_eos: bool, eos: tuple[int, ...], row_text: RowText | None,
-                    detokenize: Detokenize | None) -> Completion:
+    def _completion(
+        prompt: Sequence[int],
+        tokens: np.ndarray,
+        logprobs: np.ndarray,
+        step: int,
+        hit_eos: bool,
+        eos: tuple[int, ...],
+        row_text: RowText | None,
+        detokenize: Detokenize | None,
+    ) -> Completion:
         if row_text is not None and row_text.stop_at is not None:
             count, text, reason = row_text.stop_at[0], row_text.text, "stop"
         else:
@@ -231,8 +279,13 @@ class Generator:
             count = len(kept) + (1 if hit_eos else 0)
             text = None if detokenize is None else new_text(detokenize, prompt[-CONTEXT_TOKENS:], kept)
             reason = "stop" if hit_eos else "length"
-        return Completion(prompt_tokens=list(prompt), tokens=[int(t) for t in tokens[:count]],
-                          logprobs=[float(x) for x in logprobs[:count]], text=text, finish_reason=reason)
+        return Completion(
+            prompt_tokens=list(prompt),
+            tokens=[int(t) for t in tokens[:count]],
+            logprobs=[float(x) for x in logprobs[:count]],
+            text=text,
+            finish_reason=reason,
+        )
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -252,7 +305,7 @@ def _valid(tokens: np.ndarray, step: int, hit_eos: bool, eos: tuple[int, ...]) -
     """A row's generated tokens before its EOS (or all `step` of them)."""
     row = tokens[:step].tolist()
     if hit_eos:
-        row = row[:next(i for i, t in enumerate(row) if t in eos)]
+        row = row[: next(i for i, t in enumerate(row) if t in eos)]
     return row
 
 
@@ -260,4 +313,3 @@ def params_in(dtype: str, params: Any) -> Any:
     """Params cast once to the compute dtype (decoding reads every weight per token: half the bytes in bf16)."""
     target = jnp.dtype(dtype)
     return jax.tree.map(lambda x: x.astype(target) if x.dtype != target else x, params)
-

@@ -24,8 +24,9 @@ caller can run it in chunks (to stream, or to check stop strings on the host bet
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +59,9 @@ class Sampling:
         if self.repetition_penalty <= 0:
             raise ConfigError(f"repetition_penalty must be positive (1 is off), got {self.repetition_penalty}")
         if self.temperature == 0 and (self.top_k or self.top_p < 1 or self.min_p):
-            raise ConfigError("top_k / top_p / min_p filter a sampled distribution: give a temperature > 0 "
-                              "(temperature 0 is greedy)")
+            raise ConfigError(
+                "top_k / top_p / min_p filter a sampled distribution: give a temperature > 0 (temperature 0 is greedy)"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -82,8 +84,15 @@ class LoopState:
     keys: jax.Array  # [batch] the rows' random keys
 
 
-def init_state(logits: jax.Array, cache: Any, max_new_tokens: int, keys: jax.Array, penalty: bool = False,
-               prompt_tokens: jax.Array | None = None, prompt_mask: jax.Array | None = None) -> LoopState:
+def init_state(
+    logits: jax.Array,
+    cache: Any,
+    max_new_tokens: int,
+    keys: jax.Array,
+    penalty: bool = False,
+    prompt_tokens: jax.Array | None = None,
+    prompt_mask: jax.Array | None = None,
+) -> LoopState:
     """The loop's start: logits of the first new token [batch, vocab], the callable's cache, one key per row
     (`row_keys`).
 
@@ -99,9 +108,14 @@ def init_state(logits: jax.Array, cache: Any, max_new_tokens: int, keys: jax.Arr
     else:
         seen = jnp.zeros((batch, 1), jnp.bool_)
     return LoopState(
-        step=jnp.zeros((), jnp.int32), logits=logits.astype(jnp.float32), cache=cache,
-        tokens=jnp.zeros((batch, max_new_tokens), jnp.int32), logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
-        done=jnp.zeros((batch,), jnp.bool_), hit_eos=jnp.zeros((batch,), jnp.bool_), seen=seen,
+        step=jnp.zeros((), jnp.int32),
+        logits=logits.astype(jnp.float32),
+        cache=cache,
+        tokens=jnp.zeros((batch, max_new_tokens), jnp.int32),
+        logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+        done=jnp.zeros((batch,), jnp.bool_),
+        hit_eos=jnp.zeros((batch,), jnp.bool_),
+        seen=seen,
         keys=keys,
     )
 
@@ -139,8 +153,9 @@ def process_logits(logits: jax.Array, sampling: Sampling, seen: jax.Array | None
     return logits
 
 
-def choose(logits: jax.Array, sampling: Sampling, keys: jax.Array, step: jax.Array,
-           seen: jax.Array | None = None) -> jax.Array:
+def choose(
+    logits: jax.Array, sampling: Sampling, keys: jax.Array, step: jax.Array, seen: jax.Array | None = None
+) -> jax.Array:
     """One token per row [batch] int32 from raw logits: processed, then argmax (greedy) or a draw per row."""
     processed = process_logits(logits, sampling, seen)
     if sampling.greedy:
@@ -149,8 +164,15 @@ def choose(logits: jax.Array, sampling: Sampling, keys: jax.Array, step: jax.Arr
     return jax.vmap(jax.random.categorical)(step_keys, processed).astype(jnp.int32)
 
 
-def loop(tokens_to_logits: TokensToLogits, sampling: Sampling, eos_ids: tuple[int, ...], pad_id: int,
-         context: Any, state: LoopState, until: jax.Array) -> LoopState:
+def loop(
+    tokens_to_logits: TokensToLogits,
+    sampling: Sampling,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+    context: Any,
+    state: LoopState,
+    until: jax.Array,
+) -> LoopState:
     """Generate until every row is done or `state.step` reaches `until` (≤ max_new_tokens). Pure; jit it (`run`)."""
     max_new = state.tokens.shape[1]
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
@@ -178,16 +200,31 @@ def loop(tokens_to_logits: TokensToLogits, sampling: Sampling, eos_ids: tuple[in
         # The last token of the whole budget needs no forward pass; a chunk's last one does (the next chunk samples
         # from those logits).
         logits, cache = jax.lax.cond(step < max_new, forward, lambda cache: (s.logits, cache), s.cache)
-        return LoopState(step=step, logits=logits, cache=cache, tokens=tokens, logprobs=logprobs,
-                         done=s.done | is_eos, hit_eos=s.hit_eos | is_eos, seen=seen, keys=s.keys)
+        return LoopState(
+            step=step,
+            logits=logits,
+            cache=cache,
+            tokens=tokens,
+            logprobs=logprobs,
+            done=s.done | is_eos,
+            hit_eos=s.hit_eos | is_eos,
+            seen=seen,
+            keys=s.keys,
+        )
 
     return jax.lax.while_loop(cond, body, state)
 
 
-def make_runner(tokens_to_logits: TokensToLogits, sampling: Sampling, eos_ids: tuple[int, ...] = (),
-                pad_id: int = 0, **jit_kwargs: Any) -> Callable[[Any, LoopState, jax.Array], LoopState]:
+def make_runner(
+    tokens_to_logits: TokensToLogits,
+    sampling: Sampling,
+    eos_ids: tuple[int, ...] = (),
+    pad_id: int = 0,
+    **jit_kwargs: Any,
+) -> Callable[[Any, LoopState, jax.Array], LoopState]:
     """`run(context, state, until) -> state`: the loop jitted for one callable and one sampling setting; the state is
     donated (the cache is updated in place)."""
+
     def run(context: Any, state: LoopState, until: jax.Array) -> LoopState:
         return loop(tokens_to_logits, sampling, tuple(eos_ids), pad_id, context, state, until)
 

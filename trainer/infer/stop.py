@@ -9,8 +9,8 @@ The sampler runs in chunks of a few tokens, so a stop string costs at most one c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 Detokenize = Callable[[list[int]], str]
 CONTEXT_TOKENS = 4  # prompt tokens decoded in front of the new ones (see `new_text`)
@@ -23,7 +23,7 @@ def new_text(detokenize: Detokenize, context: Sequence[int], new: Sequence[int])
         return detokenize(list(new))
     head = detokenize(list(context))
     full = detokenize(list(context) + list(new))
-    return full[len(head):] if full.startswith(head) else detokenize(list(new))
+    return full[len(head) :] if full.startswith(head) else detokenize(list(new))
 
 
 def find_stop(text: str, stops: Sequence[str], start: int = 0) -> tuple[int, int] | None:
@@ -72,11 +72,11 @@ class RowText:
         hit = find_stop(self.text, self.stops, max(0, self._searched - longest))
         if hit is not None:
             self.stop_at = (self._tokens_through(tokens, hit[1]), hit[0])
-            self.text = self.text[:hit[0]]
+            self.text = self.text[: hit[0]]
             finished = True
         self._searched = len(self.text)
         end = len(self.text) if finished else len(self.text) - unsafe_tail(self.text, self.stops)
-        out = self.text[self.shown:end] if end > self.shown else ""
+        out = self.text[self.shown : end] if end > self.shown else ""
         self.shown = max(self.shown, end)
         return out
 
