@@ -11,10 +11,21 @@ import numpy as np
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Modules a trainer subprocess may load as `TRAINER_HOOKS` plugins: the test faults (plugins/fault_injection.py).
+PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 
 MICRO = {
-    "model": {"vocab_size": 512, "embed_dim": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "mlp_dim": 128,
-              "max_seq_len": 64, "compute_dtype": "float32", "remat_policy": "none"},
+    "model": {
+        "vocab_size": 512,
+        "embed_dim": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "mlp_dim": 128,
+        "max_seq_len": 64,
+        "compute_dtype": "float32",
+        "remat_policy": "none",
+    },
     "mesh": {"data": 2, "fsdp": 4, "tensor": 1},
     "train": {"steps": 8, "global_batch_size": 8, "seq_len": 64, "seed": 3},
     "optimizer": {"learning_rate": 1e-2, "warmup_steps": 2},
@@ -26,9 +37,18 @@ MICRO = {
 
 def prepare_corpus(out: str) -> str:
     """A small tokenized corpus (60 stdlib files, vocab 512) for training tests."""
-    from trainer.data.prepare import prepare
+    from trainer.data.text_prepare import prepare
 
-    prepare(corpus="stdlib", out=out, vocab_size=512, max_files=60, val_fraction=0.1, workers=1, progress=False, verbose=False)
+    prepare(
+        corpus="stdlib",
+        out=out,
+        vocab_size=512,
+        max_files=60,
+        val_fraction=0.1,
+        workers=1,
+        progress=False,
+        verbose=False,
+    )
     return out
 
 
@@ -45,20 +65,29 @@ def write_config(path: str, data_path: str, run_dir: str, **sections: dict) -> s
 
 
 def trainer_env(devices: int = 8, **extra: str) -> dict[str, str]:
-    """Environment for a trainer subprocess: `devices` CPU devices, plus test hooks."""
+    """Environment for a trainer subprocess: `devices` CPU devices and the test faults installed (`extra` chooses
+    them: TRAINER_TEST_STOP_AT="3", …, see plugins/fault_injection.py), plus any other variables in `extra`; a
+    PYTHONPATH there goes in front of the repository and the plugins, which stay reachable."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    front = [extra.pop("PYTHONPATH")] if "PYTHONPATH" in extra else []
+    env["PYTHONPATH"] = os.pathsep.join(front + [REPO, PLUGINS, env.get("PYTHONPATH", "")])
+    env["TRAINER_HOOKS"] = "fault_injection:install"
     env.update(extra)
     return env
 
 
 def start(config: str, *overrides: str, devices: int = 8, **hooks: str) -> subprocess.Popen:
     """Start `python -m trainer.main CONFIG overrides` in the background."""
-    return subprocess.Popen([sys.executable, "-m", "trainer.main", config, *overrides], cwd=REPO,
-                            env=trainer_env(devices, **hooks), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer.main", config, *overrides],
+        cwd=REPO,
+        env=trainer_env(devices, **hooks),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def train(config: str, *overrides: str, devices: int = 8, expect: int = 0, timeout: float = 300, **hooks: str) -> str:

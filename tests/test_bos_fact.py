@@ -11,18 +11,22 @@ import sys
 import pytest
 from bpe_tokenizers import gpt2_style
 from gcs_emulator import gcs_emulator
+from runs import REPO, train, trainer_env, write_config
 from transformers import AutoTokenizer
 
-from runs import REPO, train, trainer_env, write_config
 from trainer import storage
 from trainer.checkpoint import read_run_config
 from trainer.config import ConfigError, from_dict
 from trainer.data.bos import BOS_FILE, check_same_bos, data_adds_bos, record_bos, run_adds_bos
-from trainer.data.prepare import prepare
-from trainer.export import hf as convert_to_hf
+from trainer.data.text_prepare import prepare
+from trainer.export import command as convert_to_hf
 
-SHORT = {"train": {"steps": 2}, "checkpoint": {"every_steps": 2}, "eval": {"every_steps": 2, "batches": 1},
-         "log": {"sample_tokens": 6, "sample_prompt": "def main("}}
+SHORT = {
+    "train": {"steps": 2},
+    "checkpoint": {"every_steps": 2},
+    "eval": {"every_steps": 2, "batches": 1},
+    "log": {"sample_tokens": 6, "sample_prompt": "def main("},
+}
 BLOCKER = """import sys
 # A `.[tpu]` worker: neither installed (an entry of None makes `import` raise ImportError and find_spec answer None).
 sys.modules["transformers"] = None
@@ -45,9 +49,30 @@ def test_a_byte_level_run_trains_samples_and_generates_without_transformers(toke
 
     data = str(tmp_path / "data")
     prepared = subprocess.run(
-        [sys.executable, "-m", "trainer.data.prepare", "--corpus", "stdlib", "--max-files", "40", "--tokenizer",
-         tokenizer_folder, "--out", data, "--val-fraction", "0.1", "--workers", "1", "--no-progress"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "trainer.data.prepare",
+            "--corpus",
+            "stdlib",
+            "--max-files",
+            "40",
+            "--tokenizer",
+            tokenizer_folder,
+            "--out",
+            data,
+            "--val-fraction",
+            "0.1",
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     manifest = json.load(open(os.path.join(data, "manifest.json")))
     assert manifest["tokenizer"]["vocab_size"] == 512 and manifest["bos"] is False
@@ -58,8 +83,23 @@ def test_a_byte_level_run_trains_samples_and_generates_without_transformers(toke
     assert json.load(open(os.path.join(run_dir, BOS_FILE)))["bos"] is False
 
     generated = subprocess.run(
-        [sys.executable, "-m", "trainer.generate", "--checkpoint", run_dir, "--prompt", "In 2024 it's 😀",
-         "--max-new-tokens", "6"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "trainer.generate",
+            "--checkpoint",
+            run_dir,
+            "--prompt",
+            "In 2024 it's 😀",
+            "--max-new-tokens",
+            "6",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert generated.stdout.startswith("In 2024 it's 😀")
 
@@ -74,8 +114,16 @@ def test_a_run_on_gcs_data_exports_no_bos_its_data_never_had(tokenizer_folder, t
     run_dir, out = str(tmp_path / "run"), str(tmp_path / "hf")
     with gcs_emulator() as gcs:
         data = gcs.url("data/gpt2")
-        prepare(corpus="stdlib", out=data, tokenizer=str(folder), max_files=30, val_fraction=0.1, workers=1,
-                progress=False, verbose=False)  # documents without BOS (no --bos)
+        prepare(
+            corpus="stdlib",
+            out=data,
+            tokenizer=str(folder),
+            max_files=30,
+            val_fraction=0.1,
+            workers=1,
+            progress=False,
+            verbose=False,
+        )  # documents without BOS (no --bos)
         train(write_config(str(tmp_path / "c.yaml"), data, run_dir, **SHORT))
         assert convert_to_hf.main(["--checkpoint", run_dir, "--out", out]) == 0
         hf = AutoTokenizer.from_pretrained(out, local_files_only=True)
@@ -97,8 +145,16 @@ def test_data_folders_that_disagree_on_bos_are_refused_in_one_line(tokenizer_fol
     paths = {}
     for bos in (True, False):
         paths[bos] = str(tmp_path / f"bos_{bos}")
-        prepare(inputs=[str(tmp_path / "in")], out=paths[bos], tokenizer=tokenizer_folder, bos=bos, workers=1,
-                val_fraction=0.0, progress=False, verbose=False)
+        prepare(
+            inputs=[str(tmp_path / "in")],
+            out=paths[bos],
+            tokenizer=tokenizer_folder,
+            bos=bos,
+            workers=1,
+            val_fraction=0.0,
+            progress=False,
+            verbose=False,
+        )
     assert data_adds_bos(from_dict({"data": {"path": paths[True]}})) is True
     mixed = from_dict({"data": {"mixture": [{"path": paths[True], "weight": 1}, {"path": paths[False], "weight": 1}]}})
     with pytest.raises(ConfigError, match="data folders disagree on BOS"):

@@ -15,7 +15,7 @@ import pytest
 from runs import assert_params_equal, final_params, losses, prepare_corpus, write_config
 
 from trainer import main as trainer_main
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 
 
 def truncate_files(folder: str) -> None:
@@ -83,8 +83,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one_bitwise(refere
     assert losses(run_dir) == ref_losses
     assert_params_equal(final_params(run_dir), ref_params)
     # kept aside, unchanged, out of the checkpoint manager's view
-    assert {name: os.path.getsize(os.path.join(root, name))
-            for root, _, names in os.walk(aside) for name in names} == sizes
+    assert {
+        name: os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(aside) for name in names
+    } == sizes
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "4", "6", "8"]
 
 

@@ -37,9 +37,27 @@ def _two_processes(config: str, *overrides: str, expect: int = 0, **hooks: str) 
     env = trainer_env(**hooks)
     env.pop("XLA_FLAGS")
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "launch", "local.py"), "--processes", "2", "--devices-per-process", "4",
-         "--timeout", "400", "--", sys.executable, "-m", "trainer.main", config, *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=420,
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "local.py"),
+            "--processes",
+            "2",
+            "--devices-per-process",
+            "4",
+            "--timeout",
+            "400",
+            "--",
+            sys.executable,
+            "-m",
+            "trainer.main",
+            config,
+            *overrides,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     out = result.stdout + result.stderr
     assert result.returncode == expect, f"exit code {result.returncode}:\n{out[-5000:]}"
@@ -71,8 +89,9 @@ def two(corpus, tmp_path_factory):
 
 def test_two_processes_equal_one_process(single, two):
     assert sorted(losses(two)) == list(range(1, STEPS + 1))
-    np.testing.assert_allclose([losses(two)[s] for s in range(1, STEPS + 1)],
-                               [losses(single)[s] for s in range(1, STEPS + 1)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [losses(two)[s] for s in range(1, STEPS + 1)], [losses(single)[s] for s in range(1, STEPS + 1)], rtol=1e-6
+    )
     for step in (2, 4, 5):
         assert_close(final_params(two, step), final_params(single, step))
 

@@ -55,11 +55,11 @@ def test_run_folder_has_config_metrics_curve_tensorboard_and_tokenizer(corpus, r
     train(config)
     names = set(os.listdir(run_dir))
     assert {"config.yaml", "metrics.jsonl", "loss.png", "tensorboard", "checkpoints", "tokenizer"} <= names
-    rows = [l for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    rows = list(open(os.path.join(run_dir, "metrics.jsonl")))
     assert any('"eval_loss"' in r for r in rows) and all('"step"' in r for r in rows)
     again = train(config)  # a finished run started again says so and changes nothing
     assert "already done" in again and "sample (greedy)" not in again
-    assert [l for l in open(os.path.join(run_dir, "metrics.jsonl"))] == rows
+    assert list(open(os.path.join(run_dir, "metrics.jsonl"))) == rows
 
 
 def test_stop_and_resume_is_bitwise_identical(corpus, reference, tmp_path):
@@ -78,7 +78,7 @@ def test_kill_9_at_random_moments_then_resume(corpus, reference, tmp_path):
     config, run_dir = _config(tmp_path, corpus)
     metrics = os.path.join(run_dir, "metrics.jsonl")
     rng = random.Random(0)
-    for attempt in range(3):
+    for _attempt in range(3):
         before = len(losses(run_dir)) if os.path.exists(metrics) else 0
         target = min(before + rng.randint(1, 3), STEPS - 1)
         proc = start(config)
@@ -126,8 +126,10 @@ def test_restore_onto_another_mesh_gives_the_same_next_loss(corpus, reference, t
     ref_losses, _ = reference
     config, run_dir = _config(tmp_path, corpus)
     train(config, expect=143, TRAINER_TEST_STOP_AT="4")
-    for name, overrides, devices in [("fsdp8", ["mesh.data=1", "mesh.fsdp=8"], 8),
-                                     ("one", ["mesh.data=1", "mesh.fsdp=1"], 1)]:
+    for name, overrides, devices in [
+        ("fsdp8", ["mesh.data=1", "mesh.fsdp=8"], 8),
+        ("one", ["mesh.data=1", "mesh.fsdp=1"], 1),
+    ]:
         other = str(tmp_path / name)
         shutil.copytree(run_dir, other)
         train(config, f"run.dir={other}", *overrides, "train.steps=5", devices=devices)
@@ -162,7 +164,7 @@ def test_poisoned_batch_is_skipped_and_counted(corpus, tmp_path):
     assert "step 3: non-finite loss or gradients, update skipped (1 in a row, 1 in all)" in out
     import json
 
-    rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if '"loss"' in l]
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"loss"' in line]
     assert rows[-1]["skipped_steps"] == 1 and np.isfinite(rows[-1]["loss"])
     params = final_params(run_dir)
     import jax
@@ -199,9 +201,23 @@ def test_supervisor_restarts_a_crashing_job_until_it_finishes(corpus, reference,
         f"sys.exit(subprocess.call([sys.executable, '-m', 'trainer.main', {config!r}], env=env))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.supervise", "--max-restarts", "3", "--backoff", "0.1", "--",
-         sys.executable, str(wrapper)],
-        cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "trainer.supervise",
+            "--max-restarts",
+            "3",
+            "--backoff",
+            "0.1",
+            "--",
+            sys.executable,
+            str(wrapper),
+        ],
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert counter.read_text() == "3"
@@ -212,17 +228,38 @@ def test_supervisor_restarts_a_crashing_job_until_it_finishes(corpus, reference,
 
 def test_supervisor_does_not_restart_a_bad_config(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.supervise", "--backoff", "0.1", "--", sys.executable, "-m", "trainer.main",
-         "configs/tiny.yml", "model.num_layrs=3"],
-        cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "trainer.supervise",
+            "--backoff",
+            "0.1",
+            "--",
+            sys.executable,
+            "-m",
+            "trainer.main",
+            "configs/tiny.yml",
+            "model.num_layrs=3",
+        ],
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "configuration error" in result.stderr and "restart 1" not in result.stderr
 
 
 def test_main_job_with_placeholder_bucket_fails_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "trainer.main", "configs/303m.yml"], cwd=REPO, env=trainer_env(),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.main", "configs/303m.yml"],
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "example placeholder" in lines[0] and "trainer.data.prepare" in lines[0]
@@ -233,14 +270,24 @@ def test_restore_from_another_run_params_only_or_whole_state(corpus, reference, 
     source, source_dir = _config(tmp_path, corpus, name="source")
     train(source)
     # params only: a fresh optimizer and step 0; warmup makes step 1's learning rate 0, so the params stay the source's
-    config, run_dir = _config(tmp_path, corpus, name="finetune", train={"steps": 2},
-                              checkpoint={"restore_from": source_dir + ":8", "every_steps": 1})
+    config, run_dir = _config(
+        tmp_path,
+        corpus,
+        name="finetune",
+        train={"steps": 2},
+        checkpoint={"restore_from": source_dir + ":8", "every_steps": 1},
+    )
     out = train(config)
     assert "started from" in out and "params only" in out
     assert_params_equal(final_params(run_dir, 1), ref_params)
     assert losses(run_dir)[1] < losses(source_dir)[1] - 0.3  # starts where the source ended, not from scratch
     # the whole state: the step and optimizer moments continue (steps 9 and 10 of the same schedule)
-    config, run_dir = _config(tmp_path, corpus, name="continue", train={"steps": 10},
-                              checkpoint={"restore_from": source_dir, "restore_params_only": False})
+    config, run_dir = _config(
+        tmp_path,
+        corpus,
+        name="continue",
+        train={"steps": 10},
+        checkpoint={"restore_from": source_dir, "restore_params_only": False},
+    )
     train(config)
     assert sorted(losses(run_dir)) == [9, 10]

@@ -21,8 +21,9 @@ def _config(tmp_path, name: str, observe: bool) -> tuple[str, str]:
     run_dir = str(tmp_path / name)
     log = {"profile_steps": PROFILE, "wandb": {"project": "synthetic-test", "mode": "offline"}} if observe else {}
     # data.path is the placeholder bucket: synthetic data reads no shards, so it is never touched.
-    config = write_config(str(tmp_path / f"{name}.yml"), "gs://YOUR_BUCKET/none", run_dir, data={"synthetic": True},
-                          log=log)
+    config = write_config(
+        str(tmp_path / f"{name}.yml"), "gs://YOUR_BUCKET/none", run_dir, data={"synthetic": True}, log=log
+    )
     return config, run_dir
 
 
@@ -96,8 +97,15 @@ def _traced_steps(run_dir: str) -> list[list[int]]:
     for path in sorted(glob.glob(pattern)):
         with gzip.open(path) as f:
             events = json.load(f)["traceEvents"]
-        out.append(sorted({int(e["args"]["step_num"]) for e in events
-                           if e.get("name") == "train" and "step_num" in e.get("args", {})}))
+        out.append(
+            sorted(
+                {
+                    int(e["args"]["step_num"])
+                    for e in events
+                    if e.get("name") == "train" and "step_num" in e.get("args", {})
+                }
+            )
+        )
     return out
 
 
@@ -123,18 +131,19 @@ def _wandb_history(raw: bytes) -> list[dict]:
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         if kind == 0:
             break
-        pending += raw[pos + 7:pos + 7 + length]
+        pending += raw[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last fragment of one
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
             if record.WhichOneof("record_type") == "history":
-                items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item}
+                items = {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item
+                }
                 rows.append({k: v for k, v in items.items() if not k.startswith("_")})
     return rows
 
@@ -164,8 +173,13 @@ def test_wandb_offline_files_reach_a_gs_run_folder(monkeypatch):
     rows = [{"step": 1, "loss": 2.5}, {"step": 1, "eval_loss": 2.75}, {"step": 2, "loss": 2.25}]
     with gcs_emulator() as gcs:
         run_dir = gcs.url("runs/wandb")
-        log = MetricsLogger(run_dir, enabled=True, tensorboard=False,
-                            wandb=WandbConfig(project="gcs-test", mode="offline"), config={"train": {"steps": 2}})
+        log = MetricsLogger(
+            run_dir,
+            enabled=True,
+            tensorboard=False,
+            wandb=WandbConfig(project="gcs-test", mode="offline"),
+            config={"train": {"steps": 2}},
+        )
         for row in rows:
             log.log(row)
         log.flush(plot=True)

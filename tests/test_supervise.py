@@ -7,9 +7,11 @@ from trainer.run.supervise import supervise
 
 def _job(counter, crashes: int, seconds: float) -> list[str]:
     """A job that, on each of its first `crashes` runs, lives `seconds` and exits 1; afterwards it exits 0."""
-    code = (f"import pathlib, sys, time; p = pathlib.Path({str(counter)!r}); n = int(p.read_text() or 0) "
-            f"if p.exists() else 0; p.write_text(str(n + 1)); time.sleep({seconds}); "
-            f"sys.exit(1 if n < {crashes} else 0)")
+    code = (
+        f"import pathlib, sys, time; p = pathlib.Path({str(counter)!r}); n = int(p.read_text() or 0) "
+        f"if p.exists() else 0; p.write_text(str(n + 1)); time.sleep({seconds}); "
+        f"sys.exit(1 if n < {crashes} else 0)"
+    )
     return [sys.executable, "-c", code]
 
 

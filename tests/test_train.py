@@ -12,8 +12,17 @@ from trainer.config import from_dict
 from trainer.step import make_step_functions
 
 BASE = {
-    "model": {"vocab_size": 512, "embed_dim": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-              "mlp_dim": 128, "max_seq_len": 32, "compute_dtype": "float32", "tie_embeddings": False},
+    "model": {
+        "vocab_size": 512,
+        "embed_dim": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "mlp_dim": 128,
+        "max_seq_len": 32,
+        "compute_dtype": "float32",
+        "tie_embeddings": False,
+    },
     "train": {"global_batch_size": 16, "seq_len": 32, "steps": 20},
     "optimizer": {"learning_rate": 1e-2, "warmup_steps": 2},
 }
@@ -55,8 +64,11 @@ def test_every_mesh_gives_the_single_device_losses(mesh, single_device_losses):
     np.testing.assert_allclose(losses, single_device_losses, rtol=1e-5)
     assert losses[-1] < losses[0]
     kernel = state.params["layers"]["mlp"]["up"]["kernel"]
-    expected = sharding.shard_shape(kernel.shape, kernel.sharding.spec,
-                                    {"data": mesh["data"], "fsdp": mesh["fsdp"], "tensor": mesh.get("tensor", 1)})
+    expected = sharding.shard_shape(
+        kernel.shape,
+        kernel.sharding.spec,
+        {"data": mesh["data"], "fsdp": mesh["fsdp"], "tensor": mesh.get("tensor", 1)},
+    )
     assert kernel.addressable_shards[0].data.shape == expected  # really sharded, not replicated
 
 
@@ -65,7 +77,9 @@ def test_gradient_accumulation_equals_one_big_batch():
     one, state_one = _losses(_config(mesh=mesh), BATCHES[:3], 8)
     four, state_four = _losses(_config(mesh=mesh, train={"microbatches": 2}), BATCHES[:3], 8)
     np.testing.assert_allclose(four, one, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), state_four.params, state_one.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), state_four.params, state_one.params
+    )
 
 
 def test_eval_over_microbatches_equals_one_big_batch():
@@ -88,9 +102,11 @@ def test_gradient_accumulation_four_microbatches_on_one_device():
 
 
 def test_tiny_model_overfits_one_batch():
-    config = _config(mesh={"data": 1, "fsdp": 1, "tensor": 1},
-                     optimizer={"learning_rate": 1e-2, "warmup_steps": 5, "schedule": "constant", "weight_decay": 0.0},
-                     train={"global_batch_size": 4, "steps": 80})
+    config = _config(
+        mesh={"data": 1, "fsdp": 1, "tensor": 1},
+        optimizer={"learning_rate": 1e-2, "warmup_steps": 5, "schedule": "constant", "weight_decay": 0.0},
+        train={"global_batch_size": 4, "steps": 80},
+    )
     batch = random_batch(7, 4, 32, 512)
     losses, _ = _losses(config, [batch] * 80, 1)
     assert losses[-1] < losses[0] / 10, losses[::10]

@@ -23,12 +23,14 @@ class TaskEvaluator:
         try:
             from trainer.eval import tasks
         except ImportError as e:
-            raise ConfigError(f"eval.tasks needs lm-evaluation-harness ({e.name} is missing): "
-                              "pip install -e \".[eval]\"") from None
+            raise ConfigError(
+                f'eval.tasks needs lm-evaluation-harness ({e.name} is missing): pip install -e ".[eval]"'
+            ) from None
         e = config.eval
         if not e.tasks_data_dir:
-            raise ConfigError("eval.tasks reads its documents from eval.tasks_data_dir (one file per task, "
-                              "docs/eval.md)")
+            raise ConfigError(
+                "eval.tasks reads its documents from eval.tasks_data_dir (one file per task, docs/eval.md)"
+            )
         for task in e.tasks:
             tasks.task_file(e.tasks_data_dir, task)
         self.config, self.mesh = config, mesh
@@ -36,13 +38,14 @@ class TaskEvaluator:
 
     def _model(self, params: Any) -> Any:
         if self._lm is None:
+            from trainer.data.bos import run_adds_bos
             from trainer.data.tokenizer import load_tokenizer
             from trainer.eval.harness import TrainerLM
-            from trainer.data.bos import run_adds_bos
 
             tokenizer = load_tokenizer(storage.join(self.config.run.dir, "tokenizer"))
-            self._lm = TrainerLM.from_parts(self.config, self.mesh, params, tokenizer,
-                                            run_adds_bos(self.config.run.dir, self.config))
+            self._lm = TrainerLM.from_parts(
+                self.config, self.mesh, params, tokenizer, run_adds_bos(self.config.run.dir, self.config)
+            )
         self._lm.scorer.params = params
         return self._lm
 
@@ -51,8 +54,7 @@ class TaskEvaluator:
         from trainer.eval import report, tasks
 
         e = self.config.eval
-        results = tasks.evaluate(self._model(params), e.tasks, e.tasks_data_dir, limit=e.tasks_limit,
-                                 bootstrap_iters=0)
+        results = tasks.evaluate(self._model(params), e.tasks, e.tasks_data_dir, limit=e.tasks_limit, bootstrap_iters=0)
         if jax.process_index() == 0:
             path = storage.join(self.config.run.dir, "eval", f"step_{step}.json")
             report.write(path, report.merge_into(path, results))

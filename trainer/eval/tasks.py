@@ -18,12 +18,6 @@ from typing import Any
 
 import yaml
 
-# Before the datasets library is imported: it reads these once.
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# The harness would fork this multithreaded (JAX) process for bootstrap stderrs: a known way to deadlock.
-os.environ.setdefault("DISABLE_MULTIPROC", "1")
-
 from trainer.errors import ConfigError
 
 ZERO_SHOT = ("hellaswag", "arc_easy", "arc_challenge", "winogrande", "piqa", "boolq", "openbookqa", "lambada_openai")
@@ -43,10 +37,25 @@ BUILTIN = {
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLITS = ("training_split", "validation_split", "test_split")
 TEXT_TASK = "text_perplexity"  # a user's text files, scored like wikitext (word and byte perplexity)
+HARNESS_ENV = {
+    # Nothing downloads: the datasets library and the Hub client read these once, when first imported.
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    # The harness would fork this multithreaded (JAX) process for bootstrap stderrs: a known way to deadlock.
+    "DISABLE_MULTIPROC": "1",
+}
+
+
+def offline_harness() -> None:
+    """Set the harness's environment (offline, no forks) unless the user set it; called by every function here before
+    it imports the harness's task code or the datasets library, which read it once."""
+    for name, value in HARNESS_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def builtin_yaml(task: str) -> Path:
     """The harness's own YAML file of `task`."""
+    offline_harness()
     import lm_eval
 
     root = Path(lm_eval.__file__).parent / "tasks"
@@ -56,13 +65,15 @@ def builtin_yaml(task: str) -> Path:
 
     entry = TaskManager().task_index.get(task)
     if entry is None or entry.yaml_path is None or str(getattr(entry.kind, "name", "")) != "TASK":
-        raise ConfigError(f"{task!r} is not a task of lm-evaluation-harness (groups can't be read from files: "
-                          "name their tasks)")
+        raise ConfigError(
+            f"{task!r} is not a task of lm-evaluation-harness (groups can't be read from files: name their tasks)"
+        )
     return Path(entry.yaml_path)
 
 
 def scored_split(task_yaml: Path) -> tuple[str, str]:
     """Which split the harness evaluates a task on, as (YAML key, split name): test when it has one, else validation."""
+    offline_harness()
     from lm_eval.tasks._yaml_loader import load_yaml
 
     config = load_yaml(task_yaml, resolve_func=False)
@@ -76,8 +87,10 @@ def task_file(data_dir: str, task: str) -> Path:
     """DIR/<task>.jsonl, .json or .parquet (exactly one)."""
     found = [Path(data_dir) / f"{task}{ext}" for ext in BUILDERS if (Path(data_dir) / f"{task}{ext}").is_file()]
     if not found:
-        raise ConfigError(f"no file for task {task} in {data_dir}: expected {task}.jsonl, .json or .parquet "
-                          "holding the split the harness scores (docs/eval.md says how to fetch it once)")
+        raise ConfigError(
+            f"no file for task {task} in {data_dir}: expected {task}.jsonl, .json or .parquet "
+            "holding the split the harness scores (docs/eval.md says how to fetch it once)"
+        )
     if len(found) > 1:
         raise ConfigError(f"several files for task {task} in {data_dir}: {', '.join(p.name for p in found)}; keep one")
     return found[0]
@@ -87,9 +100,13 @@ def override(task: str, data_file: Path) -> dict[str, Any]:
     """The YAML that points the built-in `task` at `data_file` (every other split switched off)."""
     base = builtin_yaml(task)
     key, split = scored_split(base)
-    out: dict[str, Any] = {"include": str(base), "task": task, "dataset_path": BUILDERS[data_file.suffix],
-                           "dataset_name": None,
-                           "dataset_kwargs": {"data_files": {split: str(data_file.resolve())}}}
+    out: dict[str, Any] = {
+        "include": str(base),
+        "task": task,
+        "dataset_path": BUILDERS[data_file.suffix],
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {split: str(data_file.resolve())}},
+    }
     out.update({k: None for k in SPLITS})
     out[key] = split
     return out
@@ -104,14 +121,23 @@ def text_override(paths: Sequence[str], folder: Path) -> dict[str, Any]:
                 raise ConfigError(f"--text {path}: no such file")
             with open(path, encoding="utf-8", errors="replace") as text:
                 f.write(json.dumps({"page": text.read()}) + "\n")
-    return {"include": str(builtin_yaml("wikitext")), "task": TEXT_TASK, "dataset_path": "json",
-            "dataset_name": None, "dataset_kwargs": {"data_files": {"test": str(rows)}},
-            "training_split": None, "validation_split": None, "test_split": "test",
-            "doc_to_target": "{{page}}", "should_decontaminate": False}
+    return {
+        "include": str(builtin_yaml("wikitext")),
+        "task": TEXT_TASK,
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(rows)}},
+        "training_split": None,
+        "validation_split": None,
+        "test_split": "test",
+        "doc_to_target": "{{page}}",
+        "should_decontaminate": False,
+    }
 
 
-def write_include_path(folder: Path, tasks: Sequence[str], data_dir: str | None,
-                       text_files: Sequence[str] = ()) -> None:
+def write_include_path(
+    folder: Path, tasks: Sequence[str], data_dir: str | None, text_files: Sequence[str] = ()
+) -> None:
     """Generate the per-task YAMLs into `folder` (the harness's include_path)."""
     for task in tasks:
         if data_dir is None:
@@ -122,9 +148,17 @@ def write_include_path(folder: Path, tasks: Sequence[str], data_dir: str | None,
         (folder / f"{TEXT_TASK}.yaml").write_text(yaml.safe_dump(text_override(text_files, folder), sort_keys=False))
 
 
-def evaluate(lm: Any, tasks: Sequence[str], data_dir: str | None, text_files: Sequence[str] = (),
-             limit: int | None = None, bootstrap_iters: int = 100000, log_samples: bool = False) -> dict[str, Any]:
+def evaluate(
+    lm: Any,
+    tasks: Sequence[str],
+    data_dir: str | None,
+    text_files: Sequence[str] = (),
+    limit: int | None = None,
+    bootstrap_iters: int = 100000,
+    log_samples: bool = False,
+) -> dict[str, Any]:
     """Run the harness on `lm` over local task files (and text files); its results dict (lm-eval's schema)."""
+    offline_harness()
     import datasets
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -137,6 +171,12 @@ def evaluate(lm: Any, tasks: Sequence[str], data_dir: str | None, text_files: Se
     with tempfile.TemporaryDirectory(prefix="trainer-tasks-") as tmp:
         write_include_path(Path(tmp), tasks, data_dir, text_files)
         manager = TaskManager(include_path=tmp, include_defaults=False)
-        results = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
-                                          bootstrap_iters=bootstrap_iters, log_samples=log_samples)
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            task_manager=manager,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=log_samples,
+        )
     return results

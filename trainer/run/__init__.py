@@ -1,2 +1,4 @@
-"""A training job: `job` (checks, data, state fresh or restored), `loop` (the step loop), `metrics`, `summary`
-(the dry-run report), `supervise` (restarts)."""
+"""A training job: `job` (checks, data, state fresh or restored), `loop` (the step loop), `hooks` (its periodic
+actions, each with its interval), `timer` (where the wall time goes), `metrics` (console, metrics.jsonl, TensorBoard,
+W&B), `profile` (jax.profiler traces), `summary` (the dry-run report), `budget` (compute budgets before a run),
+`finetune` (starting from a base model), `supervise` (restarts)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer import hardware as hw_table
-from trainer.config import Config
+from trainer.config import Config, load_config
 from trainer.errors import ConfigError
 from trainer.model import flops
 
@@ -84,9 +84,16 @@ class Budget:
     def to_json(self) -> dict[str, Any]:
         """The `budget` object of the plan's JSON line."""
         hw = self.hardware
-        return {"flops": self.flops, "hardware": hw.name if hw else None, "chips": hw.chips if hw else None,
-                "peak_tflops": hw.peak_tflops if hw else None, "mfu": self.mfu, "mfu_from": self.mfu_from,
-                "hours": self.hours, "chip_hours": self.chip_hours}
+        return {
+            "flops": self.flops,
+            "hardware": hw.name if hw else None,
+            "chips": hw.chips if hw else None,
+            "peak_tflops": hw.peak_tflops if hw else None,
+            "mfu": self.mfu,
+            "mfu_from": self.mfu_from,
+            "hours": self.hours,
+            "chip_hours": self.chip_hours,
+        }
 
 
 def sustained_flops_per_hour(hardware: Hardware, mfu: float) -> float:
@@ -94,12 +101,22 @@ def sustained_flops_per_hour(hardware: Hardware, mfu: float) -> float:
     return hardware.peak_tflops * 1e12 * mfu * 3600.0
 
 
-def make_budget(*, flops_budget: float | None = None, hardware: Hardware | None = None, hours: float | None = None,
-                chip_hours: float | None = None, mfu: float | None = None, mfu_from: str | None = None) -> Budget:
+def make_budget(
+    *,
+    flops_budget: float | None = None,
+    hardware: Hardware | None = None,
+    hours: float | None = None,
+    chip_hours: float | None = None,
+    mfu: float | None = None,
+    mfu_from: str | None = None,
+) -> Budget:
     """One budget from exactly one of `flops_budget`, `chip_hours` (with a hardware kind) or `hours` (with a slice);
     hardware time becomes FLOPs at `mfu`."""
-    given = [name for name, v in (("--flops", flops_budget), ("--chip-hours", chip_hours), ("--hours", hours))
-             if v is not None]
+    given = [
+        name
+        for name, v in (("--flops", flops_budget), ("--chip-hours", chip_hours), ("--hours", hours))
+        if v is not None
+    ]
     if len(given) != 1:
         raise ConfigError(f"give one budget: --flops, --chip-hours or --hours (got {', '.join(given) or 'none'})")
     for name, value in (("--flops", flops_budget), ("--chip-hours", chip_hours), ("--hours", hours)):
@@ -109,16 +126,19 @@ def make_budget(*, flops_budget: float | None = None, hardware: Hardware | None 
         if hardware is None or mfu is None:
             return Budget(flops_budget, hardware, mfu, mfu_from)
         chip_hours = flops_budget / sustained_flops_per_hour(hardware, mfu)
-        return Budget(flops_budget, hardware, mfu, mfu_from, chip_hours / hardware.chips if hardware.chips else None,
-                      chip_hours)
+        return Budget(
+            flops_budget, hardware, mfu, mfu_from, chip_hours / hardware.chips if hardware.chips else None, chip_hours
+        )
     if hardware is None:
         raise ConfigError(f"{given[0]} needs --hardware (e.g. --hardware v4-32) to turn time into FLOPs")
     if mfu is None:
         raise ConfigError(f"{given[0]} needs an MFU: --mfu 0.4, or --mfu-from RUN_DIR (a run's metrics.jsonl)")
     if hours is not None:
         if hardware.chips is None:
-            raise ConfigError(f"--hours needs a machine with a chip count (e.g. v4-32 or 2xl40s), "
-                              f"not the bare kind {hardware.name!r}; or give --chip-hours")
+            raise ConfigError(
+                f"--hours needs a machine with a chip count (e.g. v4-32 or 2xl40s), "
+                f"not the bare kind {hardware.name!r}; or give --chip-hours"
+            )
         chip_hours = hours * hardware.chips
     elif hardware.chips:
         hours = chip_hours / hardware.chips
@@ -145,8 +165,10 @@ def measured_mfu(run_dir: str) -> float:
     rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
     values = [r["mfu"] for r in rows if isinstance(r.get("mfu"), (int, float)) and r["mfu"] > 0]
     if not values:
-        raise ConfigError(f"--mfu-from {run_dir}: its metrics hold no mfu (the device's peak was unknown: set "
-                          "train.peak_tflops in that run, or pass --mfu)")
+        raise ConfigError(
+            f"--mfu-from {run_dir}: its metrics hold no mfu (the device's peak was unknown: set "
+            "train.peak_tflops in that run, or pass --mfu)"
+        )
     return float(statistics.median(values))
 
 
@@ -182,8 +204,14 @@ class ConfigPlan:
         return chip_hours, (chip_hours / hardware.chips if hardware.chips else None)
 
 
-def plan_config(config: Config, path: str, *, tokens: float | None = None, flops_budget: float | None = None,
-                closest_seed: bool = False) -> ConfigPlan:
+def plan_config(
+    config: Config,
+    path: str,
+    *,
+    tokens: float | None = None,
+    flops_budget: float | None = None,
+    closest_seed: bool = False,
+) -> ConfigPlan:
     """Steps and tokens of `config` for a token target (rounded up to whole steps), for a FLOP budget (the whole
     steps that fit), or, with neither, for its own `train.steps`."""
     params = flops.param_count(config.model)
@@ -221,8 +249,6 @@ def with_epochs(config: Config) -> Config:
 
 def seed_configs(directory: str) -> list[tuple[str, Config]]:
     """The model configs of a folder (every *.yml but base.yml), sorted by size; files that don't load are skipped."""
-    from trainer.config import load_config
-
     if not os.path.isdir(directory):
         raise ConfigError(f"no configs folder at {directory}: pass --configs DIR (the repository's configs/)")
     found = []
@@ -246,10 +272,12 @@ def closest(configs: list[tuple[str, Config]], params: float) -> tuple[str, Conf
 def run_line(config: Config) -> str:
     """The planning line a run prints at its start: tokens it will see and their share of Chinchilla-optimal."""
     plan = plan_config(config, "")
-    return (f"plan: {plan.steps:,} steps × {plan.tokens_per_step:,} tokens = {human_count(plan.tokens)} tokens for "
-            f"{human_count(plan.params)} parameters, {plan.chinchilla_percent:.1f}% of Chinchilla-optimal "
-            f"({human_count(plan.chinchilla_tokens)} tokens, {TOKENS_PER_PARAM:g} per parameter); "
-            f"{plan.flops:.3g} FLOPs")
+    return (
+        f"plan: {plan.steps:,} steps × {plan.tokens_per_step:,} tokens = {human_count(plan.tokens)} tokens for "
+        f"{human_count(plan.params)} parameters, {plan.chinchilla_percent:.1f}% of Chinchilla-optimal "
+        f"({human_count(plan.chinchilla_tokens)} tokens, {TOKENS_PER_PARAM:g} per parameter); "
+        f"{plan.flops:.3g} FLOPs"
+    )
 
 
 def human_count(n: float) -> str:

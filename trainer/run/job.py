@@ -22,6 +22,7 @@ from trainer.run import budget, finetune
 from trainer.run.loop import StopRequest, train
 from trainer.run.metrics import MetricsLogger
 from trainer.run.profile import StepProfiler
+from trainer.run.timer import Timer
 from trainer.step import StepFunctions, TrainState, make_step_functions
 
 PLACEHOLDER = "YOUR_BUCKET"
@@ -45,7 +46,8 @@ def check_reachable(config: Config, reach: bool = True) -> None:
             raise ConfigError(
                 f"{key}={path} is the example placeholder: prepare your shards with "
                 f"`{prepare_hint('gs://<bucket>/<name>/data')}` and override data.path=gs://<bucket>/... "
-                "and run.dir=gs://<bucket>/... (docs/data.md)")
+                "and run.dir=gs://<bucket>/... (docs/data.md)"
+            )
         if reach:
             storage.check_reachable(path, key)  # seconds and one line, not the storage client's minute of retries
 
@@ -81,8 +83,10 @@ def _check_tokenizer(config: Config) -> None:
     manifest = mixture.plan(config.data)[0].components[0].manifest
     path = storage.join(manifest.location, manifest.tokenizer.get("file") or "tokenizer.model")
     if not storage.exists(path):
-        raise DataError(f"{path} is missing: the tokenizer named by {manifest.location}/manifest.json (sampling and "
-                        "exports need it); copy it back, or prepare the data again into a new folder")
+        raise DataError(
+            f"{path} is missing: the tokenizer named by {manifest.location}/manifest.json (sampling and "
+            "exports need it); copy it back, or prepare the data again into a new folder"
+        )
 
 
 def _copy_tokenizer(config: Config) -> None:
@@ -103,15 +107,21 @@ def _train_iterator(config: Config) -> Any:
     """This process's training batches: the Grain pipeline over the shards, or synthetic tokens."""
     from trainer.data import pipeline, synthetic
 
-    shape = dict(seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
-                 seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    shape = dict(
+        seq_len=config.train.seq_len,
+        global_batch_size=config.train.global_batch_size,
+        seed=config.train.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     if config.data.synthetic:
         return synthetic.make_train_iterator(vocab_size=config.model.vocab_size, **shape)
     return pipeline.make_train_iterator(config.data, **shape)
 
 
-def _initial_state(config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any,
-                   log: MetricsLogger) -> TrainState:
+def _initial_state(
+    config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any, log: MetricsLogger
+) -> TrainState:
     restored = ckpt.restore_latest(step_fns.abstract_state, data_iter)  # a damaged newest step: the one before
     if restored is not None:
         state, step = restored
@@ -137,6 +147,7 @@ def run(config: Config, cpu_line: str | None = None) -> int:
 
     `cpu_line` (from trainer.cpu_tuning) is printed at start-up when the job runs on the CPU backend.
     """
+    timer = Timer()  # from here until the first step: start-up
     check_reachable(config)
     distributed.initialize(config.distributed)
     check_available(config.model.attention)
@@ -154,8 +165,10 @@ def run(config: Config, cpu_line: str | None = None) -> int:
 
     vocab = pipeline.dataset_vocab_size(config.data) if real_data else None
     if vocab is not None and vocab > config.model.vocab_size:
-        raise ConfigError(f"the data's tokenizer has {vocab} ids but model.vocab_size={config.model.vocab_size}; "
-                          f"set model.vocab_size={vocab} or more")
+        raise ConfigError(
+            f"the data's tokenizer has {vocab} ids but model.vocab_size={config.model.vocab_size}; "
+            f"set model.vocab_size={vocab} or more"
+        )
     _check_run_dir(config)
     if real_data:
         _check_tokenizer(config)
@@ -163,15 +176,26 @@ def run(config: Config, cpu_line: str | None = None) -> int:
         bos = data_adds_bos(config)  # every folder of a mixture/stages agrees, or one line now
         check_same_bos(config.run.dir, bos)
         pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
-            config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
-            process_index=jax.process_index(), process_count=jax.process_count(), num_batches=1).close()
+            config.data,
+            seq_len=config.train.seq_len,
+            global_batch_size=config.train.global_batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            num_batches=1,
+        ).close()
     data_iter = _train_iterator(config)  # opens every train shard: a damaged one is named now, before any write
     # Every check above passed: only now does anything get written to the run folder (a refused resume leaves
     # the old folder as it was).
-    log = MetricsLogger(config.run.dir, enabled=is_main, tensorboard=config.log.tensorboard,
-                        wandb=config.log.wandb, config=config.to_dict())
-    log.describe_run(config.run.dir, flops.param_count(config.model),
-                     config.train.global_batch_size * config.train.seq_len)
+    log = MetricsLogger(
+        config.run.dir,
+        enabled=is_main,
+        tensorboard=config.log.tensorboard,
+        wandb=config.log.wandb,
+        config=config.to_dict(),
+    )
+    log.describe_run(
+        config.run.dir, flops.param_count(config.model), config.train.global_batch_size * config.train.seq_len
+    )
     if is_main:
         storage.makedirs(config.run.dir)
         checkpoint.write_run_config(config.run.dir, config)
@@ -180,8 +204,10 @@ def run(config: Config, cpu_line: str | None = None) -> int:
             record_bos(config.run.dir, bos, source="data manifest")  # read by generation, evaluation, exports
             log.say(pipeline.describe(config.data))
         else:
-            log.say(f"data: synthetic, uniformly random tokens 0..{config.model.vocab_size - 1} from train.seed "
-                    "(no shards, no tokenizer; the loss stays near ln(vocab))")
+            log.say(
+                f"data: synthetic, uniformly random tokens 0..{config.model.vocab_size - 1} from train.seed "
+                "(no shards, no tokenizer; the loss stays near ln(vocab))"
+            )
         log.say(budget.run_line(config))
         if cpu_line and jax.default_backend() == "cpu":
             log.say(cpu_line)
@@ -193,7 +219,7 @@ def run(config: Config, cpu_line: str | None = None) -> int:
     stop = StopRequest()
     profiler = StepProfiler(config.log.profile_steps, config.run.dir, enabled=is_main, say=log.say)
     try:
-        return train(config, step_fns, ckpt, data_iter, state, stop, log, profiler)
+        return train(config, step_fns, ckpt, data_iter, state, stop, log, profiler, timer)
     finally:
         profiler.stop()
         stop.restore()

@@ -1,5 +1,6 @@
 """What a run reports: the step line on the console, metrics.jsonl, TensorBoard scalars, the loss-curve PNG and, when
-`log.wandb.project` is set, the same rows in Weights & Biases.
+`log.wandb.project` is set, the same rows in Weights & Biases. `StepLog` is the loop's `log` hook: the training row
+and step line, with throughput (tokens/s, TFLOP/s per device, MFU, ETA) from `Speedometer`.
 
 Only process 0 writes. For a gs:// run folder the files are written to a local staging folder and copied up at
 every checkpoint and at the end (object stores can't append).
@@ -7,6 +8,7 @@ every checkpoint and at the end (object stores can't append).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,16 +17,27 @@ import tempfile
 import uuid
 from typing import Any
 
+import jax
+
 from trainer import storage
 from trainer.config import WandbConfig
 from trainer.errors import ConfigError
+from trainer.model import flops
+from trainer.run.hooks import StepInfo
+from trainer.run.timer import Timer
 
 
 class MetricsLogger:
     """Appends metric rows to JSONL, TensorBoard and W&B and prints a compact step line."""
 
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, wandb: WandbConfig | None = None,
-                 config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        run_dir: str,
+        enabled: bool,
+        tensorboard: bool,
+        wandb: WandbConfig | None = None,
+        config: dict[str, Any] | None = None,
+    ):
         self.run_dir = run_dir
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
@@ -126,19 +139,29 @@ def _start_wandb(options: WandbConfig, run_dir: str, local_dir: str, config: dic
     try:
         import wandb
     except ImportError:
-        raise ConfigError("log.wandb.project is set but the wandb package is missing: pip install -e \".[wandb]\" "
-                          "(or set log.wandb.project=null)") from None
+        raise ConfigError(
+            'log.wandb.project is set but the wandb package is missing: pip install -e ".[wandb]" '
+            "(or set log.wandb.project=null)"
+        ) from None
     id_path = storage.join(run_dir, "wandb_id")
     run_id = storage.read_bytes(id_path).decode().strip() if storage.exists(id_path) else uuid.uuid4().hex[:12]
     storage.write_bytes_atomic(id_path, run_id.encode())
     try:
-        run = wandb.init(project=options.project, entity=options.entity, mode=options.mode, id=run_id,
-                         name=options.name or os.path.basename(run_dir.rstrip("/")), resume="allow", config=config,
-                         dir=local_dir)
+        run = wandb.init(
+            project=options.project,
+            entity=options.entity,
+            mode=options.mode,
+            id=run_id,
+            name=options.name or os.path.basename(run_dir.rstrip("/")),
+            resume="allow",
+            config=config,
+            dir=local_dir,
+        )
     except Exception as e:  # no login, no network, a wrong entity: whatever W&B raises, one line for the person
         reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise ConfigError(f"W&B did not start ({reason}): run `wandb login` or set WANDB_API_KEY, "
-                          "or log.wandb.mode=offline") from None
+        raise ConfigError(
+            f"W&B did not start ({reason}): run `wandb login` or set WANDB_API_KEY, or log.wandb.mode=offline"
+        ) from None
     run.define_metric("*", step_metric="step")
     return run
 
@@ -166,3 +189,69 @@ def plot_losses(rows: list[dict[str, Any]], path: str, title: str | None = None)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Speedometer:
+    """Turns steps and seconds into tokens/s, TFLOP/s per device, MFU and an ETA."""
+
+    tokens_per_step: int
+    flops_per_token: float
+    devices: int
+    peak_tflops: float | None
+    hardware: str = ""  # "8 × TPU v4": recorded with the throughput (the model card reads it)
+
+    def row(self, steps: int, seconds: float, remaining_steps: int) -> tuple[dict[str, Any], str]:
+        """Throughput fields for metrics.jsonl and their text for the step line."""
+        tokens_per_s = self.tokens_per_step * steps / seconds
+        row: dict[str, Any] = {
+            "tokens_per_s": tokens_per_s,
+            "tflops_per_device": tokens_per_s * self.flops_per_token / self.devices / 1e12,
+        }
+        if self.hardware:
+            row["hardware"] = self.hardware
+        text = f" {tokens_per_s:,.0f} tok/s {row['tflops_per_device']:.3f} TFLOP/s/dev"
+        utilisation = flops.mfu(tokens_per_s / self.devices, self.flops_per_token, self.peak_tflops)
+        if utilisation is not None:
+            row["mfu"] = utilisation
+            text += f" mfu {100 * utilisation:.1f}%"
+        return row, text + f" eta {duration(remaining_steps * seconds / steps)}"
+
+
+class StepLog:
+    """The loop's `log` hook: one metrics row and step line per call, with the throughput over the steps since the
+    previous line and the training time they took (`Timer.window`: evaluation and compilation left out). The line of
+    the step that compiled has no throughput."""
+
+    def __init__(self, log: MetricsLogger, speed: Speedometer, timer: Timer, compiled_step: int):
+        self.log, self.speed, self.timer = log, speed, timer
+        self._previous = compiled_step  # steps up to this one are outside the throughput
+
+    def __call__(self, info: StepInfo) -> None:
+        values = jax.device_get(info.metrics)
+        steps, self._previous = info.step - self._previous, info.step
+        seconds = self.timer.window()
+        row = {
+            "step": info.step,
+            "loss": float(values["loss"]),
+            "learning_rate": float(values["learning_rate"]),
+            "grad_norm": float(values["grad_norm"]),
+            "skipped_steps": int(values["nonfinite_total"]),
+        }
+        text = ""
+        if steps > 0:
+            throughput, text = self.speed.row(steps, seconds, info.last - info.step)
+            row.update(throughput)
+        self.log.log(row)
+        self.log.say(
+            f"step {info.step:>6}/{info.last} loss {row['loss']:.4f} lr {row['learning_rate']:.2e} "
+            f"gnorm {row['grad_norm']:.3f}{text}"
+        )
+
+
+def duration(seconds: float) -> str:
+    """`1h05m` or `3m07s`: a wall time for people."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

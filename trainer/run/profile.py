@@ -17,6 +17,7 @@ from typing import Any
 import jax
 
 from trainer import storage
+from trainer.run.hooks import StepInfo
 
 
 class StepProfiler:
@@ -41,14 +42,16 @@ class StepProfiler:
             return jax.profiler.StepTraceAnnotation("train", step_num=step)
         return contextlib.nullcontext()
 
-    def after(self, step: int, outputs: Any) -> bool:
-        """Call after step `step` was dispatched: at the window's last step, wait for it and write the trace
-        (returns True then, so the loop can leave that time out of its throughput)."""
-        if self.active and step >= self.window[1]:
-            jax.block_until_ready(outputs)
+    @property
+    def last_step(self) -> int | None:
+        """The window's last step (where `after` writes the trace), or None without a window."""
+        return self.window[1] if self.window is not None else None
+
+    def after(self, info: StepInfo) -> None:
+        """The loop's `profile` hook: after the window's last step, wait for it and write the trace."""
+        if self.active and self.window is not None and info.step >= self.window[1]:
+            jax.block_until_ready(info.metrics)
             self.stop()
-            return True
-        return False
 
     def _start(self) -> None:
         target = storage.join(self.run_dir, "profile")
@@ -74,5 +77,7 @@ class StepProfiler:
                     with open(local, "rb") as f:
                         storage.write_bytes_atomic(storage.join(target, relative), f.read())
         start, end = self.window
-        self.say(f"profile of steps {start}..{end} written to {target} (tensorboard --logdir {target}, or "
-                 "perfetto_trace.json.gz in ui.perfetto.dev)")
+        self.say(
+            f"profile of steps {start}..{end} written to {target} (tensorboard --logdir {target}, or "
+            "perfetto_trace.json.gz in ui.perfetto.dev)"
+        )

@@ -41,7 +41,8 @@ def summarize(config: Config, abstract_state: Any, mesh_shape: dict[str, int]) -
         f"remat {m.remat_policy}, scan_layers {m.scan_layers}",
         f"flops      {fpt / 1e9:.3f} GFLOP per token (train, seq_len {config.train.seq_len}); "
         f"{fpt * config.train.global_batch_size * config.train.seq_len / 1e12:.2f} TFLOP per step",
-        "mesh       " + " × ".join(f"{k}={v}" for k, v in mesh_shape.items())
+        "mesh       "
+        + " × ".join(f"{k}={v}" for k, v in mesh_shape.items())
         + f" = {math.prod(mesh_shape.values())} devices",
         f"state      per device: params {param_bytes / 2**30:.3f} GiB + optimizer state {opt_bytes / 2**30:.3f} GiB "
         f"= {(param_bytes + opt_bytes) / 2**30:.3f} GiB. Not the peak: activations and compiler temporaries "

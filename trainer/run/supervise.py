@@ -15,13 +15,18 @@ import time
 
 from trainer.errors import ConfigError, ExitCode, cli
 
-FINAL_EXIT_CODES = {ExitCode.OK: "finished", ExitCode.USAGE: "configuration error",
-                    ExitCode.NONFINITE: "non-finite losses", ExitCode.INTERRUPTED: "interrupted",
-                    ExitCode.TERMINATED: "stopped by SIGTERM"}
+FINAL_EXIT_CODES = {
+    ExitCode.OK: "finished",
+    ExitCode.USAGE: "configuration error",
+    ExitCode.NONFINITE: "non-finite losses",
+    ExitCode.INTERRUPTED: "interrupted",
+    ExitCode.TERMINATED: "stopped by SIGTERM",
+}
 
 
-def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff: float = 300.0,
-              healthy_after: float = 3600.0) -> int:
+def supervise(
+    command: list[str], max_restarts: int, backoff: float, max_backoff: float = 300.0, healthy_after: float = 3600.0
+) -> int:
     """Run `command` until it succeeds or fails in a way a restart can't fix; returns the last exit code.
 
     `max_restarts` counts crashes in a row: a job that ran `healthy_after` seconds or more before crashing made
@@ -44,25 +49,36 @@ def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff
             try:
                 child = subprocess.Popen(command)
             except OSError as e:  # no such program, not executable: a restart can't help
-                raise ConfigError(f"can't start {command[0]!r}: {e.strerror or e}; check the command after --") \
-                    from None
+                raise ConfigError(
+                    f"can't start {command[0]!r}: {e.strerror or e}; check the command after --"
+                ) from None
             code = child.wait()
             if time.monotonic() - started >= healthy_after and restarts:
-                print(f"supervise: the job ran {time.monotonic() - started:.0f}s before exiting: restart count reset",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"supervise: the job ran {time.monotonic() - started:.0f}s before exiting: restart count reset",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 restarts = 0
             if code in FINAL_EXIT_CODES or stopping:
                 why = FINAL_EXIT_CODES.get(code, "stop requested")
                 print(f"supervise: job exited with code {code} ({why}); not restarting", file=sys.stderr, flush=True)
                 return code
             if restarts >= max_restarts:
-                print(f"supervise: job exited with code {code}; giving up after {restarts} restart(s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"supervise: job exited with code {code}; giving up after {restarts} restart(s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return code
             delay = min(backoff * 2**restarts, max_backoff)
             restarts += 1
-            print(f"supervise: job exited with code {code}; restart {restarts}/{max_restarts} in {delay:.1f}s "
-                  "(resuming from the latest checkpoint)", file=sys.stderr, flush=True)
+            print(
+                f"supervise: job exited with code {code}; restart {restarts}/{max_restarts} in {delay:.1f}s "
+                "(resuming from the latest checkpoint)",
+                file=sys.stderr,
+                flush=True,
+            )
             time.sleep(delay)
     finally:
         for s, handler in previous.items():
@@ -73,11 +89,14 @@ def supervise(command: list[str], max_restarts: int, backoff: float, max_backoff
 def main(argv: list[str] | None = None) -> int:
     """Parse `[options] -- command ...` and supervise the command."""
     parser = argparse.ArgumentParser(prog="python -m trainer.supervise", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--max-restarts", type=int, default=10,
-                        help="restarts in a row before giving up (default 10)")
+    parser.add_argument("--max-restarts", type=int, default=10, help="restarts in a row before giving up (default 10)")
     parser.add_argument("--backoff", type=float, default=5.0, help="first delay in seconds, doubled each time")
-    parser.add_argument("--healthy-after", type=float, default=3600.0,
-                        help="a job that ran this many seconds before crashing resets the restart count (default 3600)")
+    parser.add_argument(
+        "--healthy-after",
+        type=float,
+        default=3600.0,
+        help="a job that ran this many seconds before crashing resets the restart count (default 3600)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- followed by the job's command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
