@@ -74,12 +74,25 @@ setup(
         # installed jax) and CUDA's ptxas, ~580 MB; no driver, no cuDNN (tested with jax 0.10.2 and 0.12.0.1)
         "gpu-compile": ["jax[cuda12-local]>=0.10.2,<0.13", "nvidia-cuda-nvcc-cu12>=12.6"],
         "cloud": ["google-cloud-tpu>=1.18"],
-        "dev": HF + PARQUET + EVAL + WANDB + TFDS + DATASETS + MLX + ONNX + LORA + [
+        "dev": HF
+        + PARQUET
+        + EVAL
+        + WANDB
+        + TFDS
+        + DATASETS
+        + MLX
+        + ONNX
+        + LORA
+        + [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
             "google-cloud-tpu>=1.18",
             "psutil>=5.9",
+            # .ci/lint: exact versions, since a new ruff or mypy release adds rules and changes formatting
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "types-PyYAML>=6.0.12",
         ],
     },
 )

@@ -67,16 +67,27 @@ def measure(megabytes: int, directory: str, mesh: jax.sharding.Mesh) -> dict[str
     jax.block_until_ready(restored)
     restore = time.perf_counter() - start
     ckpt.close()
-    return {"state_bytes": nbytes, "save_blocking_s": blocked, "save_total_s": written,
-            "blocking_fraction": blocked / written, "first_save_blocking_s": results[0][0],
-            "restore_s": restore, "write_gb_per_s": nbytes / written / 1e9}
+    return {
+        "state_bytes": nbytes,
+        "save_blocking_s": blocked,
+        "save_total_s": written,
+        "blocking_fraction": blocked / written,
+        "first_save_blocking_s": results[0][0],
+        "restore_s": restore,
+        "write_gb_per_s": nbytes / written / 1e9,
+    }
 
 
 def main() -> None:
     """Measure each size and print the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000],
-                        help="train-state sizes to save and restore, in MiB (default: 100 1000)")
+    parser.add_argument(
+        "--sizes-mb",
+        type=int,
+        nargs="+",
+        default=[100, 1000],
+        help="train-state sizes to save and restore, in MiB (default: 100 1000)",
+    )
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder, removed after)")
     args = parser.parse_args()
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))

@@ -43,8 +43,12 @@ def eval_loss(config: Any, params: Any, seq_len: int, model: Any, batches: int) 
     from trainer.eval.loss import evaluate
     from trainer.step import make_step_functions
 
-    config = dataclasses.replace(config, model=model, eval=dataclasses.replace(config.eval, batches=batches),
-                                 train=dataclasses.replace(config.train, seq_len=seq_len, microbatches=1))
+    config = dataclasses.replace(
+        config,
+        model=model,
+        eval=dataclasses.replace(config.eval, batches=batches),
+        train=dataclasses.replace(config.train, seq_len=seq_len, microbatches=1),
+    )
     step_fns = make_step_functions(config, sharding.make_mesh(config.mesh))
     return float(evaluate(config, step_fns, params)["eval_loss"])
 
@@ -55,14 +59,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     base_config, base_params, base_step = load_params(args.base)
     config, params, step = load_params(args.extended)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, global_batch_size=args.batch_size),
-                                 mesh=dataclasses.replace(config.mesh, data=1, fsdp=-1, tensor=1))
+    config = dataclasses.replace(
+        config,
+        train=dataclasses.replace(config.train, global_batch_size=args.batch_size),
+        mesh=dataclasses.replace(config.mesh, data=1, fsdp=-1, tensor=1),
+    )
     short, long = base_config.train.seq_len, config.train.seq_len
     if long % short or args.batches * short % long:
         raise SystemExit(f"the lengths {short} and {long} need --batches a multiple of {long // math.gcd(long, short)}")
     batches = {short: args.batches, long: args.batches * short // long}  # the same tokens at both lengths
-    unscaled = dataclasses.replace(config.model, rope_scaling=base_config.model.rope_scaling,
-                                   rope_theta=base_config.model.rope_theta)
+    unscaled = dataclasses.replace(
+        config.model, rope_scaling=base_config.model.rope_scaling, rope_theta=base_config.model.rope_theta
+    )
     figures = {}
     for name, p, length, model in [
         ("base_at_original", base_params, short, unscaled),
@@ -73,11 +81,18 @@ def main(argv: list[str] | None = None) -> None:
     ]:
         figures[name] = eval_loss(config, p, length, model, batches[length])
         log(f"{name}: {figures[name]:.4f}")
-    print_json({"base": f"{args.base} (step {base_step})", "extended": f"{args.extended} (step {step})",
-                "original_length": short, "extended_length": long,
-                "rope_scaling": dataclasses.asdict(config.model.rope_scaling),
-                "validation_tokens_per_figure": args.batches * args.batch_size * short,
-                "eval_loss": figures, "machine": machine_info()})
+    print_json(
+        {
+            "base": f"{args.base} (step {base_step})",
+            "extended": f"{args.extended} (step {step})",
+            "original_length": short,
+            "extended_length": long,
+            "rope_scaling": dataclasses.asdict(config.model.rope_scaling),
+            "validation_tokens_per_figure": args.batches * args.batch_size * short,
+            "eval_loss": figures,
+            "machine": machine_info(),
+        }
+    )
 
 
 if __name__ == "__main__":

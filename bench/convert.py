@@ -54,8 +54,9 @@ def export_options(entry: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=DEFAULT_CONFIG, help="model shapes to export (default: configs/303m.yml)")
-    p.add_argument("--exports", default=DEFAULT_EXPORTS,
-                   help=f"comma-separated FORMAT:VARIANT (default {DEFAULT_EXPORTS})")
+    p.add_argument(
+        "--exports", default=DEFAULT_EXPORTS, help=f"comma-separated FORMAT:VARIANT (default {DEFAULT_EXPORTS})"
+    )
     p.add_argument("--workdir", default=None, help="where the checkpoint and exports go (default: a temp folder)")
     p.add_argument("--child", nargs=3, metavar=("RUN", "OUT", "EXPORT"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -78,8 +79,9 @@ def write_checkpoint(config_path: str, run_dir: str) -> dict:
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, dir=run_dir))
     abstract = nn.unbox(jax.eval_shape(Transformer(config.model).init, jax.random.key(0), np.zeros((1, 4), np.int32)))
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: rng.standard_normal(s.shape, dtype=np.float32) * np.float32(0.02),
-                          abstract["params"])
+    params = jax.tree.map(
+        lambda s: rng.standard_normal(s.shape, dtype=np.float32) * np.float32(0.02), abstract["params"]
+    )
     count = sum(x.size for x in jax.tree.leaves(params))
     seconds, _ = timed(lambda: save_params(run_dir, config, params))
     log(f"saved {count:,} random params in {seconds:.1f} s")
@@ -110,7 +112,7 @@ def child(run_dir: str, out: str, entry: str) -> None:
     import transformers  # noqa: F401
     from transformers import GenerationConfig, LlamaConfig, LlamaTokenizerFast  # noqa: F401
 
-    from trainer.export import hf as convert_to_hf
+    from trainer.export import command as convert_to_hf
 
     for module in RUNTIME.get(entry.partition(":")[0], ()):
         importlib.import_module(module)  # in the baseline too, as the libraries above
@@ -118,9 +120,19 @@ def child(run_dir: str, out: str, entry: str) -> None:
     args = convert_to_hf.parse_args(["--checkpoint", run_dir, "--out", out, "--no-verify", *export_options(entry)])
     total, summary = timed(lambda: convert_to_hf.export(args))
     peak = peak_rss()
-    print(json.dumps({"total_s": total, "load_s": summary["load_s"], "write_s": summary["write_s"],
-                      "exported_bytes": summary["bytes"], "files": summary["files"],
-                      "baseline_rss_bytes": baseline, "peak_rss_bytes": peak}))
+    print(
+        json.dumps(
+            {
+                "total_s": total,
+                "load_s": summary["load_s"],
+                "write_s": summary["write_s"],
+                "exported_bytes": summary["bytes"],
+                "files": summary["files"],
+                "baseline_rss_bytes": baseline,
+                "peak_rss_bytes": peak,
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,20 +151,34 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = os.path.join(workdir, entry.replace(":", "-"))
         log(f"exporting {entry} ...")
-        proc = subprocess.run([sys.executable, "-m", "bench.convert", "--child", run_dir, out, entry], cwd=REPO,
-                              capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.convert", "--child", run_dir, out, entry],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
         if proc.returncode:
             sys.stderr.write(proc.stderr)
             return proc.returncode
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         exported, weights_rss = r["exported_bytes"] / 1e9, (r["peak_rss_bytes"] - r["baseline_rss_bytes"]) / 1e9
-        result["runs"].append({
-            "export": entry, "exported_gb": exported, "files": r["files"], "total_s": r["total_s"],
-            "gb_per_s": exported / r["total_s"], "load_s": r["load_s"], "write_s": r["write_s"],
-            "write_gb_per_s": exported / r["write_s"], "baseline_rss_gb": r["baseline_rss_bytes"] / 1e9,
-            "peak_rss_gb": r["peak_rss_bytes"] / 1e9, "peak_over_exported": weights_rss / exported,
-            "peak_over_checkpoint": weights_rss / result["checkpoint_gb"],
-        })
+        result["runs"].append(
+            {
+                "export": entry,
+                "exported_gb": exported,
+                "files": r["files"],
+                "total_s": r["total_s"],
+                "gb_per_s": exported / r["total_s"],
+                "load_s": r["load_s"],
+                "write_s": r["write_s"],
+                "write_gb_per_s": exported / r["write_s"],
+                "baseline_rss_gb": r["baseline_rss_bytes"] / 1e9,
+                "peak_rss_gb": r["peak_rss_bytes"] / 1e9,
+                "peak_over_exported": weights_rss / exported,
+                "peak_over_checkpoint": weights_rss / result["checkpoint_gb"],
+            }
+        )
         log(json.dumps(result["runs"][-1]))
     result["machine"] = machine_info()
     print_json(result)

@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any
 
 if __package__ in (None, ""):  # `python bench/data.py`: make the repo importable like `python -m bench.data`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,8 +35,9 @@ def _log(*parts: Any) -> None:
     print("[bench.data]", *parts, file=sys.stderr, flush=True)
 
 
-def pipeline_tokens_per_s(path: str, packing: bool, seq_len: int, batch: int, batches: int = 100,
-                          warmup: int = 3) -> float:
+def pipeline_tokens_per_s(
+    path: str, packing: bool, seq_len: int, batch: int, batches: int = 100, warmup: int = 3
+) -> float:
     """Tokens per second that the training iterator hands out for `path` (local folder or gs:// URL).
 
     Counts batch × seq_len per batch (padding included when packing: it is what the train step consumes).
@@ -44,8 +45,14 @@ def pipeline_tokens_per_s(path: str, packing: bool, seq_len: int, batch: int, ba
     from trainer.config import DataConfig
     from trainer.data.pipeline import make_train_iterator
 
-    it = make_train_iterator(DataConfig(path=path, packing=packing), seq_len=seq_len, global_batch_size=batch,
-                             seed=0, process_index=0, process_count=1)
+    it = make_train_iterator(
+        DataConfig(path=path, packing=packing),
+        seq_len=seq_len,
+        global_batch_size=batch,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
     try:
         for _ in range(warmup):
             next(it)
@@ -57,17 +64,28 @@ def pipeline_tokens_per_s(path: str, packing: bool, seq_len: int, batch: int, ba
         it.close()
 
 
-def prepare_stdlib(out: str, max_files: Optional[int] = None, tokenizer: Optional[str] = None) -> dict[str, Any]:
+def prepare_stdlib(out: str, max_files: int | None = None, tokenizer: str | None = None) -> dict[str, Any]:
     """Prepare the stdlib corpus into `out`; seconds and tokens/s of the whole call (tokenizer training included)."""
-    from trainer.data.prepare import prepare
+    from trainer.data.text_prepare import prepare
 
     start = time.perf_counter()
-    manifest = prepare(corpus="stdlib", out=out, vocab_size=4096, tokenizer=tokenizer, max_files=max_files,
-                       progress=False, verbose=False)
+    manifest = prepare(
+        corpus="stdlib",
+        out=out,
+        vocab_size=4096,
+        tokenizer=tokenizer,
+        max_files=max_files,
+        progress=False,
+        verbose=False,
+    )
     seconds = time.perf_counter() - start
     totals = manifest.totals()["all"]
-    return {"seconds": round(seconds, 2), "documents": totals["documents"], "tokens": totals["tokens"],
-            "tokens_per_s": round(totals["tokens"] / seconds)}
+    return {
+        "seconds": round(seconds, 2),
+        "documents": totals["documents"],
+        "tokens": totals["tokens"],
+        "tokens_per_s": round(totals["tokens"] / seconds),
+    }
 
 
 def _pipeline_figures(path: str, seq_len: int, batch: int, batches: int) -> dict[str, float]:
@@ -96,16 +114,20 @@ def _train_consumption(result: dict[str, Any]) -> dict[str, Any]:
         trainer = make_step_functions(config, make_mesh(config.mesh, jax.devices()[:1]))
         t = config.train
         tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (t.global_batch_size, t.seq_len + 1))
-        batch = jax.device_put({
-            "inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
-            "loss_mask": np.ones((t.global_batch_size, t.seq_len), np.float32),
-            "segment_ids": np.ones((t.global_batch_size, t.seq_len), np.int32),
-            "positions": np.tile(np.arange(t.seq_len, dtype=np.int32), (t.global_batch_size, 1)),
-        }, trainer.batch_sharding)
+        batch = jax.device_put(
+            {
+                "inputs": tokens[:, :-1].astype(np.int32),
+                "targets": tokens[:, 1:].astype(np.int32),
+                "loss_mask": np.ones((t.global_batch_size, t.seq_len), np.float32),
+                "segment_ids": np.ones((t.global_batch_size, t.seq_len), np.int32),
+                "positions": np.tile(np.arange(t.seq_len, dtype=np.int32), (t.global_batch_size, 1)),
+            },
+            trainer.batch_sharding,
+        )
         state = trainer.init(jax.random.key(0))
         _log(f"train step of configs/{name}.yml ...")
         times = []
-        for i in range(4):  # the first call compiles
+        for _ in range(4):  # the first call compiles
             start = time.perf_counter()
             state, metrics = trainer.train_step(state, batch)
             jax.block_until_ready(metrics)
@@ -116,7 +138,7 @@ def _train_consumption(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=1024, help="tokens per row (default 1024)")
     parser.add_argument("--batch", type=int, default=16, help="rows per batch (default 16)")

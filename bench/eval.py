@@ -53,7 +53,7 @@ def build(config_path: str, root: str, docs: int) -> tuple[str, str, str]:
     from trainer import checkpoint
     from trainer.config import DataConfig, load_config
     from trainer.data.tokenizer import train_sentencepiece
-    from trainer.export import hf as convert_to_hf
+    from trainer.export import command as convert_to_hf
     from trainer.model.transformer import Transformer
 
     config = load_config(config_path)
@@ -68,14 +68,16 @@ def build(config_path: str, root: str, docs: int) -> tuple[str, str, str]:
     tokenizer = train_sentencepiece(texts, vocab_size=config.model.vocab_size)
     shapes = jax.eval_shape(Transformer(config.model).init, jax.random.key(0), np.zeros((1, 8), np.int32))
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-                          nn.unbox(shapes)["params"])
+    params = jax.tree.map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), nn.unbox(shapes)["params"]
+    )
     checkpoint.save_params(run, config, params)
     tokenizer.save(os.path.join(run, "tokenizer"))
     log("exporting to a float32 Hugging Face folder")
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON result only
-        assert convert_to_hf.main(["--checkpoint", run, "--out", hf, "--dtype", "float32", "--no-verify",
-                                   "--force"]) == 0
+        assert (
+            convert_to_hf.main(["--checkpoint", run, "--out", hf, "--dtype", "float32", "--no-verify", "--force"]) == 0
+        )
     write_task_files(tasks, n=docs)
     return run, hf, tasks
 
@@ -94,8 +96,14 @@ def measure(name: str, lm, tasks_dir: str) -> tuple[dict, dict]:
     documents = sum(v["effective"] for v in results["n-samples"].values())
     requests = sum(len(d["resps"]) for docs in results["samples"].values() for d in docs)
     log(f"{name}: warm pass {warm:.1f} s, {documents / warm:.1f} documents/s")
-    return {"first_pass_s": first, "warm_s": warm, "docs_per_s": documents / warm,
-            "requests_per_s": requests / warm, "documents": documents, "requests": requests}, results
+    return {
+        "first_pass_s": first,
+        "warm_s": warm,
+        "docs_per_s": documents / warm,
+        "requests_per_s": requests / warm,
+        "documents": documents,
+        "requests": requests,
+    }, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,16 +116,30 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.eval.harness import TrainerLM
 
         ours, ours_results = measure("ours", TrainerLM(checkpoint=run, batch_size=args.batch_size), tasks_dir)
-        theirs, hf_results = measure("hf", HFLM(pretrained=hf, dtype="float32", device="cpu",
-                                                batch_size=args.batch_size), tasks_dir)
-    diff = max(abs(a["resps"][i][0][0] - b["resps"][i][0][0])
-               for task in ours_results["samples"]
-               for a, b in zip(ours_results["samples"][task], hf_results["samples"][task])
-               for i in range(len(a["resps"])))
-    print_json({"bench": "eval", "config": os.path.relpath(args.config, REPO), "docs_per_task": args.docs,
-                "batch_size": args.batch_size, "documents": ours["documents"], "requests": ours["requests"],
-                "ours": ours, "hf": theirs, "ratio": ratio(ours["docs_per_s"], theirs["docs_per_s"]),
-                "max_abs_loglikelihood_diff": diff, **machine_info()})
+        theirs, hf_results = measure(
+            "hf", HFLM(pretrained=hf, dtype="float32", device="cpu", batch_size=args.batch_size), tasks_dir
+        )
+    diff = max(
+        abs(a["resps"][i][0][0] - b["resps"][i][0][0])
+        for task in ours_results["samples"]
+        for a, b in zip(ours_results["samples"][task], hf_results["samples"][task])
+        for i in range(len(a["resps"]))
+    )
+    print_json(
+        {
+            "bench": "eval",
+            "config": os.path.relpath(args.config, REPO),
+            "docs_per_task": args.docs,
+            "batch_size": args.batch_size,
+            "documents": ours["documents"],
+            "requests": ours["requests"],
+            "ours": ours,
+            "hf": theirs,
+            "ratio": ratio(ours["docs_per_s"], theirs["docs_per_s"]),
+            "max_abs_loglikelihood_diff": diff,
+            **machine_info(),
+        }
+    )
     return 0
 
 

@@ -60,8 +60,9 @@ def model_and_params(name: str) -> tuple[Any, Any]:
     from trainer.model.transformer import Transformer
 
     config = load_config(os.path.join(REPO, "configs", f"{name}.yml"))
-    model = dataclasses.replace(config.model, compute_dtype="float32", param_dtype="float32", remat_policy="none",
-                                attention="dot_product")
+    model = dataclasses.replace(
+        config.model, compute_dtype="float32", param_dtype="float32", remat_policy="none", attention="dot_product"
+    )
     mesh = MeshConfig(data=1, fsdp=1, tensor=1, rules=config.mesh.rules)
     config = dataclasses.replace(config, model=model, mesh=mesh)
     params = nn.unbox(jax.jit(Transformer(model).init)(jax.random.key(0), np.zeros((1, 8), np.int32)))["params"]
@@ -98,8 +99,15 @@ def theirs(folder: str, prompts: list[list[int]], new_tokens: int) -> Any:
     def run(n: int) -> float:
         start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 eos_token_id=None, pad_token_id=0)
+            out = model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
         assert out.shape[1] == ids.shape[1] + n
         return time.perf_counter() - start
 
@@ -135,15 +143,27 @@ def measure(name: str, batches: list[int], args: argparse.Namespace) -> list[dic
                     one, full = run_hf()
                     hf_prefill.append(batch * args.prompt_tokens / one)
                     hf_decode.append(batch * args.new_tokens / (full - one))
-                log(f"{name} batch {batch} round {r + 1}/{args.rounds}: decode {decode[-1]:,.0f} tok/s"
-                    + (f" (hf {hf_decode[-1]:,.0f})" if hf_decode else "") + f", prefill {prefill[-1]:,.0f} tok/s"
-                    + (f" (hf {hf_prefill[-1]:,.0f})" if hf_prefill else "") + f"; load {loadavg()}")
-            row = {"config": name, "batch": batch, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                   "decode_tokens_per_s": statistics.median(decode), "prefill_tokens_per_s": statistics.median(prefill),
-                   "compile_s": compile_s}
+                log(
+                    f"{name} batch {batch} round {r + 1}/{args.rounds}: decode {decode[-1]:,.0f} tok/s"
+                    + (f" (hf {hf_decode[-1]:,.0f})" if hf_decode else "")
+                    + f", prefill {prefill[-1]:,.0f} tok/s"
+                    + (f" (hf {hf_prefill[-1]:,.0f})" if hf_prefill else "")
+                    + f"; load {loadavg()}"
+                )
+            row = {
+                "config": name,
+                "batch": batch,
+                "prompt_tokens": args.prompt_tokens,
+                "new_tokens": args.new_tokens,
+                "decode_tokens_per_s": statistics.median(decode),
+                "prefill_tokens_per_s": statistics.median(prefill),
+                "compile_s": compile_s,
+            }
             if hf_decode:
-                row.update(hf_decode_tokens_per_s=statistics.median(hf_decode),
-                           hf_prefill_tokens_per_s=statistics.median(hf_prefill))
+                row.update(
+                    hf_decode_tokens_per_s=statistics.median(hf_decode),
+                    hf_prefill_tokens_per_s=statistics.median(hf_prefill),
+                )
                 row["decode_vs_hf"] = ratio(row["decode_tokens_per_s"], row["hf_decode_tokens_per_s"])
                 row["prefill_vs_hf"] = ratio(row["prefill_tokens_per_s"], row["hf_prefill_tokens_per_s"])
             rows.append(row)
@@ -163,8 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.configs.split(","):
         results.extend(measure(name, batches, args))
-    print_json({"bench": "generate", **info, "loadavg_at_end": loadavg(), "jax": jax.__version__,
-                "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "results": results})
+    print_json(
+        {
+            "bench": "generate",
+            **info,
+            "loadavg_at_end": loadavg(),
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "results": results,
+        }
+    )
     return 0
 
 

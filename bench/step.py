@@ -4,9 +4,9 @@
                          [--stock] [section.key=value ...]
 
 Prints ONE JSON object on stdout (progress on stderr):
-  tokens_per_s, model_tflops   the jitted `StepFunctions.train_step` on a one-device mesh, median of --steps timed steps;
-                               model FLOPs are `trainer.flops.flops_per_token` (6·N + attention, recomputation not
-                               counted)
+  tokens_per_s, model_tflops   the jitted `StepFunctions.train_step` on a one-device mesh, median of --steps timed
+                               steps; model FLOPs are `trainer.flops.flops_per_token` (6·N + attention, recomputation
+                               not counted)
   roof_tflops                  the machine's dense-matmul roof: the fastest [S×S]@[S×S] any library in the process
                                reaches in the same run (XLA bf16 and fp32 jnp.dot, torch fp32 and bf16 matmul);
                                cpu_mfu = model_tflops / roof_tflops, roof_source names the winner
@@ -14,12 +14,12 @@ Prints ONE JSON object on stdout (progress on stderr):
                                matmul_tflops (the older ratio: flattering where XLA's matmul is the slow one)
   torch_tokens_per_s           the same shapes in transformers' LlamaForCausalLM + torch.optim.AdamW (+ grad clipping,
                                like ours), fp32, same batch, same thread count; vs_torch = ours / torch's
-  compile_s_{2,24}_layers      `.lower(abstract state, batch)` + `.compile()` of the jitted train step of the same config
-                               with 2 and 24 scanned layers (nothing allocated); compile_ratio_24_vs_2 = 24 / 2
+  compile_s_{2,24}_layers      `.lower(abstract state, batch)` + `.compile()` of the jitted train step of the same
+                               config with 2 and 24 scanned layers (nothing allocated); compile_ratio_24_vs_2 = 24 / 2
 
 After compiling, the JAX step, the reference matmuls and the torch step are timed in --rounds alternating blocks, each
-block opened by --warmup untimed calls (a JAX step right after a torch step measured up to ~30% slower), so a neighbour's burst on a
-shared machine is spread over all of them.
+block opened by --warmup untimed calls (a JAX step right after a torch step measured up to ~30% slower), so a
+neighbour's burst on a shared machine is spread over all of them.
 
 The bench runs on one device (mesh.data = mesh.fsdp = mesh.tensor = 1, the first device). On CPU it measures the
 options that were fastest there (CPU_DEFAULTS below, and the XLA:CPU flags `trainer.cpu_tuning` chooses for the CPU
@@ -36,12 +36,12 @@ import inspect
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 if __package__ in (None, ""):  # `python bench/step.py`: make the repo importable like `python -m bench.step`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer import cpu_tuning  # noqa: E402  (imports nothing of jax)
 from bench.common import (  # noqa: E402
     REPO,
     block_rounds,
@@ -52,6 +52,7 @@ from bench.common import (  # noqa: E402
     ratio,
     timed,
 )
+from trainer import cpu_tuning  # noqa: E402  (imports nothing of jax)
 
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "small.yml")
 # One device, whatever the config's mesh says: the bench measures a single CPU (or accelerator) device.
@@ -66,7 +67,8 @@ ROOF_DTYPES = ("bfloat16", "float32")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m bench.step", description=__doc__.split("\n\n")[0],
+        prog="python -m bench.step",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=DEFAULT_CONFIG, help="model/recipe YAML (default: configs/small.yml)")
@@ -79,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-torch", action="store_true", help="no PyTorch baseline (vs_torch = null)")
     p.add_argument("--skip-compile", action="store_true", help="no 2-vs-24-layer compile measurement")
     p.add_argument(
-        "--stock", action="store_true",
+        "--stock",
+        action="store_true",
         help="measure the config as it is: no CPU option defaults, no XLA:CPU flag from the bench",
     )
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
@@ -191,12 +194,23 @@ def prepare_torch_step(config: Any, host_batch: dict[str, Any], threads: int) ->
     torch.manual_seed(0)
     m, o = config.model, config.optimizer
     hf_config = LlamaConfig(
-        vocab_size=m.vocab_size, hidden_size=m.embed_dim, intermediate_size=m.mlp_dim,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
-        head_dim=m.resolved_head_dim, max_position_embeddings=m.max_seq_len, rms_norm_eps=m.norm_eps,
+        vocab_size=m.vocab_size,
+        hidden_size=m.embed_dim,
+        intermediate_size=m.mlp_dim,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_kv_heads,
+        head_dim=m.resolved_head_dim,
+        max_position_embeddings=m.max_seq_len,
+        rms_norm_eps=m.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": float(m.rope_theta)},
-        tie_word_embeddings=m.tie_embeddings, initializer_range=m.init_std,
-        attention_bias=False, mlp_bias=False, hidden_act="silu", use_cache=False, dtype="float32",
+        tie_word_embeddings=m.tie_embeddings,
+        initializer_range=m.init_std,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        use_cache=False,
+        dtype="float32",
     )
     model = LlamaForCausalLM(hf_config).to(torch.float32)
     model.train()
@@ -221,8 +235,10 @@ def prepare_torch_step(config: Any, host_batch: dict[str, Any], threads: int) ->
     log(f"torch: first step {seconds:.2f} s")
     return {
         "step": step,
-        "params": sum(p.numel() for p in model.parameters()), "loss": lambda: holder["loss"],
-        "threads": torch.get_num_threads(), "version": torch.__version__,
+        "params": sum(p.numel() for p in model.parameters()),
+        "loss": lambda: holder["loss"],
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
     }
 
@@ -252,7 +268,9 @@ def bench_compile(config_path: str, overrides: list[str], layers: int) -> dict[s
     trainer = make_step_functions(config, _mesh(config))
     shape = (config.train.global_batch_size, config.train.seq_len)
     dtypes = {"loss_mask": "float32"}
-    batch = {k: jax.ShapeDtypeStruct(shape, dtypes.get(k, "int32"), sharding=trainer.batch_sharding) for k in BATCH_KEYS}
+    batch = {
+        k: jax.ShapeDtypeStruct(shape, dtypes.get(k, "int32"), sharding=trainer.batch_sharding) for k in BATCH_KEYS
+    }
     start = time.perf_counter()
     lowered = _lower_train_step(trainer, config, trainer.abstract_state, batch)
     lowered_at = time.perf_counter()
@@ -310,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     matmul_flops = 2.0 * args.matmul_size**3
     roofs = {  # TFLOP/s of each matmul by wall time, and by this process's CPU time (per CPU second)
         name: (matmul_flops / times[name]["median_s"] / 1e12, matmul_flops / times[name]["cpu_median_s"] / 1e12)
-        for name in fns if "_matmul_" in name
+        for name in fns
+        if "_matmul_" in name
     }
     roof_source = max(roofs, key=lambda name: roofs[name][0])
     roof_tflops = roofs[roof_source][0]
@@ -351,8 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     load_end = loadavg()
     notes = [
         f"machine shared with other jobs: load average {info['loadavg_at_start']} at start, {load_end} at end on "
-        f"{info['cpu_count']} cores; medians of {args.rounds * per_block} timed calls each, in {args.rounds} alternating "
-        f"blocks (JAX step, matmuls, torch step), {args.warmup} untimed call(s) opening every block; "
+        f"{info['cpu_count']} cores; medians of {args.rounds * per_block} timed calls each, in {args.rounds} "
+        f"alternating blocks (JAX step, matmuls, torch step), {args.warmup} untimed call(s) opening every block; "
         "step_cpu_s / cpu_mfu_cputime use CPU time and move less with the load",
         f"model: compute {m.compute_dtype}, params {m.param_dtype}, remat {m.remat_policy}, "
         f"scan_layers {m.scan_layers}, attention {m.attention}; bench defaults {defaults or 'none'} "

@@ -56,15 +56,26 @@ def main() -> None:
                 log(f"{os.path.relpath(path, REPO)} on {name}: skipped ({e})")
                 continue
             fit = compile_fit(load_config(path, overrides), target, changes=tuple(overrides))
-            log(f"{os.path.relpath(path, REPO)} on {' '.join([name, *overrides])}: {verdict(fit)} "
-                f"({fit.compile_s:.0f} s)")
+            log(
+                f"{os.path.relpath(path, REPO)} on {' '.join([name, *overrides])}: {verdict(fit)} "
+                f"({fit.compile_s:.0f} s)"
+            )
             record = fit.record()
-            rows.append({"config": os.path.relpath(path, REPO), "target": name, "overrides": overrides,
-                         "hbm_peak_bytes": record["hbm_peak_bytes"],
-                         "hbm_capacity_bytes": record["hbm_capacity_bytes"], "fits": record["fits"],
-                         "compile_s": record["compile_s"], "compile_cpu_s": record["compile_cpu_s"],
-                         "train_peak_bytes": record["train_peak_bytes"], "eval_peak_bytes": record["eval_peak_bytes"],
-                         "mesh": record["mesh"]})
+            rows.append(
+                {
+                    "config": os.path.relpath(path, REPO),
+                    "target": name,
+                    "overrides": overrides,
+                    "hbm_peak_bytes": record["hbm_peak_bytes"],
+                    "hbm_capacity_bytes": record["hbm_capacity_bytes"],
+                    "fits": record["fits"],
+                    "compile_s": record["compile_s"],
+                    "compile_cpu_s": record["compile_cpu_s"],
+                    "train_peak_bytes": record["train_peak_bytes"],
+                    "eval_peak_bytes": record["eval_peak_bytes"],
+                    "mesh": record["mesh"],
+                }
+            )
     print_json({"configs": rows, "machine": machine})
 
 

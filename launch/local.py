@@ -24,7 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import IO
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -217,23 +218,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage="%(prog)s --processes N --devices-per-process K [--port P] [--platform cpu|gpu] -- COMMAND ...",
     )
     parser.add_argument("--processes", "-n", type=int, required=True, help="number of processes")
-    parser.add_argument("--devices-per-process", "-d", type=int, default=1,
-                        help="CPU devices (or GPUs with --platform gpu) per process (default 1)")
+    parser.add_argument(
+        "--devices-per-process",
+        "-d",
+        type=int,
+        default=1,
+        help="CPU devices (or GPUs with --platform gpu) per process (default 1)",
+    )
     parser.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
-    parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
-                        help="cpu: virtual CPU devices (default); gpu: K GPUs per process")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="stop everything and exit 124 after this many seconds")
-    parser.add_argument("--grace", type=float, default=10.0,
-                        help="seconds between SIGTERM and SIGKILL when stopping children")
+    parser.add_argument(
+        "--platform",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: virtual CPU devices (default); gpu: K GPUs per process",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop everything and exit 124 after this many seconds"
+    )
+    parser.add_argument(
+        "--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when stopping children"
+    )
     ns = parser.parse_args(opts)
     if not command:
         parser.error("missing command after --")
     if ns.processes < 1 or ns.devices_per_process < 1:
         parser.error("--processes and --devices-per-process must be >= 1")
     try:
-        return run_local(command, ns.processes, ns.devices_per_process, port=ns.port,
-                         platform=ns.platform, grace_s=ns.grace, timeout_s=ns.timeout)
+        return run_local(
+            command,
+            ns.processes,
+            ns.devices_per_process,
+            port=ns.port,
+            platform=ns.platform,
+            grace_s=ns.grace,
+            timeout_s=ns.timeout,
+        )
     except FileNotFoundError as e:
         print(f"error: cannot run {command[0]!r}: {e.strerror}", file=sys.stderr)
         return 127

@@ -14,6 +14,9 @@ import shlex
 
 from launch.tpu_catalog import LaunchError
 from launch.tpu_plan import Job
+from trainer.config import load_config
+from trainer.errors import ConfigError
+from trainer.fit.targets import parse_target
 
 
 def preflight(job: Job, dry_run: bool, fit: bool = True) -> list[str]:
@@ -22,22 +25,23 @@ def preflight(job: Job, dry_run: bool, fit: bool = True) -> list[str]:
     A dry run checks the config and its placeholders only: reaching storage and compiling (a minute or more for a
     large model) belong to the real launch, and the notes say how to run the fit check now.
     """
-    from trainer.config import load_config
-    from trainer.errors import ConfigError
-    from trainer.run.job import check_reachable
+    from trainer.run.job import check_reachable  # JAX: only `up` loads it
 
     try:
         config = load_config(job.config, list(job.overrides))
         check_reachable(config, reach=not dry_run)
     except ConfigError as e:
         raise LaunchError(f"{job.config}: {e}") from None
-    check_cmd = shlex.join(["python", "-m", "trainer.main", job.config, *job.overrides, "--dry-run",
-                            "--target", job.accelerator.name])
+    check_cmd = shlex.join(
+        ["python", "-m", "trainer.main", job.config, *job.overrides, "--dry-run", "--target", job.accelerator.name]
+    )
     if not fit:
         return []
     if importlib.util.find_spec("libtpu") is None:
-        return [f'note: not checking that the step fits {job.accelerator.name} (pip install -e ".[tpu]" to compile '
-                "it here before creating the TPU)"]
+        return [
+            f'note: not checking that the step fits {job.accelerator.name} (pip install -e ".[tpu]" to compile '
+            "it here before creating the TPU)"
+        ]
     if dry_run:
         return [f"note: the launch compiles the step for {job.accelerator.name} before creating it; now: {check_cmd}"]
     return [_check_fit(config, job, check_cmd)]
@@ -45,15 +49,15 @@ def preflight(job: Job, dry_run: bool, fit: bool = True) -> list[str]:
 
 def _check_fit(config, job: Job, check_cmd: str) -> str:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile only; set before jax is imported
-    from trainer.errors import ConfigError
-    from trainer.fit.check import compile_fit, verdict
-    from trainer.fit.targets import parse_target
+    from trainer.fit.check import compile_fit, verdict  # JAX, after JAX_PLATFORMS above
 
     try:
         result = compile_fit(config, parse_target(job.accelerator.name))
     except ConfigError as e:
         raise LaunchError(f"{job.config} on {job.accelerator.name}: {e}") from None
     if not result.fits:
-        raise LaunchError(f"{job.config} {verdict(result)} on {job.accelerator.name}; `{check_cmd}` finds "
-                          "the smallest change that fits (or --skip-fit-check)")
+        raise LaunchError(
+            f"{job.config} {verdict(result)} on {job.accelerator.name}; `{check_cmd}` finds "
+            "the smallest change that fits (or --skip-fit-check)"
+        )
     return f"fit check: {job.config} {verdict(result)} on {job.accelerator.name}"

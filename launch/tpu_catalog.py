@@ -88,8 +88,10 @@ def check_zone(zone: str, acc: Accelerator) -> str | None:
     Raises LaunchError (with the zones that do host it) for a known zone that does not.
     """
     if zone not in ZONES:
-        return (f"warning: zone {zone!r} is not in this launcher's zone table; "
-                f"not checking that it offers {acc.generation} TPUs")
+        return (
+            f"warning: zone {zone!r} is not in this launcher's zone table; "
+            f"not checking that it offers {acc.generation} TPUs"
+        )
     if acc.generation not in ZONES[zone]:
         hosts = sorted(ZONES[zone])
         where = ", ".join(z for z, gens in ZONES.items() if acc.generation in gens)

@@ -110,8 +110,17 @@ def _repeated(fd: Any) -> bool:
 
 def _gcloud(job: Job, verb: str, *flags: str, queued: bool | None = None) -> tuple[str, ...]:
     group = "queued-resources" if (job.queued if queued is None else queued) else "tpu-vm"
-    return ("gcloud", "compute", "tpus", group, verb, job.name,
-            f"--zone={job.zone}", f"--project={job.project}", *flags)
+    return (
+        "gcloud",
+        "compute",
+        "tpus",
+        group,
+        verb,
+        job.name,
+        f"--zone={job.zone}",
+        f"--project={job.project}",
+        *flags,
+    )
 
 
 def _node_name(job: Job) -> str:
@@ -130,12 +139,15 @@ def describe_step(job: Job, note: str = "", role: str = "describe") -> Step:
     if job.queued:
         from google.cloud import tpu_v2alpha1 as v
 
-        return Step(role, api="tpu_v2alpha1.TpuClient.get_queued_resource",
-                    request=v.GetQueuedResourceRequest(name=_queued_name(job)), note=note)
+        return Step(
+            role,
+            api="tpu_v2alpha1.TpuClient.get_queued_resource",
+            request=v.GetQueuedResourceRequest(name=_queued_name(job)),
+            note=note,
+        )
     from google.cloud import tpu_v2
 
-    return Step(role, api="tpu_v2.TpuClient.get_node",
-                request=tpu_v2.GetNodeRequest(name=_node_name(job)), note=note)
+    return Step(role, api="tpu_v2.TpuClient.get_node", request=tpu_v2.GetNodeRequest(name=_node_name(job)), note=note)
 
 
 def create_step(job: Job, note: str = "") -> Step:
@@ -144,16 +156,24 @@ def create_step(job: Job, note: str = "") -> Step:
     if job.api == "gcloud":
         tier = ("--spot",) if job.spot else ("--reserved",) if job.reserved else ()
         if job.queued:
-            argv = _gcloud(job, "create", f"--node-id={job.name}", f"--accelerator-type={acc}",
-                           f"--runtime-version={rt}", *tier)
+            argv = _gcloud(
+                job, "create", f"--node-id={job.name}", f"--accelerator-type={acc}", f"--runtime-version={rt}", *tier
+            )
         else:
             argv = _gcloud(job, "create", f"--accelerator-type={acc}", f"--version={rt}", *tier)
         return Step("create", argv=argv, note=note)
     if job.queued:
         from google.cloud import tpu_v2alpha1 as v
 
-        qr = v.QueuedResource(tpu=v.QueuedResource.Tpu(node_spec=[v.QueuedResource.Tpu.NodeSpec(
-            parent=job.parent, node_id=job.name, node=v.Node(accelerator_type=acc, runtime_version=rt))]))
+        qr = v.QueuedResource(
+            tpu=v.QueuedResource.Tpu(
+                node_spec=[
+                    v.QueuedResource.Tpu.NodeSpec(
+                        parent=job.parent, node_id=job.name, node=v.Node(accelerator_type=acc, runtime_version=rt)
+                    )
+                ]
+            )
+        )
         if job.spot:
             qr.spot = v.QueuedResource.Spot()
         if job.reserved:
@@ -177,12 +197,17 @@ def delete_step(job: Job, role: str = "delete", note: str = "") -> Step:
     if job.queued:
         from google.cloud import tpu_v2alpha1 as v
 
-        return Step(role, api="tpu_v2alpha1.TpuClient.delete_queued_resource",
-                    request=v.DeleteQueuedResourceRequest(name=_queued_name(job), force=True), note=note)
+        return Step(
+            role,
+            api="tpu_v2alpha1.TpuClient.delete_queued_resource",
+            request=v.DeleteQueuedResourceRequest(name=_queued_name(job), force=True),
+            note=note,
+        )
     from google.cloud import tpu_v2
 
-    return Step(role, api="tpu_v2.TpuClient.delete_node",
-                request=tpu_v2.DeleteNodeRequest(name=_node_name(job)), note=note)
+    return Step(
+        role, api="tpu_v2.TpuClient.delete_node", request=tpu_v2.DeleteNodeRequest(name=_node_name(job)), note=note
+    )
 
 
 def show_steps(job: Job) -> list[Step]:
@@ -205,16 +230,38 @@ def show_steps(job: Job) -> list[Step]:
 
 def ssh_step(job: Job, role: str, script: str, worker: str = "all", note: str = "") -> Step:
     """Run a one-line bash script on the workers through `gcloud compute tpus tpu-vm ssh`."""
-    argv = ("gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, f"--zone={job.zone}",
-            f"--project={job.project}", f"--worker={worker}", "--quiet", f"--command={script}")
+    argv = (
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        job.name,
+        f"--zone={job.zone}",
+        f"--project={job.project}",
+        f"--worker={worker}",
+        "--quiet",
+        f"--command={script}",
+    )
     return Step(role, argv=argv, note=note)
 
 
 def scp_step(job: Job, role: str, sources: tuple[str, ...], dest: str, recurse: bool = False) -> Step:
     """Copy local files to every worker (dest is relative to the remote home)."""
-    argv = ("gcloud", "compute", "tpus", "tpu-vm", "scp", *sources, f"{job.name}:{dest}",
-            f"--zone={job.zone}", f"--project={job.project}", "--worker=all", "--quiet",
-            *(("--recurse",) if recurse else ()))
+    argv = (
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        *sources,
+        f"{job.name}:{dest}",
+        f"--zone={job.zone}",
+        f"--project={job.project}",
+        "--worker=all",
+        "--quiet",
+        *(("--recurse",) if recurse else ()),
+    )
     return Step(role, argv=argv)
 
 
@@ -224,15 +271,17 @@ def ship_steps(job: Job) -> list[Step]:
     cfg_dir = q(f"trainer/{job.remote_config}".rsplit("/", 1)[0])
     if job.ship == "git":
         url, ref = q(job.git_url or ""), job.git_ref or "HEAD"
-        script = "; ".join([
-            "set -e",
-            f"if [ -d {REMOTE_DIR}/.git ]; then git -C {REMOTE_DIR} remote set-url origin {url}; "
-            f"git -C {REMOTE_DIR} fetch --quiet --tags origin '+refs/heads/*:refs/remotes/origin/*'; "
-            f"else rm -rf {REMOTE_DIR}; git clone --quiet {url} {REMOTE_DIR}; fi",
-            f"git -C {REMOTE_DIR} checkout --quiet --force --detach "
-            f"\"$(git -C {REMOTE_DIR} rev-parse --verify --quiet {q('origin/' + ref)} || echo {q(ref)})\"",
-            f"mkdir -p $HOME/{cfg_dir}",
-        ])
+        script = "; ".join(
+            [
+                "set -e",
+                f"if [ -d {REMOTE_DIR}/.git ]; then git -C {REMOTE_DIR} remote set-url origin {url}; "
+                f"git -C {REMOTE_DIR} fetch --quiet --tags origin '+refs/heads/*:refs/remotes/origin/*'; "
+                f"else rm -rf {REMOTE_DIR}; git clone --quiet {url} {REMOTE_DIR}; fi",
+                f"git -C {REMOTE_DIR} checkout --quiet --force --detach "
+                f'"$(git -C {REMOTE_DIR} rev-parse --verify --quiet {q("origin/" + ref)} || echo {q(ref)})"',
+                f"mkdir -p $HOME/{cfg_dir}",
+            ]
+        )
         return [
             ssh_step(job, "ship", script, note=f"clone {job.git_url} at {ref} on every worker"),
             scp_step(job, "ship", (job.config,), f"trainer/{job.remote_config}"),
@@ -241,8 +290,20 @@ def ship_steps(job: Job) -> list[Step]:
     steps = [
         Step("stage", argv=("rm", "-rf", job.stage_dir)),
         Step("stage", argv=("mkdir", "-p", f"{stage}/configs")),
-        Step("stage", argv=(job.python, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                            "--wheel-dir", f"{stage}/dist", job.repo_root)),
+        Step(
+            "stage",
+            argv=(
+                job.python,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--quiet",
+                "--wheel-dir",
+                f"{stage}/dist",
+                job.repo_root,
+            ),
+        ),
         Step("stage", argv=("cp", "-R", f"{job.repo_root}/configs/.", f"{stage}/configs/")),
     ]
     if job.copy_config:
@@ -262,9 +323,11 @@ def install_step(job: Job) -> Step:
     if job.ship == "git":
         script = f"set -e; cd {REMOTE_DIR}; python3 -m pip install --progress-bar off -e '.[tpu]'"
     else:
-        script = (f"set -e; W=$(ls {REMOTE_DIR}/dist/*.whl | head -n 1); "
-                  "python3 -m pip install --quiet --force-reinstall --no-deps \"$W\"; "
-                  "python3 -m pip install --progress-bar off \"$W[tpu]\"")
+        script = (
+            f"set -e; W=$(ls {REMOTE_DIR}/dist/*.whl | head -n 1); "
+            'python3 -m pip install --quiet --force-reinstall --no-deps "$W"; '
+            'python3 -m pip install --progress-bar off "$W[tpu]"'
+        )
     return ssh_step(job, "install", script)
 
 
@@ -286,7 +349,9 @@ def job_script(job: Job) -> str:
     parts = ["export PYTHONUNBUFFERED=1", f"cd {REMOTE_DIR}"]
     if copy:
         # The trap also ends the loop's `sleep`, so nothing outlives the trainer in its process group.
-        parts.append(f"( trap 'kill $! 2>/dev/null; exit 0' TERM; while true; do sleep 300 & wait $!; {copy}; done ) & S=$!")
+        parts.append(
+            f"( trap 'kill $! 2>/dev/null; exit 0' TERM; while true; do sleep 300 & wait $!; {copy}; done ) & S=$!"
+        )
     parts += [shlex.join(trainer_argv(job)), "rc=$?", f"echo $rc > {RC}"]
     if copy:
         parts += ["kill $S", copy]
@@ -296,49 +361,61 @@ def job_script(job: Job) -> str:
 def start_step(job: Job) -> Step:
     """Start the trainer on all workers at once, detached (setsid nohup), log to LOG."""
     pid = f"$(cat {PID})"
-    script = "; ".join([
-        f"mkdir -p {LOG_DIR}",
-        f"if [ -f {PID} ] && kill -0 -- -{pid} 2>/dev/null; then echo stopping the previous run; "
-        f"kill -TERM -- -{pid}; sleep 10; kill -KILL -- -{pid} 2>/dev/null; fi",
-        f"rm -f {RC}; if [ -f {LOG} ]; then mv {LOG} {LOG}.prev; fi",
-        f"LAUNCH_T=$(date +%Y%m%d-%H%M%S) setsid nohup bash -c {shlex.quote(job_script(job))} "
-        f"> {LOG} 2>&1 < /dev/null & echo $! > {PID}",
-        f"echo \"$(hostname): trainer started, log {LOG}\"",
-    ])
+    script = "; ".join(
+        [
+            f"mkdir -p {LOG_DIR}",
+            f"if [ -f {PID} ] && kill -0 -- -{pid} 2>/dev/null; then echo stopping the previous run; "
+            f"kill -TERM -- -{pid}; sleep 10; kill -KILL -- -{pid} 2>/dev/null; fi",
+            f"rm -f {RC}; if [ -f {LOG} ]; then mv {LOG} {LOG}.prev; fi",
+            f"LAUNCH_T=$(date +%Y%m%d-%H%M%S) setsid nohup bash -c {shlex.quote(job_script(job))} "
+            f"> {LOG} 2>&1 < /dev/null & echo $! > {PID}",
+            f'echo "$(hostname): trainer started, log {LOG}"',
+        ]
+    )
     return ssh_step(job, "start", script, note=f"{job.accelerator.hosts} worker(s): " + shlex.join(trainer_argv(job)))
 
 
 def stream_step(job: Job, worker: str = "0") -> Step:
     """Follow a worker's log until its trainer exits (Ctrl-C only stops the streaming)."""
-    script = (f"if [ -f {PID} ]; then tail --pid=$(cat {PID}) -n +1 -F {LOG} 2>/dev/null; "
-              f"else echo no run started on this worker; fi")
+    script = (
+        f"if [ -f {PID} ]; then tail --pid=$(cat {PID}) -n +1 -F {LOG} 2>/dev/null; "
+        f"else echo no run started on this worker; fi"
+    )
     return ssh_step(job, "stream", script, worker=worker)
 
 
 def result_step(job: Job) -> Step:
     """Print worker 0's trainer exit code, or `running`, or `unknown`."""
-    script = (f"if [ -f {RC} ]; then cat {RC}; elif [ -f {PID} ] && kill -0 $(cat {PID}) 2>/dev/null; "
-              f"then echo running; else echo unknown; fi")
+    script = (
+        f"if [ -f {RC} ]; then cat {RC}; elif [ -f {PID} ] && kill -0 $(cat {PID}) 2>/dev/null; "
+        f"then echo running; else echo unknown; fi"
+    )
     note = "exit code of worker 0"
     if job.retries:
-        note += (f"; if the TPU was preempted ({'/'.join(job.dead_states)} or gone), "
-                 f"repeat from the top, up to {job.retries} time(s)")
+        note += (
+            f"; if the TPU was preempted ({'/'.join(job.dead_states)} or gone), "
+            f"repeat from the top, up to {job.retries} time(s)"
+        )
     return ssh_step(job, "result", script, worker="0", note=note)
 
 
 def stop_step(job: Job, grace_s: int = 60) -> Step:
     """Stop the trainer on every worker: SIGTERM to its process group, SIGKILL after grace_s."""
-    script = (f"H=$(hostname); if [ -f {PID} ] && kill -0 -- -$(cat {PID}) 2>/dev/null; then P=$(cat {PID}); "
-              f"kill -TERM -- -$P; for i in $(seq {grace_s}); do kill -0 -- -$P 2>/dev/null || break; sleep 1; done; "
-              f"kill -KILL -- -$P 2>/dev/null; echo \"$H: stopped\"; else echo \"$H: not running\"; fi")
+    script = (
+        f"H=$(hostname); if [ -f {PID} ] && kill -0 -- -$(cat {PID}) 2>/dev/null; then P=$(cat {PID}); "
+        f"kill -TERM -- -$P; for i in $(seq {grace_s}); do kill -0 -- -$P 2>/dev/null || break; sleep 1; done; "
+        f'kill -KILL -- -$P 2>/dev/null; echo "$H: stopped"; else echo "$H: not running"; fi'
+    )
     return ssh_step(job, "stop", script)
 
 
 def job_status_step(job: Job) -> Step:
     """Report per worker whether the trainer runs, finished (with its code) or is absent."""
-    script = (f"H=$(hostname); if [ -f {RC} ]; then echo \"$H: finished, exit code $(cat {RC})\"; "
-              f"elif [ -f {PID} ] && kill -0 $(cat {PID}) 2>/dev/null; then echo \"$H: running\"; "
-              f"else echo \"$H: no trainer running\"; fi")
+    script = (
+        f'H=$(hostname); if [ -f {RC} ]; then echo "$H: finished, exit code $(cat {RC})"; '
+        f'elif [ -f {PID} ] && kill -0 $(cat {PID}) 2>/dev/null; then echo "$H: running"; '
+        f'else echo "$H: no trainer running"; fi'
+    )
     return ssh_step(job, "job_status", script)
 
 

@@ -27,14 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 if __package__ in (None, ""):  # run as a script: make `launch` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.tpu_catalog import LaunchError, check_zone, parse_accelerator  # noqa: E402
 from launch.preflight import preflight  # noqa: E402
+from launch.tpu_catalog import LaunchError, check_zone, parse_accelerator  # noqa: E402
 from launch.tpu_plan import PLANS, Job, Step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +54,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The option parser (the part of the command line before `--`)."""
-    p = _Parser(prog="launch/tpu_vm.py", usage="%(prog)s [up|status|logs|stop|delete] --zone ZONE [options] "
-                "-- CONFIG [section.key=value ...]", description=__doc__.split("\n\n")[0])
+    p = _Parser(
+        prog="launch/tpu_vm.py",
+        usage="%(prog)s [up|status|logs|stop|delete] --zone ZONE [options] -- CONFIG [section.key=value ...]",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--zone", required=True, help="e.g. us-central2-b (v4), us-east5-a (v5p/v6e/v5e)")
     p.add_argument("--project", help="default: $GOOGLE_CLOUD_PROJECT, $CLOUDSDK_CORE_PROJECT or gcloud config")
     p.add_argument("--name", help="TPU VM name (default: trainer-<config name>)")
@@ -67,21 +70,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queued", action="store_true", help="go through a queued resource")
     p.add_argument("--retries", type=int, default=0, help="re-create and restart after preemption N times")
     p.add_argument("--run-dir", help="gs:// run folder: passed as run.dir, logs are copied there")
-    p.add_argument("--ship", choices=("wheel", "git"), default="wheel",
-                   help="wheel: build this checkout and scp it; git: clone --git-ref on the workers")
+    p.add_argument(
+        "--ship",
+        choices=("wheel", "git"),
+        default="wheel",
+        help="wheel: build this checkout and scp it; git: clone --git-ref on the workers",
+    )
     p.add_argument("--git-url", help="--ship git: repository URL (default: this checkout's origin)")
     p.add_argument("--git-ref", help="--ship git: branch, tag or commit (default: this checkout's HEAD)")
-    p.add_argument("--api", choices=("auto", "gcloud", "library"), default="auto",
-                   help="TPU API calls through the gcloud CLI or the google-cloud-tpu library "
-                        "(auto: gcloud if on PATH)")
+    p.add_argument(
+        "--api",
+        choices=("auto", "gcloud", "library"),
+        default="auto",
+        help="TPU API calls through the gcloud CLI or the google-cloud-tpu library (auto: gcloud if on PATH)",
+    )
     p.add_argument("--worker", default="0", help="logs: which worker's log to stream")
     p.add_argument("--skip-zone-check", action="store_true", help="do not check the zone table")
     p.add_argument("--poll-seconds", type=int, default=30, help="state polling interval")
-    p.add_argument("--wait-minutes", type=float, help="give up waiting for READY/ACTIVE after this "
-                   "(default 60, queued: 1440)")
+    p.add_argument(
+        "--wait-minutes", type=float, help="give up waiting for READY/ACTIVE after this (default 60, queued: 1440)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print every command / API request and exit")
-    p.add_argument("--skip-fit-check", action="store_true",
-                   help="up: do not compile the train step for the accelerator before creating it")
+    p.add_argument(
+        "--skip-fit-check",
+        action="store_true",
+        help="up: do not compile the train step for the accelerator before creating it",
+    )
     return p
 
 
@@ -140,16 +154,19 @@ def make_job(action: str, ns: argparse.Namespace, rest: list[str], dry_run: bool
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise LaunchError(f"overrides must look like section.key=value, got {bad[0]!r}")
-    name = ns.name or (f"trainer-{re.sub(r'[^a-z0-9]+', '-', Path(config).stem.lower()).strip('-')}"
-                       if config else None)
+    name = ns.name or (
+        f"trainer-{re.sub(r'[^a-z0-9]+', '-', Path(config).stem.lower()).strip('-')}" if config else None
+    )
     if not name:
         raise LaunchError("give --name (or the CONFIG after --) to say which TPU VM")
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,61}[a-z0-9]", name):
         raise LaunchError(f"invalid TPU name {name!r}: lowercase letters, digits and '-', starting with a letter")
     project = ns.project or default_project()
     if not project or project == PLACEHOLDER_PROJECT:  # refused in --dry-run too: a plan for no project is no plan
-        raise LaunchError(f"{'no project' if not project else f'--project {project} is the example placeholder'}: "
-                          "pass --project, set GOOGLE_CLOUD_PROJECT or `gcloud config set project`")
+        raise LaunchError(
+            f"{'no project' if not project else f'--project {project} is the example placeholder'}: "
+            "pass --project, set GOOGLE_CLOUD_PROJECT or `gcloud config set project`"
+        )
     run_dir = ns.run_dir
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("run.dir=")]
     if run_dir and given and given[-1] != run_dir:
@@ -168,17 +185,36 @@ def make_job(action: str, ns: argparse.Namespace, rest: list[str], dry_run: bool
             git_ref = _git("rev-parse", "HEAD")
             if not git_ref:
                 raise LaunchError("--ship git needs --git-ref (cannot read this checkout's HEAD)")
-            warnings.append(f"warning: shipping commit {git_ref[:12]}: it must be pushed; uncommitted changes "
-                            "are not shipped (the config file is copied as it is here)")
+            warnings.append(
+                f"warning: shipping commit {git_ref[:12]}: it must be pushed; uncommitted changes "
+                "are not shipped (the config file is copied as it is here)"
+            )
     api = ns.api if ns.api != "auto" else ("gcloud" if shutil.which("gcloud") else "library")
     remote_config, copy_config = _config_paths(config) if config else ("", False)
     job = Job(
-        name=name, zone=ns.zone, project=project, accelerator=acc, runtime=ns.version or acc.runtime,
-        spot=ns.spot, reserved=ns.reserved, queued=ns.queued, api=api, ship=ns.ship, config=config,
-        remote_config=remote_config, copy_config=copy_config, overrides=tuple(overrides), run_dir=run_dir,
-        repo_root=str(REPO), stage_dir=str(Path(tempfile.gettempdir()) / f"trainer-launch-{name}"),
-        python=sys.executable, git_url=git_url, git_ref=git_ref, retries=max(0, ns.retries),
-        poll_s=max(0, ns.poll_seconds), worker=ns.worker,
+        name=name,
+        zone=ns.zone,
+        project=project,
+        accelerator=acc,
+        runtime=ns.version or acc.runtime,
+        spot=ns.spot,
+        reserved=ns.reserved,
+        queued=ns.queued,
+        api=api,
+        ship=ns.ship,
+        config=config,
+        remote_config=remote_config,
+        copy_config=copy_config,
+        overrides=tuple(overrides),
+        run_dir=run_dir,
+        repo_root=str(REPO),
+        stage_dir=str(Path(tempfile.gettempdir()) / f"trainer-launch-{name}"),
+        python=sys.executable,
+        git_url=git_url,
+        git_ref=git_ref,
+        retries=max(0, ns.retries),
+        poll_s=max(0, ns.poll_seconds),
+        worker=ns.worker,
     )
     return job, warnings
 
@@ -278,8 +314,11 @@ def execute_up(job: Job, plan: list[Step], runner: Runner) -> int:
             if attempt >= job.retries:
                 raise StepFailed(f"the TPU was preempted or deleted and no retries are left ({e})") from e
             attempt += 1
-            print(f"TPU preempted or gone: re-creating and restarting (retry {attempt}/{job.retries})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"TPU preempted or gone: re-creating and restarting (retry {attempt}/{job.retries})",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _up_once(job: Job, plan: list[Step], runner: Runner) -> int:
@@ -326,16 +365,23 @@ def _up_once(job: Job, plan: list[Step], runner: Runner) -> int:
 
 def hints(job: Job) -> str:
     """How to re-attach, check, stop and delete: printed when `up` ends or is interrupted."""
-    flags = [f"--zone={job.zone}", f"--project={job.project}", f"--name={job.name}",
-             *(["--queued"] if job.queued else []), *(["--api=library"] if job.api == "library" else [])]
+    flags = [
+        f"--zone={job.zone}",
+        f"--project={job.project}",
+        f"--name={job.name}",
+        *(["--queued"] if job.queued else []),
+        *(["--api=library"] if job.api == "library" else []),
+    ]
     cmd = {a: shlex.join(["python", "launch/tpu_vm.py", a, *flags]) for a in ("logs", "status", "stop", "delete")}
-    return "\n".join([
-        f"The trainer keeps running on {job.name} in the background. From this checkout:",
-        f"  re-attach:  {cmd['logs']}",
-        f"  status:     {cmd['status']}",
-        f"  stop job:   {cmd['stop']}",
-        f"  delete VM:  {cmd['delete']}",
-    ])
+    return "\n".join(
+        [
+            f"The trainer keeps running on {job.name} in the background. From this checkout:",
+            f"  re-attach:  {cmd['logs']}",
+            f"  status:     {cmd['status']}",
+            f"  stop job:   {cmd['stop']}",
+            f"  delete VM:  {cmd['delete']}",
+        ]
+    )
 
 
 def run(action: str, job: Job, dry_run: bool, wait_s: float, fit_check: bool = True) -> int:
@@ -343,8 +389,10 @@ def run(action: str, job: Job, dry_run: bool, wait_s: float, fit_check: bool = T
     execute it."""
     plan = PLANS[action](job)
     if job.api == "library" and any(s.argv[:1] == ("gcloud",) for s in plan) and not shutil.which("gcloud"):
-        msg = ("gcloud CLI not found on PATH: TPU API calls go through the google-cloud-tpu library, "
-               "but ssh/scp to the workers needs gcloud (install the Google Cloud SDK)")
+        msg = (
+            "gcloud CLI not found on PATH: TPU API calls go through the google-cloud-tpu library, "
+            "but ssh/scp to the workers needs gcloud (install the Google Cloud SDK)"
+        )
         if not dry_run:
             raise LaunchError(msg)
         print(f"warning: {msg}", file=sys.stderr)
@@ -357,8 +405,12 @@ def run(action: str, job: Job, dry_run: bool, wait_s: float, fit_check: bool = T
         return 0
     runner = Runner(job, wait_s)
     if action == "up":
-        print(f"launching {job.remote_config} on {job.name} ({job.accelerator.name}, "
-              f"{job.accelerator.hosts} worker(s)) in {job.zone}", file=sys.stderr, flush=True)
+        print(
+            f"launching {job.remote_config} on {job.name} ({job.accelerator.name}, "
+            f"{job.accelerator.hosts} worker(s)) in {job.zone}",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             return execute_up(job, plan, runner)
         except KeyboardInterrupt:

@@ -45,8 +45,9 @@ def _texts(count: int = 60) -> list[str]:
 def _byte_level(digits: bool) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                         if digits else byte_level)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if digits else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     return tok
@@ -63,26 +64,54 @@ def _save(tok: Tokenizer, folder: str, config: dict) -> str:
 def gpt2_style(folder: str, vocab_size: int = 512) -> str:
     """A GPT-2-style byte-level BPE of `vocab_size` ids, `<|endoftext|>` the last; returns the folder."""
     tok = _byte_level(digits=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=[], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,
+        special_tokens=[],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_texts(), trainer)
     tok.add_special_tokens([EOT])
     assert tok.get_vocab_size() == vocab_size and tok.token_to_id(EOT) == vocab_size - 1
-    return _save(tok, folder, {"tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "eos_token": EOT,
-                               "unk_token": EOT, "add_bos_token": False, "add_prefix_space": False,
-                               "model_max_length": 1024})
+    return _save(
+        tok,
+        folder,
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "bos_token": EOT,
+            "eos_token": EOT,
+            "unk_token": EOT,
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "model_max_length": 1024,
+        },
+    )
 
 
 def starcoder_style(folder: str, vocab_size: int = 512) -> str:
     """A StarCoder-style byte-level BPE (digits split one by one), `<|endoftext|>` at id 0; returns the folder."""
     tok = _byte_level(digits=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=STARCODER_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=STARCODER_SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_texts(), trainer)
     assert tok.token_to_id(EOT) == 0
-    return _save(tok, folder, {"tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "eos_token": EOT,
-                               "unk_token": EOT, "add_prefix_space": False, "model_max_length": 8192,
-                               "additional_special_tokens": STARCODER_SPECIALS[1:]})
+    return _save(
+        tok,
+        folder,
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "bos_token": EOT,
+            "eos_token": EOT,
+            "unk_token": EOT,
+            "add_prefix_space": False,
+            "model_max_length": 8192,
+            "additional_special_tokens": STARCODER_SPECIALS[1:],
+        },
+    )
 
 
 BUILDERS = {"gpt2": gpt2_style, "starcoder": starcoder_style}

@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import portpicker
 import pytest
@@ -95,13 +95,23 @@ def _reset_client_caches() -> None:
 
 @contextlib.contextmanager
 def gcs_emulator(start_timeout: float = 30.0, bucket: str | None = None) -> Iterator[Emulator]:
-    """Start the emulator (in memory) on a free loopback port with a fresh bucket and the env vars; stop it at the end."""
+    """Start the emulator (in memory) on a free loopback port with a fresh bucket and the env vars; stop it at the
+    end."""
     port = portpicker.pick_unused_port()
     endpoint = f"http://127.0.0.1:{port}"
     bucket = bucket or f"test-{uuid.uuid4().hex[:12]}"
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_main.py"), "start",
-         "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"],
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_main.py"),
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--quiet",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

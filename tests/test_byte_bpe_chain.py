@@ -14,14 +14,14 @@ import os
 import numpy as np
 import pytest
 from bpe_tokenizers import BUILDERS, EOT, TRICKY
+from runs import MICRO, train, write_config
 from test_convert_mapping import greedy_hf
 from test_convert_tokenizer import held_out_strings
 
-from runs import MICRO, train, write_config
 from trainer.data.chat_prepare import prepare_chat
-from trainer.data.prepare import prepare
+from trainer.data.text_prepare import prepare
 from trainer.data.tokenizer import load_tokenizer
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 from trainer.export import parity
 
 STRINGS = TRICKY + held_out_strings(60)[8:]
@@ -36,18 +36,52 @@ def sft_run(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"bpe-{request.param}")
     folder = BUILDERS[request.param](str(root / "tokenizer"))
     data = str(root / "data")
-    prepare(corpus="stdlib", out=data, tokenizer=folder, max_files=30, val_fraction=0.1, workers=1, progress=False,
-            verbose=False)
+    prepare(
+        corpus="stdlib",
+        out=data,
+        tokenizer=folder,
+        max_files=30,
+        val_fraction=0.1,
+        workers=1,
+        progress=False,
+        verbose=False,
+    )
     base = str(root / "base")
-    train(write_config(str(root / "base.yml"), data, base, model=MODEL, train={"steps": 6},
-                       eval={"every_steps": 6}, checkpoint={"every_steps": 6}))
+    train(
+        write_config(
+            str(root / "base.yml"),
+            data,
+            base,
+            model=MODEL,
+            train={"steps": 6},
+            eval={"every_steps": 6},
+            checkpoint={"every_steps": 6},
+        )
+    )
     chat = str(root / "chat")
-    prepare_chat(out=chat, corpus="stdlib_qa", limit=160, tokenizer=os.path.join(base, "tokenizer"),
-                 template="kodalite", end_of_turn=EOT, val_fraction=0.1, verbose=False)
+    prepare_chat(
+        out=chat,
+        corpus="stdlib_qa",
+        limit=160,
+        tokenizer=os.path.join(base, "tokenizer"),
+        template="kodalite",
+        end_of_turn=EOT,
+        val_fraction=0.1,
+        verbose=False,
+    )
     sft = str(root / "sft")
-    train(write_config(str(root / "sft.yml"), chat, sft, model=MODEL,
-                       data={"path": chat, "chat_template": "kodalite", "end_of_turn": EOT}, train={"steps": 4},
-                       eval={"every_steps": 4}, checkpoint={"every_steps": 4, "restore_from": base}))
+    train(
+        write_config(
+            str(root / "sft.yml"),
+            chat,
+            sft,
+            model=MODEL,
+            data={"path": chat, "chat_template": "kodalite", "end_of_turn": EOT},
+            train={"steps": 4},
+            eval={"every_steps": 4},
+            checkpoint={"every_steps": 4, "restore_from": base},
+        )
+    )
     return request.param, load_tokenizer(os.path.join(sft, "tokenizer")), sft, chat
 
 
@@ -65,8 +99,12 @@ def hf_export(sft_run, tmp_path_factory):
     out = _export(run, str(tmp_path_factory.mktemp(f"hf-{style}")))
     prompt = tok.encode(tok.render_chat([{"role": "user", "content": "What does os.path.join do?"}]))
     model = parity.load_hf_model(out)
-    return out, AutoTokenizer.from_pretrained(out, local_files_only=True), prompt, greedy_hf(model, np.array(prompt),
-                                                                                          GREEDY)
+    return (
+        out,
+        AutoTokenizer.from_pretrained(out, local_files_only=True),
+        prompt,
+        greedy_hf(model, np.array(prompt), GREEDY),
+    )
 
 
 def test_the_chat_data_keeps_the_vocabulary_and_ends_turns_with_its_own_token(sft_run, hf_export):
@@ -88,15 +126,15 @@ def test_transformers_tokenizes_like_training(sft_run, hf_export):
 
 
 @pytest.mark.parametrize("gguf_type", ["f16", "q4_k_m"])
-def test_llama_cpp_tokenizes_like_training_and_decodes_greedily_like_transformers(gguf_type, sft_run, hf_export,
-                                                                                  tmp_path):
+def test_llama_cpp_tokenizes_like_training_and_decodes_greedily_like_transformers(
+    gguf_type, sft_run, hf_export, tmp_path
+):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the llama extra)")
     style, tok, run, _ = sft_run
     out = _export(run, str(tmp_path / "gguf"), "--format", "gguf", "--gguf-type", gguf_type)
     path = os.path.join(out, f"model-{gguf_type}.gguf")
     llm = llama_cpp.Llama(model_path=path, n_ctx=MODEL["max_seq_len"], n_threads=2, verbose=False)
-    assert [llm.tokenize(s.encode(), add_bos=True, special=True) for s in STRINGS] == [tok.encode(s)
-                                                                                         for s in STRINGS]
+    assert [llm.tokenize(s.encode(), add_bos=True, special=True) for s in STRINGS] == [tok.encode(s) for s in STRINGS]
     with open(os.path.join(out, "Modelfile")) as f:
         assert f"FROM ./model-{gguf_type}.gguf" in f.read()
     _, _, prompt, theirs = hf_export
@@ -107,7 +145,7 @@ def test_llama_cpp_tokenizes_like_training_and_decodes_greedily_like_transformer
         if len(produced) == GREEDY or token == tok.eos_id:
             break
     if gguf_type == "f16":
-        assert produced == theirs[:len(produced)]
+        assert produced == theirs[: len(produced)]
     else:
         print(f"{style} q4_k_m greedy tokens equal to transformers': {sum(a == b for a, b in zip(produced, theirs))}")
 

@@ -83,7 +83,7 @@ def test_offsets_are_characters_of_the_python_string_untrimmed(folders, tmp_path
     text = "x\n\n  😀y"
     ids, offsets = tok.encode_with_offsets(text)
     assert [text[a:b] for a, b in offsets if text[a:b].isspace()]  # whitespace tokens keep their characters
-    emoji = [o for o in offsets if text[o[0]:o[1]] == "😀"]
+    emoji = [o for o in offsets if text[o[0] : o[1]] == "😀"]
     assert len(emoji) == len(tok.encode("😀")) > 1 and all(o == (5, 6) for o in emoji)  # 4 bytes, one character
 
 
@@ -114,8 +114,9 @@ def test_a_config_naming_no_special_token_makes_the_only_one_bos_eos_and_padding
     assert (hf.bos_token_id, hf.eos_token_id) == (eot, eot)  # the saved config names it
     assert not mismatches(tok, hf)
     assert open_tokenizer(str(tmp_path / "saved" / "tokenizer")).sha256 == tok.sha256  # saving is stable
-    (bare / "tokenizer_config.json").write_text(json.dumps({"bos_token": {"content": EOT}, "eos_token": EOT,
-                                                            "pad_token": "<pad>", "add_bos_token": True}))
+    (bare / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": {"content": EOT}, "eos_token": EOT, "pad_token": "<pad>", "add_bos_token": True})
+    )
     tok = open_tokenizer(str(bare))
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (eot, eot, eot + 1, eot + 2)  # <pad> added
     assert tok.adds_bos
@@ -125,8 +126,10 @@ def test_the_folders_own_chat_template_renders_as_transformers_does(folders, tmp
     chat = tmp_path / "chat"
     shutil.copytree(folders["gpt2"], chat)
     config = json.loads((chat / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token }}"
-                               "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+    config["chat_template"] = (
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    )
     (chat / "tokenizer_config.json").write_text(json.dumps(config))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}]
     hf = AutoTokenizer.from_pretrained(str(chat), local_files_only=True)
@@ -141,11 +144,13 @@ def test_a_folder_without_tokenizer_json_needs_transformers_once(folders, tmp_pa
     AutoTokenizer.from_pretrained(folders["gpt2"]).save_pretrained(str(tmp_path / "full"))
     vocab = json.loads((tmp_path / "full" / "tokenizer.json").read_text())["model"]
     (slow / "vocab.json").write_text(json.dumps(vocab["vocab"]))
-    (slow / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) if isinstance(m, list) else m
-                                                                   for m in vocab["merges"]) + "\n")
+    (slow / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(m) if isinstance(m, list) else m for m in vocab["merges"]) + "\n"
+    )
     (slow / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": EOT}))
     assert open_tokenizer(str(slow)).encode("def f(x): return 1") == open_tokenizer(folders["gpt2"]).encode(
-        "def f(x): return 1")
+        "def f(x): return 1"
+    )
     monkeypatch.setitem(sys.modules, "transformers", None)  # as on a `.[tpu]` worker
     with pytest.raises(DataError, match="no tokenizer.json: convert it once where transformers is installed"):
         open_tokenizer(str(slow))

@@ -6,22 +6,46 @@ import json
 import os
 
 import pytest
+from runs import prepare_corpus
 from test_convert_mapping import random_params
 
-from runs import prepare_corpus
 from trainer import checkpoint, storage
 from trainer.config import CheckpointConfig, Config, DataConfig, ModelConfig
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 
-MODEL = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                    max_seq_len=64, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+MODEL = ModelConfig(
+    vocab_size=512,
+    embed_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=128,
+    max_seq_len=64,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 EVALS = {  # as trainer.eval writes RUN/eval/step_<N>.json (lm-eval's schema)
-    10: {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.3279, "acc_stderr,none": 0.01,
-                                  "acc_norm,none": 0.31, "acc_norm_stderr,none": 0.01}},
-         "n-shot": {"arc_easy": 0}},
-    20: {"results": {"hellaswag": {"alias": "hellaswag", "acc,none": 0.2565, "acc_norm,none": 0.27},
-                     "lambada_openai": {"alias": "lambada_openai", "perplexity,none": 93.78, "acc,none": 0.1822}},
-         "n-shot": {"hellaswag": 10}, "configs": {"lambada_openai": {"num_fewshot": 0}}},
+    10: {
+        "results": {
+            "arc_easy": {
+                "alias": "arc_easy",
+                "acc,none": 0.3279,
+                "acc_stderr,none": 0.01,
+                "acc_norm,none": 0.31,
+                "acc_norm_stderr,none": 0.01,
+            }
+        },
+        "n-shot": {"arc_easy": 0},
+    },
+    20: {
+        "results": {
+            "hellaswag": {"alias": "hellaswag", "acc,none": 0.2565, "acc_norm,none": 0.27},
+            "lambada_openai": {"alias": "lambada_openai", "perplexity,none": 93.78, "acc,none": 0.1822},
+        },
+        "n-shot": {"hellaswag": 10},
+        "configs": {"lambada_openai": {"num_fewshot": 0}},
+    },
     30: {"results": {"piqa": {"acc,none": 0.9}}},  # after the exported step: not this export's
 }
 
@@ -56,8 +80,10 @@ def test_the_card_has_every_evaluation_result_as_a_model_index_the_hub_parser_re
     assert card.data.base_model == f"{base}:7"  # the pinned base, as the run started from it
     name, results = model_index_to_eval_results(metadata_load(out / "README.md")["model-index"])
     assert name == "hf" and card.data.model_name == "hf" and len(card.data.eval_results) == len(results)
-    found = {(r.task_type, r.dataset_name, r.dataset_type, r.metric_type, r.dataset_args["num_few_shot"]):
-             r.metric_value for r in results}
+    found = {
+        (r.task_type, r.dataset_name, r.dataset_type, r.metric_type, r.dataset_args["num_few_shot"]): r.metric_value
+        for r in results
+    }
     assert found == {
         ("text-generation", "ARC-Easy", "allenai/ai2_arc", "acc", 0): pytest.approx(32.79),
         ("text-generation", "ARC-Easy", "allenai/ai2_arc", "acc_norm", 0): pytest.approx(31.0),

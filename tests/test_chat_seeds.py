@@ -70,8 +70,16 @@ def _masked_runs(ids, mask):
 @pytest.mark.parametrize("kind", ["gpt2", "starcoder"])
 def test_an_end_of_turn_the_vocabulary_has_adds_nothing(tokenizers, tmp_path, kind):
     out = str(tmp_path / "chat")
-    manifest = prepare_chat(out=out, corpus="stdlib_qa", limit=24, template="kodalite", end_of_turn=EOT,
-                            tokenizer=tokenizers[kind], val_fraction=0.2, verbose=False)
+    manifest = prepare_chat(
+        out=out,
+        corpus="stdlib_qa",
+        limit=24,
+        template="kodalite",
+        end_of_turn=EOT,
+        tokenizer=tokenizers[kind],
+        val_fraction=0.2,
+        verbose=False,
+    )
     base = tokenizer_lib.open_tokenizer(tokenizers[kind])
     tok = tokenizer_lib.load_tokenizer(out)
     eot = base.encode_with_offsets(EOT)[0][0]
@@ -88,9 +96,11 @@ def test_an_end_of_turn_the_vocabulary_has_adds_nothing(tokenizers, tmp_path, ki
 
 def test_a_multi_token_end_of_turn_is_plain_text_unless_asked_special(tokenizers):
     tok = tokenizer_lib.open_tokenizer(tokenizers["gpt2"])
-    jinja = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if m['role'] == 'assistant' %}"
-             "{{ '[done]' }}{% endif %}{{ '\n' }}{% endfor %}"
-             "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    jinja = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if m['role'] == 'assistant' %}"
+        "{{ '[done]' }}{% endif %}{{ '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+    )
     plain = chat.resolve_template(jinja, "[done]")
     assert chat.missing_tokens(plain, tok) == [] and chat.end_of_turn_id(plain, tok) is None
     assert chat.chat_config(plain, tok)["stop_strings"] == ["[done]"]
@@ -111,8 +121,9 @@ def test_smallcoder_prompts_user_assistant_and_ends_replies_with_eos(tokenizers)
     tok = tokenizer_lib.open_tokenizer(tokenizers["starcoder"])
     spec = chat.resolve_template("smallcoder")
     eos = tok.token_text(tok.eos_id)
-    prompt = chat.render(spec, [{"role": "user", "content": "Write hello world in Python."}],
-                         add_generation_prompt=True, eos_token=eos)
+    prompt = chat.render(
+        spec, [{"role": "user", "content": "Write hello world in Python."}], add_generation_prompt=True, eos_token=eos
+    )
     assert prompt == "User: Write hello world in Python.\nAssistant:"
     assert chat.render(spec, CONVERSATION[1:3], eos_token=eos) == f"User: What is 2 + 2?\nAssistant: It is 4 😀.{eos}"
     ids, mask = chat.encode(spec, CONVERSATION, tok)
@@ -147,23 +158,38 @@ def kodalite_sft(tokenizers, tmp_path_factory):
     model = dict(MICRO["model"], scan_layers=True, max_seq_len=128)  # room for a second turn in --chat
     base = str(root / "base")
     params = Transformer(from_dict({"model": model}).model).init(jax.random.key(5), jnp.zeros((1, 8), jnp.int32))
-    params = jax.tree.map(lambda x: np.asarray(x.unbox() if hasattr(x, "unbox") else x), params["params"],
-                          is_leaf=lambda x: hasattr(x, "unbox"))
+    params = jax.tree.map(
+        lambda x: np.asarray(x.unbox() if hasattr(x, "unbox") else x),
+        params["params"],
+        is_leaf=lambda x: hasattr(x, "unbox"),
+    )
     checkpoint.save_params(base, from_dict({"model": model}), params, step=1)
     shutil.copytree(tokenizers["gpt2"], os.path.join(base, "tokenizer"))
     source = root / "greetings.jsonl"
     conversations = [_greeting(n) + _greeting(m) for n, m in zip(NAMES, NAMES[1:] + NAMES[:1])]  # two exchanges
     source.write_text("\n".join(json.dumps({"messages": c}) for c in conversations))
     data = str(root / "chat")
-    prepare_chat([str(source)], data, template="kodalite", tokenizer=os.path.join(base, "tokenizer"),
-                 val_fraction=0.25, verbose=False)  # by a hash of file:line: both splits non-empty (1 - 1e-4)
+    prepare_chat(
+        [str(source)],
+        data,
+        template="kodalite",
+        tokenizer=os.path.join(base, "tokenizer"),
+        val_fraction=0.25,
+        verbose=False,
+    )  # by a hash of file:line: both splits non-empty (1 - 1e-4)
     run = str(root / "sft")
-    config = write_config(str(root / "sft.yml"), data, run, model=model,
-                          data={"path": data, "chat_template": "kodalite"},
-                          checkpoint={"every_steps": 40, "restore_from": base}, eval={"every_steps": 40},
-                          train={"steps": 40, "global_batch_size": 8, "seq_len": 64},
-                          optimizer={"learning_rate": 1e-2, "warmup_steps": 4},
-                          log={"every_steps": 10, "sample_tokens": 16, "sample_prompt": "Greet Zed, please."})
+    config = write_config(
+        str(root / "sft.yml"),
+        data,
+        run,
+        model=model,
+        data={"path": data, "chat_template": "kodalite"},
+        checkpoint={"every_steps": 40, "restore_from": base},
+        eval={"every_steps": 40},
+        train={"steps": 40, "global_batch_size": 8, "seq_len": 64},
+        optimizer={"learning_rate": 1e-2, "warmup_steps": 4},
+        log={"every_steps": 10, "sample_tokens": 16, "sample_prompt": "Greet Zed, please."},
+    )
     return data, run, train(config)
 
 
@@ -171,7 +197,7 @@ def test_kodalite_v01_stops_at_its_plain_text_marker_everywhere(kodalite_sft, tm
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.export import hf as convert_to_hf
+    from trainer.export import command as convert_to_hf
     from trainer.infer import cli
 
     data, run, log = kodalite_sft
@@ -196,11 +222,14 @@ def test_kodalite_v01_stops_at_its_plain_text_marker_everywhere(kodalite_sft, tm
     # the machine's float rounding, but its text never holds the marker: cut at the stop string wherever it appears
     assert "<|end|>" not in second["text"] and second["finish_reason"] in ("stop", "length")
     # the history holds the reply as its content: rendered again, it is the text the model wrote, once
-    history = [{"role": "user", "content": "Greet Zed, please."},
-               {"role": "assistant", "content": chat.reply_content(tok.chat, reply["text"])}]
+    history = [
+        {"role": "user", "content": "Greet Zed, please."},
+        {"role": "assistant", "content": chat.reply_content(tok.chat, reply["text"])},
+    ]
     assert history[1]["content"] == REPLY
     assert tok.render_chat(history + [{"role": "user", "content": "Hi"}]).startswith(
-        tok.render_chat(history[:1]) + tok.decode(reply["tokens"]) + "\n<|user|>\nHi\n")
+        tok.render_chat(history[:1]) + tok.decode(reply["tokens"]) + "\n<|user|>\nHi\n"
+    )
 
     prompt = tok.render_chat(history[:1])  # streamed as plain text: shown up to the marker, never a piece of it
     assert cli.main(["--checkpoint", run, "--prompt", prompt, "--max-new-tokens", "24"]) == 0
@@ -225,9 +254,13 @@ def test_kodalite_v01_stops_at_its_plain_text_marker_everywhere(kodalite_sft, tm
     inputs = hf_tok(hf_prompt, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=24, do_sample=False, tokenizer=hf_tok)
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
     assert new == reply["tokens"] and len(new) < 24  # stopped at the marker, on the same tokens
     assert hf_tok.decode(new).endswith("<|end|>")
     with open(os.path.join(export, "README.md")) as f:
         card = f.read()
     assert "Stop strings: `<|end|>`" in card and "tokenizer=tokenizer" in card
+    gguf = str(tmp_path / "gguf")  # GGUF has no stop-string key: the Ollama Modelfile beside it names the marker
+    assert convert_to_hf.main(["--checkpoint", run, "--out", gguf, "--format", "gguf", "--no-verify"]) == 0
+    with open(os.path.join(gguf, "Modelfile")) as f:
+        assert 'PARAMETER stop "<|end|>"' in f.read().split("\n")

@@ -1,5 +1,6 @@
 """Config loading: includes, overrides, typed errors, and the CLI's one-line refusals (exit code 2)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ CONFIGS = os.path.join(REPO, "configs")
 
 
 def test_base_include_and_overrides():
-    c = load_config(os.path.join(CONFIGS, "1b.yml"), ["train.steps=7", "optimizer.clip_norm=null", "model.scan_layers=false"])
+    c = load_config(
+        os.path.join(CONFIGS, "1b.yml"), ["train.steps=7", "optimizer.clip_norm=null", "model.scan_layers=false"]
+    )
     assert c.model.embed_dim == 1792 and c.model.rope_theta == 500000.0  # from 1b.yml
     assert c.optimizer.b2 == 0.95  # from base.yml
     assert c.train.steps == 7 and c.optimizer.clip_norm is None and c.model.scan_layers is False
@@ -22,7 +25,7 @@ def test_base_include_and_overrides():
 
 def test_config_is_frozen():
     c = load_config(os.path.join(CONFIGS, "tiny.yml"))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.train.steps = 3  # type: ignore[misc]
 
 
@@ -54,7 +57,11 @@ def test_bad_values_name_the_key(override, message):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "trainer.main", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "trainer.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"},
     )
 
@@ -62,7 +69,10 @@ def _cli(*args):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["configs/tiny.yml", "model.num_layrs=2"], "unknown config key model.num_layrs; did you mean model.num_layers?"),
+        (
+            ["configs/tiny.yml", "model.num_layrs=2"],
+            "unknown config key model.num_layrs; did you mean model.num_layers?",
+        ),
         (["configs/tiny.yml", "train.global_batch_size=many"], "train.global_batch_size must be an integer"),
         (["configs/tiny.yml", "model.embed_dim=250"], "model.num_heads=4 does not divide model.embed_dim=250"),
         (["configs/tiny.yml", "model.num_kv_heads=3"], "model.num_kv_heads=3 must divide model.num_heads=4"),
@@ -91,8 +101,9 @@ def _differences(defaults: object, written: object, key: str) -> list[str]:
             out += _differences(defaults[k], written[k], f"{key}.{k}".lstrip("."))
         return out
     if defaults != written or (defaults is not None and type(defaults) is not type(written)):
-        return [f"{key}: default {defaults!r} ({type(defaults).__name__}), base.yml {written!r} "
-                f"({type(written).__name__})"]
+        return [
+            f"{key}: default {defaults!r} ({type(defaults).__name__}), base.yml {written!r} ({type(written).__name__})"
+        ]
     return []
 
 

@@ -14,11 +14,22 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trainer import checkpoint
 from trainer.config import Config, ModelConfig
 from trainer.data.bos import record_bos
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
+from trainer.export import hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                    max_seq_len=64, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+MODEL = ModelConfig(
+    vocab_size=512,
+    embed_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=128,
+    max_seq_len=64,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +47,14 @@ def run_dir(tmp_path_factory):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
-    return subprocess.run([sys.executable, "-m", "trainer.convert_to_hf", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.convert_to_hf", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def test_cli_exports_a_folder_transformers_loads_and_checks_parity(run_dir, tmp_path):
@@ -51,9 +68,16 @@ def test_cli_exports_a_folder_transformers_loads_and_checks_parity(run_dir, tmp_
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert tok.encode("def f():", add_special_tokens=False) == sentencepiece().encode("def f():")
     assert tok.chat_template == TEMPLATE
-    assert sorted(os.listdir(out)) == ["README.md", "chat_template.jinja", "config.json", "generation_config.json",
-                                       "model.safetensors", "tokenizer.json", "tokenizer.model",
-                                       "tokenizer_config.json"]
+    assert sorted(os.listdir(out)) == [
+        "README.md",
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
 
 
 def test_cli_writes_gguf(run_dir, tmp_path, capsys):
@@ -75,12 +99,12 @@ def test_force_overwrites_and_verify_can_be_skipped(run_dir, tmp_path, capsys):
 
 def test_a_converter_bug_fails_parity_with_exit_1(run_dir, tmp_path, capsys, monkeypatch):
     """A config.json with the wrong RoPE θ loads fine and holds the right weights: only the logits can tell."""
-    real = convert_to_hf.write_metadata
+    real = hf.write_metadata
 
     def wrong_theta(out, model, tokenizer, dtype):
         real(out, dataclasses.replace(model, rope_theta=model.rope_theta * 2), tokenizer, dtype)
 
-    monkeypatch.setattr(convert_to_hf, "write_metadata", wrong_theta)
+    monkeypatch.setattr(hf, "write_metadata", wrong_theta)
     assert convert_to_hf.main(["--checkpoint", run_dir, "--out", str(tmp_path / "hf")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: parity failed: the exported model's logits differ") and err.count("\n") == 1, err
@@ -95,18 +119,22 @@ def bad_runs(tmp_path_factory):
     return {"mismatch": mismatched, "no_tokenizer": untokenized}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_checkpoint", "not a run folder"),
-    ("missing_step", "step 7 is not among the checkpoints"),
-    ("mismatch", "does not match its params"),
-    ("existing_out", "already exists and is not empty: pass --force"),
-    ("no_tokenizer", "no tokenizer in"),
-    ("bad_tokenizer", "tokenizer not found"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_checkpoint", "not a run folder"),
+        ("missing_step", "step 7 is not among the checkpoints"),
+        ("mismatch", "does not match its params"),
+        ("existing_out", "already exists and is not empty: pass --force"),
+        ("no_tokenizer", "no tokenizer in"),
+        ("bad_tokenizer", "tokenizer not found"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(case, message, run_dir, bad_runs, tmp_path, capsys):
     out = tmp_path / "out"
-    checkpoint_arg = {"no_checkpoint": str(tmp_path / "nothing"), "missing_step": f"{run_dir}:7",
-                      **bad_runs}.get(case, run_dir)
+    checkpoint_arg = {"no_checkpoint": str(tmp_path / "nothing"), "missing_step": f"{run_dir}:7", **bad_runs}.get(
+        case, run_dir
+    )
     extra = []
     if case == "existing_out":
         out.mkdir()

@@ -22,16 +22,26 @@ from trainer.config import ModelConfig
 from trainer.data import chat
 from trainer.data.tokenizer import SentencePieceTokenizer, load_tokenizer
 from trainer.errors import ConversionError
+from trainer.export import command as convert_to_hf
 from trainer.export import gguf as gguf_export
-from trainer.export import hf as convert_to_hf
 from trainer.export import mapping, modelfile
 from trainer.export.tokenizer import write_tokenizer
 
 HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # transformers' GGUF model loader needs it
 
 # down_proj rows are 80 wide: not a multiple of Q8_0's 32-blocks, so they stay F16 as in llama.cpp's converter
-MODEL = ModelConfig(vocab_size=520, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=80,
-                    max_seq_len=64, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+MODEL = ModelConfig(
+    vocab_size=520,
+    embed_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=80,
+    max_seq_len=64,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -118,21 +128,34 @@ def test_without_llama_cpp_the_check_says_llama_cpp_was_not_run(tokenizer_dir, t
     params = random_params(MODEL)
     gguf_export.write_gguf(str(tmp_path / "m.gguf"), MODEL, params, tokenizer_dir, sentencepiece(), "f16")
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else
-                        find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a)
+    )
     report = gguf_export.verify_gguf(str(tmp_path), "m.gguf", MODEL, params, "f16", sentencepiece(), True)
-    assert report.startswith("parity ok") and report.endswith('llama.cpp not run (pip install -e ".[llama]" to '
-                                                              'check the file in it)')
+    assert report.startswith("parity ok") and report.endswith(
+        'llama.cpp not run (pip install -e ".[llama]" to check the file in it)'
+    )
 
 
 def _custom_split_tokenizer(folder: str) -> str:
     """A byte-level BPE whose pre-tokenizer splits on a regex of its own: no llama.cpp name reproduces it."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\s+"), "isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\s+"), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_texts(10), trainers.BpeTrainer(vocab_size=300, special_tokens=[EOT], show_progress=False,
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        _texts(10),
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=[EOT],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     os.makedirs(folder)
     tok.save(os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
@@ -151,10 +174,21 @@ def test_a_tokenizer_llama_cpp_cannot_reproduce_is_refused_in_one_line(tmp_path)
 
 def test_a_k_quant_without_llama_cpp_is_refused_in_one_line_before_loading(tmp_path, monkeypatch, capsys):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else
-                        find_spec(name, *a))
-    code = convert_to_hf.main(["--checkpoint", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "out"),
-                               "--format", "gguf", "--gguf-type", "q4_k_m"])
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a)
+    )
+    code = convert_to_hf.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "no-such-run"),
+            "--out",
+            str(tmp_path / "out"),
+            "--format",
+            "gguf",
+            "--gguf-type",
+            "q4_k_m",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and 'pip install -e ".[llama]"' in err, err
 
@@ -173,9 +207,11 @@ def test_the_modelfile_names_the_gguf_the_chat_format_as_a_go_template_and_every
     assert "FROM ./model-q4_k_m.gguf" in lines
     assert 'PARAMETER stop "<|end|>"' in lines and 'PARAMETER stop "</s>"' in lines
     template = modelfile.go_template(tok)
-    assert template == ('{{ range .Messages }}{{ if eq .Role "system" }}<|system|>\n{{ .Content }}\n'
-                        '{{ else if eq .Role "user" }}<|user|>\n{{ .Content }}\n'
-                        "{{ else }}<|assistant|>\n{{ .Content }}\n<|end|>\n{{ end }}{{ end }}<|assistant|>\n")
+    assert template == (
+        '{{ range .Messages }}{{ if eq .Role "system" }}<|system|>\n{{ .Content }}\n'
+        '{{ else if eq .Role "user" }}<|user|>\n{{ .Content }}\n'
+        "{{ else }}<|assistant|>\n{{ .Content }}\n<|end|>\n{{ end }}{{ end }}<|assistant|>\n"
+    )
     assert f'TEMPLATE """{template}"""' in (tmp_path / "Modelfile").read_text()
 
 

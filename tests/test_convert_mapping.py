@@ -11,8 +11,7 @@ import pytest
 from flax import linen as nn
 
 from trainer.config import ModelConfig, load_config
-from trainer.export import hf as convert_to_hf
-from trainer.export import mapping, parity
+from trainer.export import hf, mapping, parity
 from trainer.export.safetensors import SafetensorsFolder
 from trainer.model.transformer import Transformer
 
@@ -21,14 +20,33 @@ SMALL = dict(compute_dtype="float32", remat_policy="none", num_layers=2, max_seq
 ARCHITECTURES = {
     "tiny": load_config(os.path.join(REPO, "configs", "tiny.yml")).model,
     # KodaLite-1.3B's shape: GQA 32/8 heads of 64, untied
-    "gqa32x8": ModelConfig(vocab_size=512, embed_dim=128, num_heads=32, num_kv_heads=8, head_dim=64, mlp_dim=256,
-                           tie_embeddings=False, **SMALL),
+    "gqa32x8": ModelConfig(
+        vocab_size=512,
+        embed_dim=128,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        mlp_dim=256,
+        tie_embeddings=False,
+        **SMALL,
+    ),
     # auto-g-nano-1b's shape: 14/2 heads of 128, θ 500000, untied; unrolled layers
-    "gqa14x2": ModelConfig(vocab_size=384, embed_dim=112, num_heads=14, num_kv_heads=2, head_dim=128, mlp_dim=224,
-                           rope_theta=500000.0, tie_embeddings=False, scan_layers=False, **SMALL),
+    "gqa14x2": ModelConfig(
+        vocab_size=384,
+        embed_dim=112,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=128,
+        mlp_dim=224,
+        rope_theta=500000.0,
+        tie_embeddings=False,
+        scan_layers=False,
+        **SMALL,
+    ),
     # SmallCoder / LiteLlama's shape: MHA, tied here
-    "mha_tied": ModelConfig(vocab_size=256, embed_dim=64, num_heads=4, num_kv_heads=4, mlp_dim=128,
-                            tie_embeddings=True, **SMALL),
+    "mha_tied": ModelConfig(
+        vocab_size=256, embed_dim=64, num_heads=4, num_kv_heads=4, mlp_dim=128, tie_embeddings=True, **SMALL
+    ),
 }
 
 
@@ -48,8 +66,11 @@ def random_params(model: ModelConfig, seed: int = 0) -> dict:
         if "scale" in name:
             return (1.0 + 0.2 * rng.standard_normal(leaf.shape)).astype(np.float32)
         fan_in = {"'out'": model.num_heads * model.resolved_head_dim, "'down'": model.mlp_dim}
-        std = 1.0 if "embedding" in name else next((1 / np.sqrt(v) for k, v in fan_in.items() if k in name),
-                                                   1 / np.sqrt(model.embed_dim))
+        std = (
+            1.0
+            if "embedding" in name
+            else next((1 / np.sqrt(v) for k, v in fan_in.items() if k in name), 1 / np.sqrt(model.embed_dim))
+        )
         return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(fill, nn.unbox(shapes)["params"])
@@ -57,18 +78,18 @@ def random_params(model: ModelConfig, seed: int = 0) -> dict:
 
 def export(model: ModelConfig, params: dict, out: str, dtype: str = "float32", max_shard: int = 2 * 10**9) -> None:
     """The weights and config part of `convert_to_hf` (no checkpoint, no tokenizer)."""
-    convert_to_hf.write_weights(out, model, params, dtype, max_shard)
-    convert_to_hf.write_metadata(out, model, Ids, dtype)
+    hf.write_weights(out, model, params, dtype, max_shard)
+    hf.write_metadata(out, model, Ids, dtype)
 
 
 def greedy_ours(model: ModelConfig, params: dict, prompt: np.ndarray, steps: int) -> list[int]:
     """Greedy decoding by a full re-forward per token (causal: padding after the cursor changes nothing)."""
     apply = jax.jit(Transformer(parity.fp32_model(model, params)).apply)
     buf = np.zeros((1, len(prompt) + steps), np.int32)
-    buf[0, :len(prompt)] = prompt
+    buf[0, : len(prompt)] = prompt
     for t in range(len(prompt), len(prompt) + steps):
         buf[0, t] = int(np.argmax(apply({"params": params}, buf)[0, t - 1]))
-    return buf[0, len(prompt):].tolist()
+    return buf[0, len(prompt) :].tolist()
 
 
 def greedy_hf(hf_model, prompt: np.ndarray, steps: int) -> list[int]:
@@ -76,7 +97,7 @@ def greedy_hf(hf_model, prompt: np.ndarray, steps: int) -> list[int]:
     ids = list(prompt)
     for _ in range(steps):
         ids.append(int(np.argmax(parity.hf_logits(hf_model, np.array([ids]))[0, -1])))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -148,4 +169,4 @@ def test_a_tampered_weight_fails_the_read_back_check(tmp_path):
     tensors["model.layers.1.mlp.up_proj.weight"][3, 5] += 1e-3
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(parity.ParityError, match="tensor model.layers.1.mlp.up_proj.weight differs"):
-        convert_to_hf.verify_hf(str(tmp_path), model, params, "float32", tokenizer=None)
+        hf.verify_hf(str(tmp_path), model, params, "float32", tokenizer=None)

@@ -13,24 +13,49 @@ from test_convert_tokenizer import sentencepiece
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trainer import checkpoint
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 from trainer.export import import_hf as convert_from_hf
 from trainer.export.safetensors import SafetensorsFolder
 from trainer.export.tokenizer import write_tokenizer
 from trainer.model.transformer import Transformer
 
-ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "tie_word_embeddings",
-                     "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
+ARCHITECTURE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_parameters",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 
 
 def write_hf_model(folder: str, dtype: torch.dtype) -> None:
     """A random untied GQA LLaMA (θ 500000, eps 1e-6, random norm scales) and a tokenizer, saved by transformers."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-                         rms_norm_eps=1e-6, rope_theta=500000.0, tie_word_embeddings=False,
-                         bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -27,11 +27,14 @@ flags\t\t: fpu avx2 avx512f amx_bf16
 """
 
 
-@pytest.mark.parametrize("text, name, family, family_name", [
-    (ZEN4, "AMD EPYC 9B14", 25, "zen4"),
-    (XEON, "Intel(R) Xeon(R) Processor", 6, "intel-amx"),
-    ("vendor_id\t: AuthenticAMD\ncpu family\t: 26\n", "", 26, "zen5"),
-])
+@pytest.mark.parametrize(
+    "text, name, family, family_name",
+    [
+        (ZEN4, "AMD EPYC 9B14", 25, "zen4"),
+        (XEON, "Intel(R) Xeon(R) Processor", 6, "intel-amx"),
+        ("vendor_id\t: AuthenticAMD\ncpu family\t: 26\n", "", 26, "zen5"),
+    ],
+)
 def test_first_processor_is_read(tmp_path, text, name, family, family_name):
     path = tmp_path / "cpuinfo"
     path.write_text(text)

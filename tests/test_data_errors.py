@@ -10,16 +10,21 @@ from sentencepiece import sentencepiece_model_pb2
 from trainer.config import ConfigError, DataConfig, MixtureComponent
 from trainer.data import DataError
 from trainer.data.pipeline import make_eval_iterator, make_train_iterator
-from trainer.data.prepare import prepare
 from trainer.data.shards import choose_dtype
+from trainer.data.text_prepare import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(workers=1, progress=False, verbose=False)
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainer.data.prepare", "--no-progress", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.data.prepare", "--no-progress", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def assert_one_line_error(result, *fragments):
@@ -70,14 +75,24 @@ def test_unreadable_input_file(tmp_path):
 def test_jsonl_without_the_text_field(small, tmp_path):
     (tmp_path / "a.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(DataError, match=r"a.jsonl:1 has no field 'text' \(choose one with --text-field\)"):
-        prepare(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "out"),
-                tokenizer=str(small / "out" / "tokenizer.model"), **QUIET)
+        prepare(
+            inputs=[str(tmp_path / "a.jsonl")],
+            out=str(tmp_path / "out"),
+            tokenizer=str(small / "out" / "tokenizer.model"),
+            **QUIET,
+        )
 
 
 def test_invalid_utf8_is_a_counted_warning_not_an_error(small, tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok \xff\xfe bytes")
-    result = run_cli("--input", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "out"),
-                     "--tokenizer", str(small / "out" / "tokenizer.model"))
+    result = run_cli(
+        "--input",
+        str(tmp_path / "bad.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--tokenizer",
+        str(small / "out" / "tokenizer.model"),
+    )
     assert result.returncode == 0, result.stderr
     assert "warning: 2 invalid UTF-8 sequences replaced with U+FFFD in 1 document(s)" in result.stderr
 
@@ -100,8 +115,9 @@ def test_forced_uint16_with_a_large_vocab_cli(small, tmp_path):
         piece.piece, piece.score, piece.type = f"<extra{i}>", -1e6, USER_DEFINED
     big = tmp_path / "big.model"
     big.write_bytes(proto.SerializeToString())
-    result = run_cli("--input", str(small / "in"), "--out", str(tmp_path / "out"), "--tokenizer", str(big),
-                     "--dtype", "uint16")
+    result = run_cli(
+        "--input", str(small / "in"), "--out", str(tmp_path / "out"), "--tokenizer", str(big), "--dtype", "uint16"
+    )
     assert_one_line_error(result, "70,000 ids does not fit uint16")
     manifest = prepare(inputs=[str(small / "in")], out=str(tmp_path / "out32"), tokenizer=str(big), **QUIET)
     assert manifest.dtype == "uint32" and manifest.tokenizer["vocab_size"] == 70000
@@ -109,8 +125,14 @@ def test_forced_uint16_with_a_large_vocab_cli(small, tmp_path):
 
 def test_output_folder_of_another_tokenizer_cli(small, tmp_path):
     other = prepare(inputs=[str(small / "in")], out=str(tmp_path / "other"), vocab_size=310, **QUIET)
-    result = run_cli("--input", str(small / "in"), "--out", str(tmp_path / "other"),
-                     "--tokenizer", str(small / "out" / "tokenizer.model"))
+    result = run_cli(
+        "--input",
+        str(small / "in"),
+        "--out",
+        str(tmp_path / "other"),
+        "--tokenizer",
+        str(small / "out" / "tokenizer.model"),
+    )
     assert_one_line_error(result, "already holds shards of another tokenizer", "fresh --out")
     again = prepare(inputs=[str(small / "in")], out=str(tmp_path / "other"), vocab_size=310, **QUIET)
     assert again.shards == other.shards  # the folder is intact
@@ -119,8 +141,9 @@ def test_output_folder_of_another_tokenizer_cli(small, tmp_path):
 def test_missing_data_path_names_the_prepare_command(tmp_path):
     for path in (str(tmp_path / "absent"), str(tmp_path)):
         with pytest.raises(DataError, match=f"data path {path} .*python -m trainer.data.prepare"):
-            make_train_iterator(DataConfig(path=path), seq_len=8, global_batch_size=2, seed=0, process_index=0,
-                                process_count=1)
+            make_train_iterator(
+                DataConfig(path=path), seq_len=8, global_batch_size=2, seed=0, process_index=0, process_count=1
+            )
     with pytest.raises(DataError, match="no training data configured"):
         make_train_iterator(DataConfig(), seq_len=8, global_batch_size=2, seed=0, process_index=0, process_count=1)
 
@@ -137,5 +160,6 @@ def test_mixture_components_must_share_a_tokenizer(small, tmp_path):
     prepare(inputs=[str(small / "in")], out=str(tmp_path / "other"), vocab_size=310, **QUIET)
     mixture = [MixtureComponent(str(small / "out"), 0.5), MixtureComponent(str(tmp_path / "other"), 0.5)]
     with pytest.raises(DataError, match="different tokenizers"):
-        make_train_iterator(DataConfig(mixture=mixture), seq_len=8, global_batch_size=2, seed=0, process_index=0,
-                            process_count=1)
+        make_train_iterator(
+            DataConfig(mixture=mixture), seq_len=8, global_batch_size=2, seed=0, process_index=0, process_count=1
+        )

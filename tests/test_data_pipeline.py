@@ -10,7 +10,7 @@ import pytest
 
 from trainer.config import DataConfig, MixtureComponent, Stage
 from trainer.data.pipeline import make_eval_iterator, make_train_iterator
-from trainer.data.prepare import prepare
+from trainer.data.text_prepare import prepare
 from trainer.data.tokenizer import load_tokenizer
 from trainer.data.units import is_validation
 
@@ -19,8 +19,9 @@ WORDS = "the quick brown fox jumps over lazy dog while we import numpy as np and
 
 
 def train_iterator(data, seq_len=32, batch=4, seed=0, index=0, count=1):
-    return make_train_iterator(data, seq_len=seq_len, global_batch_size=batch, seed=seed, process_index=index,
-                               process_count=count)
+    return make_train_iterator(
+        data, seq_len=seq_len, global_batch_size=batch, seed=seed, process_index=index, process_count=count
+    )
 
 
 def row_tokens(batch):
@@ -69,8 +70,13 @@ def test_batch_contract_in_concatenate_mode(prepared):
     _, out, _, _, _ = prepared
     batch = next(train_iterator(DataConfig(path=out), seq_len=32, batch=4))
     assert set(batch) == {"inputs", "targets", "loss_mask", "segment_ids", "positions"}
-    for key, dtype in [("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.float32),
-                       ("segment_ids", np.int32), ("positions", np.int32)]:
+    for key, dtype in [
+        ("inputs", np.int32),
+        ("targets", np.int32),
+        ("loss_mask", np.float32),
+        ("segment_ids", np.int32),
+        ("positions", np.int32),
+    ]:
         assert batch[key].shape == (4, 32) and batch[key].dtype == dtype
     np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
     assert (batch["segment_ids"] == 1).all() and (batch["loss_mask"] == 1).all()
@@ -121,7 +127,7 @@ def test_packing_never_crosses_a_document_and_masks_padding(prepared):
             seg, pos, mask = batch["segment_ids"][r], batch["positions"][r], batch["loss_mask"][r]
             inputs, targets = batch["inputs"][r], batch["targets"][r]
             used = seg[seg > 0]
-            assert (seg[len(used):] == 0).all(), "padding only at the end of a row"
+            assert (seg[len(used) :] == 0).all(), "padding only at the end of a row"
             assert (mask[seg == 0] == 0).all() and (inputs[seg == 0] == tok.pad_id).all()
             ids = sorted(set(used.tolist()))
             assert ids == list(range(1, len(ids) + 1))
@@ -131,12 +137,13 @@ def test_packing_never_crosses_a_document_and_masks_padding(prepared):
                 a, b = where[0], where[-1] + 1
                 assert (where == np.arange(a, b)).all(), "a segment is contiguous"
                 np.testing.assert_array_equal(pos[a:b], np.arange(b - a))  # positions restart per document
-                assert (mask[a:b - 1] == 1).all()
+                assert (mask[a : b - 1] == 1).all()
                 tokens = inputs[a:b].tolist() + ([int(targets[b - 1])] if mask[b - 1] else [])
                 # Each segment is one piece of one document (pieces start every seq_len tokens), so attention
                 # restricted to equal segment ids never sees another document.
-                assert any(d[start:start + len(tokens)] == tokens
-                           for d in docs for start in range(0, len(d), seq_len)), tokens
+                assert any(
+                    d[start : start + len(tokens)] == tokens for d in docs for start in range(0, len(d), seq_len)
+                ), tokens
                 pieces += 1
     assert pieces >= 120 and shared_rows >= 5  # rows really hold several documents
 
@@ -179,8 +186,10 @@ def components(prepared, tmp_path_factory):
         paths[name] = str(root / f"{name}-prepared")
         prepare(inputs=[str(root / name)], out=paths[name], tokenizer=model, val_fraction=0.1, **QUIET)
     tok = load_tokenizer(paths["digits"])
-    token_sets = {name: {t for t in range(tok.vocab_size) if tok.decode([t]) and set(tok.decode([t])) <= set(letters)}
-                  for name, letters in alphabets.items()}
+    token_sets = {
+        name: {t for t in range(tok.vocab_size) if tok.decode([t]) and set(tok.decode([t])) <= set(letters)}
+        for name, letters in alphabets.items()
+    }
     return paths, token_sets, tok
 
 
@@ -202,8 +211,10 @@ def test_mixture_weights_are_honoured_within_two_percent_over_10k_sequences(comp
 @pytest.mark.parametrize("packing", [False, True])
 def test_resume_is_exact_with_a_mixture_and_across_a_stage_boundary(components, packing, tmp_path):
     paths, _, _ = components
-    stages = [Stage(0, [MixtureComponent(paths["digits"], 0.4), MixtureComponent(paths["lower"], 0.6)]),
-              Stage(4, [MixtureComponent(paths["lower"], 0.25), MixtureComponent(paths["upper"], 0.75)])]
+    stages = [
+        Stage(0, [MixtureComponent(paths["digits"], 0.4), MixtureComponent(paths["lower"], 0.6)]),
+        Stage(4, [MixtureComponent(paths["lower"], 0.25), MixtureComponent(paths["upper"], 0.75)]),
+    ]
     data = DataConfig(stages=stages, packing=packing)
     reference = train_iterator(data, seq_len=16, batch=4, seed=7)
     expected = [next(reference) for _ in range(9)]

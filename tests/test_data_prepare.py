@@ -14,7 +14,8 @@ import pytest
 from trainer import storage
 from trainer.config import DataConfig
 from trainer.data import shards as shards_lib
-from trainer.data.prepare import ensure_prepared, prepare
+from trainer.data.prepare import ensure_prepared
+from trainer.data.text_prepare import prepare
 from trainer.data.tokenizer import load_tokenizer
 from trainer.data.units import is_validation
 
@@ -57,8 +58,15 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     texts = make_text_corpus(str(root / "txt"))
     out = str(root / "prepared")
-    manifest = prepare(inputs=[str(root / "txt" / "*.txt")], out=out, vocab_size=320, val_fraction=0.2, workers=1,
-                       progress=False, verbose=False)
+    manifest = prepare(
+        inputs=[str(root / "txt" / "*.txt")],
+        out=out,
+        vocab_size=320,
+        val_fraction=0.2,
+        workers=1,
+        progress=False,
+        verbose=False,
+    )
     return texts, out, manifest
 
 
@@ -95,16 +103,32 @@ def test_rerun_skips_verified_units_and_redoes_a_corrupted_shard(corpus, tmp_pat
     texts, out, manifest = corpus
     folder = os.path.dirname(next(iter(texts)))
     out2 = str(tmp_path / "again")
-    first = prepare(inputs=[folder], out=out2, tokenizer=os.path.join(out, "tokenizer.model"), val_fraction=0.2,
-                    workers=1, unit_bytes=8 << 10, progress=False, verbose=False)
+    first = prepare(
+        inputs=[folder],
+        out=out2,
+        tokenizer=os.path.join(out, "tokenizer.model"),
+        val_fraction=0.2,
+        workers=1,
+        unit_bytes=8 << 10,
+        progress=False,
+        verbose=False,
+    )
     assert len(first.shards) > 2
     shard = os.path.join(out2, first.shards[0].file)
     with open(shard, "ab") as f:
         f.write(b"garbage")
     untouched = os.path.join(out2, first.shards[-1].file)
     mtime = os.stat(untouched).st_mtime_ns
-    second = prepare(inputs=[folder], out=out2, tokenizer=os.path.join(out, "tokenizer.model"), val_fraction=0.2,
-                     workers=1, unit_bytes=8 << 10, progress=False, verbose=False)
+    second = prepare(
+        inputs=[folder],
+        out=out2,
+        tokenizer=os.path.join(out, "tokenizer.model"),
+        val_fraction=0.2,
+        workers=1,
+        unit_bytes=8 << 10,
+        progress=False,
+        verbose=False,
+    )
     assert second.shards == first.shards  # same content, same hashes: the corrupted shard was rewritten
     assert storage.sha256(shard) == first.shards[0].sha256
     assert os.stat(untouched).st_mtime_ns == mtime  # its unit was verified and skipped
@@ -123,9 +147,17 @@ def test_jsonl_and_parquet_inputs_with_bos(corpus, tmp_path):
         for d in docs[:15]:
             f.write(json.dumps({"body": d, "id": 1}) + "\n")
     pq.write_table(pa.table({"body": docs[15:], "n": list(range(15, 29))}), tmp_path / "b.parquet")
-    manifest = prepare(inputs=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.parquet")], out=str(tmp_path / "p"),
-                       tokenizer=os.path.join(out, "tokenizer.model"), text_field="body", bos=True, val_fraction=0.0,
-                       workers=1, progress=False, verbose=False)
+    manifest = prepare(
+        inputs=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.parquet")],
+        out=str(tmp_path / "p"),
+        tokenizer=os.path.join(out, "tokenizer.model"),
+        text_field="body",
+        bos=True,
+        val_fraction=0.0,
+        workers=1,
+        progress=False,
+        verbose=False,
+    )
     tok = load_tokenizer(str(tmp_path / "p"))
     ids = read_split(manifest, "train")
     assert all(x[0] == tok.bos_id and x[-1] == tok.eos_id for x in ids)
@@ -141,12 +173,20 @@ def test_hugging_face_tokenizer_folder_is_stored_and_loaded(corpus, tmp_path):
     sp_dir = tmp_path / "sp"
     sp_dir.mkdir()
     (sp_dir / "tokenizer.model").write_bytes(open(os.path.join(out, "tokenizer.model"), "rb").read())
-    hf = LlamaTokenizerFast.from_pretrained(str(sp_dir), local_files_only=True, add_bos_token=True,
-                                            add_prefix_space=False)
+    hf = LlamaTokenizerFast.from_pretrained(
+        str(sp_dir), local_files_only=True, add_bos_token=True, add_prefix_space=False
+    )
     hf.save_pretrained(str(tmp_path / "hf"))
     folder = os.path.dirname(next(iter(texts)))
-    manifest = prepare(inputs=[os.path.join(folder, "doc00*.txt")], out=str(tmp_path / "p"),
-                       tokenizer=str(tmp_path / "hf"), val_fraction=0.0, workers=1, progress=False, verbose=False)
+    manifest = prepare(
+        inputs=[os.path.join(folder, "doc00*.txt")],
+        out=str(tmp_path / "p"),
+        tokenizer=str(tmp_path / "hf"),
+        val_fraction=0.0,
+        workers=1,
+        progress=False,
+        verbose=False,
+    )
     assert manifest.tokenizer["kind"] == "hf" and manifest.tokenizer["file"] == "tokenizer"
     assert os.path.exists(tmp_path / "p" / "tokenizer" / "tokenizer.json")
     tok = load_tokenizer(str(tmp_path / "p"))
@@ -157,8 +197,22 @@ def test_hugging_face_tokenizer_folder_is_stored_and_loaded(corpus, tmp_path):
 
 def test_cli_end_to_end_on_part_of_the_stdlib(tmp_path):
     out = tmp_path / "stdlib"
-    cmd = [sys.executable, "-m", "trainer.data.prepare", "--corpus", "stdlib", "--max-files", "50", "--vocab-size",
-           "512", "--workers", "2", "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.data.prepare",
+        "--corpus",
+        "stdlib",
+        "--max-files",
+        "50",
+        "--vocab-size",
+        "512",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "prepared" in result.stdout and "tokens/s" in result.stdout

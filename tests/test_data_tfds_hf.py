@@ -16,7 +16,7 @@ from gcs_emulator import gcs_emulator
 from trainer import storage
 from trainer.data import DataError
 from trainer.data import shards as shards_lib
-from trainer.data.prepare import prepare
+from trainer.data.text_prepare import prepare
 from trainer.data.tokenizer import load_tokenizer
 from trainer.data.units import is_validation
 
@@ -28,8 +28,10 @@ VAL = 0.2
 def make_texts(n, seed):
     """Unique documents of varied length with non-ASCII text; one empty (skipped and counted)."""
     rng = random.Random(seed)
-    texts = [f"doc {i}:\n  " + " ".join(rng.choice(WORDS) + str(rng.randint(0, 99)) for _ in range(rng.randint(3, 120)))
-             for i in range(n)]
+    texts = [
+        f"doc {i}:\n  " + " ".join(rng.choice(WORDS) + str(rng.randint(0, 99)) for _ in range(rng.randint(3, 120)))
+        for i in range(n)
+    ]
     texts[7] = ""
     return texts
 
@@ -77,8 +79,9 @@ def tfds_dirs(tmp_path_factory):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "n": np.int32}))
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "n": np.int32})
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples(TFDS_TEXTS), "test": self._generate_examples(TFDS_TEST)}
@@ -94,7 +97,8 @@ def tfds_dirs(tmp_path_factory):
             continue  # writing TFRecord needs TensorFlow; the test that reads it skips
         dirs[file_format] = str(root / file_format)
         TinyCorpus(data_dir=dirs[file_format], file_format=file_format).download_and_prepare(
-            download_config=tfds.download.DownloadConfig(num_shards=3))
+            download_config=tfds.download.DownloadConfig(num_shards=3)
+        )
     return dirs
 
 
@@ -116,8 +120,17 @@ def _row_order(data_dir):
 def tfds_prepared(tfds_dirs, tmp_path_factory):
     """The ArrayRecord dataset prepared in 2 worker processes, in several units; a tokenizer trained on it."""
     out = str(tmp_path_factory.mktemp("tfds-out") / "ar")
-    manifest = prepare(["tfds:tiny_corpus"], out, vocab_size=400, tfds_data_dir=tfds_dirs["array_record"],
-                       val_fraction=VAL, workers=2, unit_bytes=8 << 10, progress=False, verbose=False)
+    manifest = prepare(
+        ["tfds:tiny_corpus"],
+        out,
+        vocab_size=400,
+        tfds_data_dir=tfds_dirs["array_record"],
+        val_fraction=VAL,
+        workers=2,
+        unit_bytes=8 << 10,
+        progress=False,
+        verbose=False,
+    )
     return out, manifest
 
 
@@ -134,9 +147,17 @@ def test_tfds_tfrecord_through_as_dataset_gives_the_same_shards(tfds_dirs, tfds_
     pytest.importorskip("tensorflow")
     out, manifest = tfds_prepared
     tf_out = os.path.join(os.path.dirname(out), "tfrecord")
-    again = prepare(["tfds:tiny_corpus:1.0.0"], tf_out, tokenizer=os.path.join(out, "tokenizer.model"),
-                    tfds_data_dir=tfds_dirs["tfrecord"], val_fraction=VAL, workers=1, unit_bytes=8 << 10,
-                    progress=False, verbose=False)
+    again = prepare(
+        ["tfds:tiny_corpus:1.0.0"],
+        tf_out,
+        tokenizer=os.path.join(out, "tokenizer.model"),
+        tfds_data_dir=tfds_dirs["tfrecord"],
+        val_fraction=VAL,
+        workers=1,
+        unit_bytes=8 << 10,
+        progress=False,
+        verbose=False,
+    )
     # Same rows in the same order with the same keys: byte-identical shards whichever format TFDS stored.
     assert again.shards == manifest.shards
     assert_decodes_to(again, tf_out, _row_order(tfds_dirs["array_record"]))
@@ -145,8 +166,14 @@ def test_tfds_tfrecord_through_as_dataset_gives_the_same_shards(tfds_dirs, tfds_
 def test_tfds_split_slices_and_resume(tfds_dirs, tfds_prepared, tmp_path, capsys):
     out, _ = tfds_prepared
     part_out = str(tmp_path / "part")
-    kwargs = dict(tokenizer=os.path.join(out, "tokenizer.model"), tfds_data_dir=tfds_dirs["array_record"],
-                  val_fraction=VAL, workers=1, unit_bytes=4 << 10, progress=False)
+    kwargs = dict(
+        tokenizer=os.path.join(out, "tokenizer.model"),
+        tfds_data_dir=tfds_dirs["array_record"],
+        val_fraction=VAL,
+        workers=1,
+        unit_bytes=4 << 10,
+        progress=False,
+    )
     first = prepare(["tfds:tiny_corpus"], part_out, split="train[10:40]+test", verbose=False, **kwargs)
     rows = _row_order(tfds_dirs["array_record"])
     assert sorted(d for docs in decoded(first, part_out).values() for d in docs) == sorted(rows[10:40] + TFDS_TEST)
@@ -174,29 +201,51 @@ def test_tfds_array_record_needs_no_tensorflow(tfds_dirs, tmp_path):
         "sys.exit(main(sys.argv[1:]))\n"
     )
     base = [sys.executable, "-c", script, "--vocab-size", "400", "--no-progress", "--workers", "1"]
-    ok = subprocess.run(base + ["--input", "tfds:tiny_corpus", "--tfds-data-dir", tfds_dirs["array_record"],
-                                "--out", str(tmp_path / "ok")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        base
+        + ["--input", "tfds:tiny_corpus", "--tfds-data-dir", tfds_dirs["array_record"], "--out", str(tmp_path / "ok")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "prepared 89 documents" in ok.stdout
     if "tfrecord" in tfds_dirs:
-        bad = subprocess.run(base + ["--input", "tfds:tiny_corpus", "--tfds-data-dir", tfds_dirs["tfrecord"],
-                                     "--out", str(tmp_path / "bad")], cwd=REPO, capture_output=True, text=True,
-                             timeout=120)
+        bad = subprocess.run(
+            base
+            + ["--input", "tfds:tiny_corpus", "--tfds-data-dir", tfds_dirs["tfrecord"], "--out", str(tmp_path / "bad")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
         assert "stored as tfrecord" in bad.stderr and ".[tfrecord]" in bad.stderr
 
 
-@pytest.mark.parametrize("spec, split, field, message", [
-    ("tfds:nope", "train", "text", "not prepared in"),
-    ("tfds:tiny_corpus:train", "train", "text", "is a version such as 1.0.0"),
-    ("tfds:tiny_corpus:2.0.0", "train", "text", "no prepared version 2.0.0 in"),
-    ("tfds:tiny_corpus", "validation", "text", "bad --split 'validation'"),
-    ("tfds:tiny_corpus", "train", "body", "no feature 'body' (features: n, text;"),
-])
+@pytest.mark.parametrize(
+    "spec, split, field, message",
+    [
+        ("tfds:nope", "train", "text", "not prepared in"),
+        ("tfds:tiny_corpus:train", "train", "text", "is a version such as 1.0.0"),
+        ("tfds:tiny_corpus:2.0.0", "train", "text", "no prepared version 2.0.0 in"),
+        ("tfds:tiny_corpus", "validation", "text", "bad --split 'validation'"),
+        ("tfds:tiny_corpus", "train", "body", "no feature 'body' (features: n, text;"),
+    ],
+)
 def test_tfds_errors_are_one_line(tfds_dirs, tmp_path, spec, split, field, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        prepare([spec], str(tmp_path / "out"), vocab_size=400, tfds_data_dir=tfds_dirs["array_record"], split=split,
-                text_field=field, progress=False, verbose=False)
+        prepare(
+            [spec],
+            str(tmp_path / "out"),
+            vocab_size=400,
+            tfds_data_dir=tfds_dirs["array_record"],
+            split=split,
+            text_field=field,
+            progress=False,
+            verbose=False,
+        )
 
 
 def test_tfds_data_dir_on_gcs_gives_the_same_shards(tfds_dirs, tfds_prepared):
@@ -209,10 +258,30 @@ def test_tfds_data_dir_on_gcs_gives_the_same_shards(tfds_dirs, tfds_prepared):
                 path = os.path.join(folder, name)
                 storage.put_file(path, storage.join(data_dir, os.path.relpath(path, local_dir)))
         result = subprocess.run(
-            [sys.executable, "-m", "trainer.data.prepare", "--input", "tfds:tiny_corpus", "--tfds-data-dir", data_dir,
-             "--out", gcs.url("prepared"), "--tokenizer", os.path.join(out, "tokenizer.model"), "--val-fraction",
-             str(VAL), "--workers", "2", "--no-progress"],
-            cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+            [
+                sys.executable,
+                "-m",
+                "trainer.data.prepare",
+                "--input",
+                "tfds:tiny_corpus",
+                "--tfds-data-dir",
+                data_dir,
+                "--out",
+                gcs.url("prepared"),
+                "--tokenizer",
+                os.path.join(out, "tokenizer.model"),
+                "--val-fraction",
+                str(VAL),
+                "--workers",
+                "2",
+                "--no-progress",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=os.environ.copy(),
+        )
         assert result.returncode == 0, result.stderr
         remote = shards_lib.read_manifest(gcs.url("prepared"))
         remote_docs = decoded(remote, gcs.url("prepared"))
@@ -246,7 +315,7 @@ def hf_inputs(tmp_path_factory):
     (root / "jsonl").mkdir()
     for part in range(2):
         with open(root / "jsonl" / f"part{part}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows[part * 35:(part + 1) * 35]:
+            for row in rows[part * 35 : (part + 1) * 35]:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     ds.to_parquet(str(root / "rows.parquet"))
     yield root
@@ -261,8 +330,16 @@ def hf_inputs(tmp_path_factory):
 def hf_prepared(hf_inputs):
     """The save_to_disk Dataset prepared in 2 worker processes, in several units; a tokenizer trained on it."""
     out = str(hf_inputs / "out-saved")
-    manifest = prepare([f"hf:{hf_inputs / 'saved'}"], out, vocab_size=400, val_fraction=VAL, workers=2,
-                       unit_bytes=4 << 10, progress=False, verbose=False)
+    manifest = prepare(
+        [f"hf:{hf_inputs / 'saved'}"],
+        out,
+        vocab_size=400,
+        val_fraction=VAL,
+        workers=2,
+        unit_bytes=4 << 10,
+        progress=False,
+        verbose=False,
+    )
     return out, manifest
 
 
@@ -272,18 +349,29 @@ def test_hf_save_to_disk_decodes_back_exactly(hf_prepared):
     assert_decodes_to(manifest, out, HF_TEXTS, key_of_row=lambda row: f"hf:saved:train:{row}")
 
 
-@pytest.mark.parametrize("path, split, texts", [
-    ("saved_dict", "validation", HF_TEXTS[:5]),
-    ("saved_dict", "train", HF_TEXTS),
-    ("jsonl", "train", HF_TEXTS),  # a folder of .jsonl files through load_dataset("json")
-    ("jsonl/*.jsonl", "train[:50%]", HF_TEXTS[:35]),  # a glob, with a split slice
-    ("rows.parquet", "train", HF_TEXTS),  # load_dataset("parquet")
-])
+@pytest.mark.parametrize(
+    "path, split, texts",
+    [
+        ("saved_dict", "validation", HF_TEXTS[:5]),
+        ("saved_dict", "train", HF_TEXTS),
+        ("jsonl", "train", HF_TEXTS),  # a folder of .jsonl files through load_dataset("json")
+        ("jsonl/*.jsonl", "train[:50%]", HF_TEXTS[:35]),  # a glob, with a split slice
+        ("rows.parquet", "train", HF_TEXTS),  # load_dataset("parquet")
+    ],
+)
 def test_hf_dataset_dict_json_and_parquet(hf_inputs, hf_prepared, tmp_path, path, split, texts):
     out, _ = hf_prepared
-    manifest = prepare([f"hf:{hf_inputs / path}"], str(tmp_path / "out"),
-                       tokenizer=os.path.join(out, "tokenizer.model"), split=split, val_fraction=VAL, workers=1,
-                       unit_bytes=4 << 10, progress=False, verbose=False)
+    manifest = prepare(
+        [f"hf:{hf_inputs / path}"],
+        str(tmp_path / "out"),
+        tokenizer=os.path.join(out, "tokenizer.model"),
+        split=split,
+        val_fraction=VAL,
+        workers=1,
+        unit_bytes=4 << 10,
+        progress=False,
+        verbose=False,
+    )
     assert_decodes_to(manifest, str(tmp_path / "out"), texts)
 
 
@@ -293,8 +381,9 @@ def test_hf_resume_verifies_and_a_changed_dataset_is_redone(hf_inputs, hf_prepar
     out, _ = hf_prepared
     folder = str(tmp_path / "saved")
     datasets.Dataset.from_list([{"text": t} for t in HF_TEXTS]).save_to_disk(folder)
-    kwargs = dict(tokenizer=os.path.join(out, "tokenizer.model"), val_fraction=VAL, workers=1, unit_bytes=4 << 10,
-                  progress=False)
+    kwargs = dict(
+        tokenizer=os.path.join(out, "tokenizer.model"), val_fraction=VAL, workers=1, unit_bytes=4 << 10, progress=False
+    )
     first = prepare([f"hf:{folder}"], str(tmp_path / "out"), verbose=False, **kwargs)
     capsys.readouterr()
     again = prepare([f"hf:{folder}"], str(tmp_path / "out"), **kwargs)
@@ -308,29 +397,54 @@ def test_hf_resume_verifies_and_a_changed_dataset_is_redone(hf_inputs, hf_prepar
     assert_decodes_to(third, str(tmp_path / "out"), changed)
 
 
-@pytest.mark.parametrize("path, split, field, message", [
-    ("saved_dict", "test", "text", "no split 'test' (splits: train, validation"),
-    ("saved", "train", "id", "column 'id' holds"),
-    ("saved", "train", "body", "no column 'body'"),
-    ("saved", "validation", "text", "single Dataset without splits"),
-    ("notes", "train", "text", "expected a save_to_disk folder or only JSON"),
-])
+@pytest.mark.parametrize(
+    "path, split, field, message",
+    [
+        ("saved_dict", "test", "text", "no split 'test' (splits: train, validation"),
+        ("saved", "train", "id", "column 'id' holds"),
+        ("saved", "train", "body", "no column 'body'"),
+        ("saved", "validation", "text", "single Dataset without splits"),
+        ("notes", "train", "text", "expected a save_to_disk folder or only JSON"),
+    ],
+)
 def test_hf_errors_are_one_line(hf_inputs, tmp_path, path, split, field, message):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("plain text")
     root = tmp_path if path == "notes" else hf_inputs
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
-        prepare([f"hf:{root / path}"], str(tmp_path / "out"), vocab_size=400, split=split, text_field=field,
-                progress=False, verbose=False)
+        prepare(
+            [f"hf:{root / path}"],
+            str(tmp_path / "out"),
+            vocab_size=400,
+            split=split,
+            text_field=field,
+            progress=False,
+            verbose=False,
+        )
 
 
 def test_hf_cli_and_hub_names_stay_offline(hf_inputs, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.data.prepare", "--input", "hf:some-owner/some-corpus", "--out",
-         str(tmp_path / "out"), "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 2 and result.stderr.startswith("error: cannot open Hugging Face dataset "
-                                                               "some-owner/some-corpus")
+        [
+            sys.executable,
+            "-m",
+            "trainer.data.prepare",
+            "--input",
+            "hf:some-owner/some-corpus",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 2 and result.stderr.startswith(
+        "error: cannot open Hugging Face dataset some-owner/some-corpus"
+    )
     assert result.stderr.count("\n") == 1 and not os.path.exists(tmp_path / "out" / "manifest.json")
 
 
@@ -345,15 +459,20 @@ def test_missing_packages_name_their_extra(tmp_path):
         "        return None if hidden else super().find_spec(name, path, target)\n"
         "sys.meta_path = [Hide if f is m.PathFinder else f for f in sys.meta_path]\n"
         "from trainer.data import DataError\n"
-        "from trainer.data.prepare import prepare\n"
+        "from trainer.data.text_prepare import prepare\n"
         "for spec in sys.argv[2:]:\n"
         "    try:\n"
         "        prepare([spec], sys.argv[1], progress=False, verbose=False)\n"
         "    except DataError as e:\n"
         "        print(e)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out"), "tfds:c4/en", "hf:owner/name"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "out"), "tfds:c4/en", "hf:owner/name"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         '--input tfds:... needs TensorFlow Datasets: pip install -e ".[tfds]"',

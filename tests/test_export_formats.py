@@ -13,22 +13,41 @@ import sys
 import jax
 import numpy as np
 import pytest
+from runs import prepare_corpus
 from test_convert_mapping import greedy_ours, random_params
 from test_convert_tokenizer import TEMPLATE
 
-from runs import prepare_corpus
 from trainer import checkpoint
 from trainer.config import Config, DataConfig, ModelConfig
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 from trainer.run.metrics import plot_losses
 
-MODEL = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                    max_seq_len=64, rope_theta=500000.0, compute_dtype="float32", remat_policy="none",
-                    tie_embeddings=False)
+MODEL = ModelConfig(
+    vocab_size=512,
+    embed_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=128,
+    max_seq_len=64,
+    rope_theta=500000.0,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 STEP = 40
 PROMPT = [5, 17, 42, 99]
-EVAL_RESULTS = {"results": {"arc_easy": {"acc,none": 0.3125, "acc_stderr,none": 0.01, "acc_norm,none": 0.375,
-                                         "acc_norm_stderr,none": 0.02, "alias": "arc_easy"}}}
+EVAL_RESULTS = {
+    "results": {
+        "arc_easy": {
+            "acc,none": 0.3125,
+            "acc_stderr,none": 0.01,
+            "acc_norm,none": 0.375,
+            "acc_norm_stderr,none": 0.02,
+            "alias": "arc_easy",
+        }
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +61,24 @@ def run_dir(tmp_path_factory):
     run = str(root / "run")
     config = Config(model=MODEL, data=DataConfig(path=data))
     checkpoint.save_params(run, config, random_params(MODEL), step=STEP)
-    rows = [{"step": s, "loss": 6.0 - 0.05 * s, "learning_rate": 1e-3, "grad_norm": 1.0, "skipped_steps": 0,
-             "tokens_per_s": 1000.0 + s, "tflops_per_device": 0.01, "mfu": 0.25, "hardware": "8 × cpu"}
-            for s in range(1, STEP + 1)]
-    rows += [{"step": 20, "eval_loss": 5.5, "eval_perplexity": float(np.exp(5.5))},
-             {"step": STEP, "eval_loss": 5.0, "eval_perplexity": float(np.exp(5.0))}]
+    rows = [
+        {
+            "step": s,
+            "loss": 6.0 - 0.05 * s,
+            "learning_rate": 1e-3,
+            "grad_norm": 1.0,
+            "skipped_steps": 0,
+            "tokens_per_s": 1000.0 + s,
+            "tflops_per_device": 0.01,
+            "mfu": 0.25,
+            "hardware": "8 × cpu",
+        }
+        for s in range(1, STEP + 1)
+    ]
+    rows += [
+        {"step": 20, "eval_loss": 5.5, "eval_perplexity": float(np.exp(5.5))},
+        {"step": STEP, "eval_loss": 5.0, "eval_perplexity": float(np.exp(5.0))},
+    ]
     with open(os.path.join(run, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     plot_losses(rows, os.path.join(run, "loss.png"))
@@ -85,7 +117,8 @@ def test_mlx_export_loads_in_mlx_lm_and_generates_our_greedy_tokens(run_dir, our
     assert config["rope_theta"] == 500000.0 and config["tie_word_embeddings"] is False
     model, tokenizer = mlx_lm.load(str(out))  # the folder mlx-lm loads, tokenizer included
     assert tokenizer.encode("def f():", add_special_tokens=False) == tokenizer._tokenizer.encode(
-        "def f():", add_special_tokens=False)
+        "def f():", add_special_tokens=False
+    )
     assert mlx.greedy(model, PROMPT, 32) == ours  # mlx-lm's own loop, float32 weights
 
 
@@ -193,8 +226,9 @@ def test_format_options_that_do_not_fit_fail_in_one_line(run_dir, tmp_path, caps
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("fmt, modules, extra", [("mlx", ("mlx_lm", "mlx_lm.utils", "mlx.core"), "mlx"),
-                                                  ("onnx", ("onnxruntime",), "onnx")])
+@pytest.mark.parametrize(
+    "fmt, modules, extra", [("mlx", ("mlx_lm", "mlx_lm.utils", "mlx.core"), "mlx"), ("onnx", ("onnxruntime",), "onnx")]
+)
 def test_a_format_without_its_runtime_names_the_extra(fmt, modules, extra, run_dir, tmp_path, capsys, monkeypatch):
     for module in modules:  # None in sys.modules makes the import fail as it does where the package is absent
         monkeypatch.setitem(sys.modules, module, None)
@@ -219,6 +253,7 @@ def test_a_16_bit_export_without_the_check_restores_each_tensor_in_its_dtype(run
 def test_step_rows_record_the_hardware_the_card_reads():
     from trainer.run.loop import Speedometer
 
-    row, _ = Speedometer(tokens_per_step=1024, flops_per_token=1e6, devices=8, peak_tflops=None,
-                         hardware="8 × cpu").row(steps=2, seconds=1.0, remaining_steps=0)
+    row, _ = Speedometer(
+        tokens_per_step=1024, flops_per_token=1e6, devices=8, peak_tflops=None, hardware="8 × cpu"
+    ).row(steps=2, seconds=1.0, remaining_steps=0)
     assert row["hardware"] == "8 × cpu" and row["tokens_per_s"] == 2048

@@ -26,11 +26,18 @@ def test_dry_run_device_count_below_one(capsys):
 
 
 def test_supervisor_with_a_program_that_does_not_exist():
-    result = subprocess.run([sys.executable, "-m", "trainer.supervise", "--", "no-such-program-4821", "x"], cwd=REPO,
-                            env=trainer_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.supervise", "--", "no-such-program-4821", "x"],
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: can't start 'no-such-program-4821': No such file or directory; check "
-                                     "the command after --")
+    assert result.stderr.strip() == (
+        "error: can't start 'no-such-program-4821': No such file or directory; check the command after --"
+    )
 
 
 def test_prepare_into_an_unwritable_folder_fails_before_training_a_tokenizer(tmp_path, capsys):

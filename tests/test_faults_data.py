@@ -14,8 +14,8 @@ from trainer.config import DataConfig
 from trainer.data import DataError
 from trainer.data import prepare as prepare_cli
 from trainer.data.pipeline import make_train_iterator
-from trainer.data.prepare import prepare
 from trainer.data.shards import read_manifest
+from trainer.data.text_prepare import prepare
 
 QUIET = dict(workers=1, progress=False, verbose=False)
 
@@ -49,8 +49,9 @@ def data(prepared, tmp_path):
 
 
 def _iterate(path: str, batches: int = 40) -> None:
-    it = make_train_iterator(DataConfig(path=path), seq_len=16, global_batch_size=4, seed=0, process_index=0,
-                             process_count=1)
+    it = make_train_iterator(
+        DataConfig(path=path), seq_len=16, global_batch_size=4, seed=0, process_index=0, process_count=1
+    )
     try:
         for _ in range(batches):
             next(it)
@@ -120,7 +121,7 @@ def test_prepare_repairs_a_folder_whose_manifest_is_damaged(data):
     path, args = data
     before = read_manifest(path).shards
     with open(os.path.join(path, "manifest.json"), "w") as f:
-        f.write("{\"format_version\": 1, \"tok")
+        f.write('{"format_version": 1, "tok')
     prepare(out=path, **args)
     assert read_manifest(path).shards == before
 
@@ -145,13 +146,32 @@ def hf_folder(tmp_path_factory):
     from trainer.config import ModelConfig
     from trainer.export import hf
 
-    model = ModelConfig(vocab_size=300, embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64,
-                        max_seq_len=32, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+    model = ModelConfig(
+        vocab_size=300,
+        embed_dim=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        mlp_dim=64,
+        max_seq_len=32,
+        compute_dtype="float32",
+        remat_policy="none",
+        tie_embeddings=False,
+    )
     folder = str(tmp_path_factory.mktemp("hf"))
     hf.write_weights(folder, model, random_params(model), "float32", 1 << 30)
-    config = {"model_type": "llama", "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64, "rms_norm_eps": 1e-5,
-              "max_position_embeddings": 32, "tie_word_embeddings": False}  # what LlamaConfig writes, in short
+    config = {
+        "model_type": "llama",
+        "vocab_size": 300,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 32,
+        "tie_word_embeddings": False,
+    }  # what LlamaConfig writes, in short
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f)
     return folder

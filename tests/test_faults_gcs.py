@@ -13,16 +13,20 @@ from runs import REPO, trainer_env, write_config
 from trainer import main as trainer_main
 from trainer import storage
 from trainer.errors import ExitCode, StorageError
-from trainer.export import hf as convert_to_hf
+from trainer.export import command as convert_to_hf
 
 
 @pytest.fixture
 def dead_store(monkeypatch):
     """The GCS client environment of the test emulator, pointed at a port nothing listens on."""
     endpoint = f"http://127.0.0.1:{portpicker.pick_unused_port()}"
-    env = {"STORAGE_EMULATOR_HOST": endpoint, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-           "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint, "TENSORSTORE_GCS_HTTP_URL": endpoint,
-           "GCE_METADATA_ROOT": "127.0.0.1:1"}
+    env = {
+        "STORAGE_EMULATOR_HOST": endpoint,
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,
+        "TENSORSTORE_GCS_HTTP_URL": endpoint,
+        "GCE_METADATA_ROOT": "127.0.0.1:1",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     storage.clear_cache()
@@ -34,10 +38,13 @@ def assert_retried_then_failed(err: str, host_port: str, url: str, what: str) ->
     lines = err.strip().splitlines()
     assert "Traceback" not in err and len(lines) == 3, err
     for attempt, line in enumerate(lines[:2], start=1):
-        assert line.startswith(f"waiting for {host_port} to reach {url} ({what}): Connection refused; retry "
-                               f"{attempt}/2 in "), line
-    assert lines[2] == (f"error: can't reach {url} ({what}): {host_port} Connection refused after 3 attempts; "
-                        "check the machine's network, or use a local folder")
+        assert line.startswith(
+            f"waiting for {host_port} to reach {url} ({what}): Connection refused; retry {attempt}/2 in "
+        ), line
+    assert lines[2] == (
+        f"error: can't reach {url} ({what}): {host_port} Connection refused after 3 attempts; "
+        "check the machine's network, or use a local folder"
+    )
 
 
 def test_bounded_retries_say_what_they_wait_for(dead_store, capsys):
@@ -49,9 +56,23 @@ def test_bounded_retries_say_what_they_wait_for(dead_store, capsys):
 
 def test_prepare_to_an_unreachable_bucket_cli(dead_store, tmp_path):
     env = trainer_env()
-    result = subprocess.run([sys.executable, "-m", "trainer.data.prepare", "--corpus", "stdlib", "--out",
-                             "gs://bucket/data", "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=90)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.data.prepare",
+            "--corpus",
+            "stdlib",
+            "--out",
+            "gs://bucket/data",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert result.returncode == ExitCode.UNREACHABLE == 4  # a supervisor restarts it with back-off
     assert_retried_then_failed(result.stderr, dead_store, "gs://bucket/data", "--out")
 

@@ -39,8 +39,10 @@ def _has_cuda_plugin() -> bool:
 
 
 needs_cuda_plugin = pytest.mark.skipif(
-    not _has_cuda_plugin(), reason='compiling for GPUs needs the CUDA plugin: pip install -e ".[gpu-compile]" (or '
-                                   'TRAINER_GPU_COMPILE_PATH: a folder holding it)')
+    not _has_cuda_plugin(),
+    reason='compiling for GPUs needs the CUDA plugin: pip install -e ".[gpu-compile]" (or '
+    "TRAINER_GPU_COMPILE_PATH: a folder holding it)",
+)
 
 
 def _python(*args: str, **env: str | None) -> subprocess.CompletedProcess:
@@ -48,8 +50,13 @@ def _python(*args: str, **env: str | None) -> subprocess.CompletedProcess:
     value of None removes that variable."""
     path = [p for p in (GPU_COMPILE_PATH, REPO, os.environ.get("PYTHONPATH")) if p]
     variables = {**os.environ, "PYTHONPATH": os.pathsep.join(path), **env}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
-                          env={k: v for k, v in variables.items() if v is not None})
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in variables.items() if v is not None},
+    )
 
 
 def _dry_run(*argv: str, **env: str | None) -> tuple[int, list[str], list[str]]:
@@ -64,10 +71,15 @@ def _run(capsys, *argv: str) -> tuple[int, list[str], str]:
     return code, out.out.strip().splitlines(), out.err
 
 
-@pytest.mark.parametrize("name, device, count", [
-    ("2xl40s", "NVIDIA L40S", 2), ("2xRTX-PRO-6000", "NVIDIA RTX PRO 6000 Blackwell", 2),
-    ("8xh100", "NVIDIA H100 80GB HBM3", 8), ("1xa100", "NVIDIA A100-SXM4-80GB", 1),
-])
+@pytest.mark.parametrize(
+    "name, device, count",
+    [
+        ("2xl40s", "NVIDIA L40S", 2),
+        ("2xRTX-PRO-6000", "NVIDIA RTX PRO 6000 Blackwell", 2),
+        ("8xh100", "NVIDIA H100 80GB HBM3", 8),
+        ("1xa100", "NVIDIA A100-SXM4-80GB", 1),
+    ],
+)
 def test_gpu_names_map_to_a_one_machine_topology(monkeypatch, name, device, count):
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
     t = parse_gpu_target(name)
@@ -81,14 +93,22 @@ def test_l40s_capacity_is_what_its_driver_reports():
     assert GPUS["l40s"].memory_bytes == 46068 * MiB and parse_gpu_target("2xl40s").model.compute_capability == (8, 9)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--target", "2xl40"], "error: unknown GPU model 'l40' in --target 2xl40; did you mean '2xl40s'?\n"),
-    (["--target", "l40s"], "error: unknown target 'l40s': give a TPU type (v4-32, v5e-16, ...) or GPUs as "
-                           "COUNTxMODEL, e.g. 2xl40s (models: l40s, rtx-pro-6000, h100, a100)\n"),
-    (["--target", "0xh100"], "error: --target 0xh100: at least one GPU, e.g. 1xh100\n"),
-    (["--target", "2xl40s", "--slices", "2"],
-     "error: --slices is for TPU slices; a GPU target is one machine (COUNTxMODEL)\n"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--target", "2xl40"], "error: unknown GPU model 'l40' in --target 2xl40; did you mean '2xl40s'?\n"),
+        (
+            ["--target", "l40s"],
+            "error: unknown target 'l40s': give a TPU type (v4-32, v5e-16, ...) or GPUs as "
+            "COUNTxMODEL, e.g. 2xl40s (models: l40s, rtx-pro-6000, h100, a100)\n",
+        ),
+        (["--target", "0xh100"], "error: --target 0xh100: at least one GPU, e.g. 1xh100\n"),
+        (
+            ["--target", "2xl40s", "--slices", "2"],
+            "error: --slices is for TPU slices; a GPU target is one machine (COUNTxMODEL)\n",
+        ),
+    ],
+)
 def test_bad_gpu_targets_are_one_line(capsys, argv, message):
     code, out, err = _run(capsys, TINY, "--dry-run", *argv)
     assert (code, out, err) == (2, [], message)
@@ -102,8 +122,9 @@ def test_bad_memory_fraction_is_one_line(capsys, monkeypatch):
 
 def test_without_the_cuda_plugin_names_the_extra(capsys, monkeypatch):
     real = gpu_targets.importlib.util.find_spec
-    monkeypatch.setattr(gpu_targets.importlib.util, "find_spec",
-                        lambda n, *a: None if n.startswith("jax_plugins") else real(n, *a))
+    monkeypatch.setattr(
+        gpu_targets.importlib.util, "find_spec", lambda n, *a: None if n.startswith("jax_plugins") else real(n, *a)
+    )
     code, out, err = _run(capsys, TINY, "--dry-run", "--target", "2xl40s")
     assert (code, out) == (2, [])
     assert err == 'error: compiling for NVIDIA GPUs needs the CUDA plugin: pip install -e ".[gpu-compile]"\n'
@@ -112,9 +133,11 @@ def test_without_the_cuda_plugin_names_the_extra(capsys, monkeypatch):
 @needs_cuda_plugin
 def test_every_gpu_description_is_accepted_by_the_plugin():
     """The table's device descriptions parse as the plugin's GpuTargetConfigProto and name their GPU."""
-    script = ("import json; from trainer.fit.gpu_targets import GPUS, gpu_devices, parse_gpu_target; "
-              "print(json.dumps({m: [(d.device_kind, d.platform) for d in gpu_devices(parse_gpu_target('2x' + m))] "
-              "for m in GPUS}))")
+    script = (
+        "import json; from trainer.fit.gpu_targets import GPUS, gpu_devices, parse_gpu_target; "
+        "print(json.dumps({m: [(d.device_kind, d.platform) for d in gpu_devices(parse_gpu_target('2x' + m))] "
+        "for m in GPUS}))"
+    )
     done = _python("-c", script, JAX_PLATFORMS="cpu")
     assert done.returncode == 0, done.stderr
     kinds = json.loads(done.stdout.strip().splitlines()[-1])
@@ -139,12 +162,21 @@ def test_compiles_the_real_step_for_two_gpus():
 def test_not_fitting_on_one_gpu_names_the_microbatches_that_fit():
     # 64 × 2048 tokens through the tiny model on one A100 with 10% of its memory for JAX (7.9 GiB): ~14 GiB at once,
     # ~7 GiB in two microbatches. XLA's GPU compiler compiles over-budget programs: the search compares the peaks.
-    code, out, err = _dry_run("--target", "1xa100", "train.global_batch_size=64", "train.seq_len=2048",
-                              "model.max_seq_len=2048", XLA_PYTHON_CLIENT_MEM_FRACTION=".1")
+    code, out, err = _dry_run(
+        "--target",
+        "1xa100",
+        "train.global_batch_size=64",
+        "train.seq_len=2048",
+        "model.max_seq_len=2048",
+        XLA_PYTHON_CLIENT_MEM_FRACTION=".1",
+    )
     assert code == 1, "\n".join(err)
     verdict = next(line for line in out if line.startswith("does not fit"))
-    assert re.fullmatch(r"does not fit: [\d.]+ GiB > 7.93 GiB per GPU; fits with train\.microbatches=2 "
-                        r"\([\d.]+ GiB\)", verdict), verdict
+    assert re.fullmatch(
+        r"does not fit: [\d.]+ GiB > 7.93 GiB per GPU; fits with train\.microbatches=2 "
+        r"\([\d.]+ GiB\)",
+        verdict,
+    ), verdict
     assert [line for line in out if line.startswith("tried")][0].startswith("tried      train.microbatches=2: fits")
     assert json.loads(out[-1])["suggestion"]["changes"] == ["train.microbatches=2"]
 

@@ -49,7 +49,9 @@ def test_every_chip_has_a_source_memory_and_a_device_name_the_step_lines_recogni
 
 
 def test_trainer_does_not_import_the_launcher():
-    code = ("import sys, trainer.plan, trainer.run.budget, trainer.fit.check, trainer.model.flops, trainer.hardware; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'launch'))")
+    code = (
+        "import sys, trainer.plan, trainer.run.budget, trainer.fit.check, trainer.model.flops, trainer.hardware; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'launch'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -27,10 +27,19 @@ def hf_seed(tmp_path_factory):
     tokenizer = gpt2_style(str(root / "tok"))
     folder = str(root / "hf")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=511, eos_token_id=511, tie_word_embeddings=False,
-                         initializer_range=0.3)  # a clear logit spread: greedy ties can't flip on rounding
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=511,
+        eos_token_id=511,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+    )  # a clear logit spread: greedy ties can't flip on rounding
     LlamaForCausalLM(config).to(torch.float32).save_pretrained(folder)
     for name in os.listdir(tokenizer):
         shutil.copy(os.path.join(tokenizer, name), folder)
@@ -55,8 +64,9 @@ def test_a_byte_level_seed_imports_and_generates_as_transformers_does(hf_seed, t
 
     model = AutoModelForCausalLM.from_pretrained(hf_seed, local_files_only=True, dtype=torch.float32)
     with torch.no_grad():
-        out = model.generate(torch.tensor([theirs_prompt]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=tok.eos_token_id)
-    theirs = out[0, len(theirs_prompt):].tolist()
+        out = model.generate(
+            torch.tensor([theirs_prompt]), max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tok.eos_token_id
+        )
+    theirs = out[0, len(theirs_prompt) :].tolist()
     assert ours["tokens"] == theirs
     assert ours["text"] == tok.decode([t for t in theirs if t != tok.eos_token_id])

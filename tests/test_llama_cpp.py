@@ -22,16 +22,16 @@ import gguf
 import numpy as np
 import pytest
 from bpe_tokenizers import BUILDERS, EOT, TRICKY, _save, _texts
+from runs import prepare_corpus, train, write_config
 from test_convert_mapping import greedy_ours, random_params
 from test_convert_tokenizer import held_out_strings, sentencepiece
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from runs import prepare_corpus, train, write_config
 from trainer.config import ModelConfig
 from trainer.data.tokenizer import load_tokenizer
+from trainer.export import command as convert_to_hf
 from trainer.export import gguf as gguf_export
 from trainer.export import gguf_vocab, mapping, parity
-from trainer.export import hf as convert_to_hf
 from trainer.export.gguf_llama_cpp import TOLERANCE, greedy, load, logits
 from trainer.export.tokenizer import write_tokenizer
 
@@ -39,9 +39,19 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 
 pytestmark = pytest.mark.slow
 
-MODEL = ModelConfig(vocab_size=512, embed_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=256,
-                    max_seq_len=128, rope_theta=500000.0, compute_dtype="float32", remat_policy="none",
-                    tie_embeddings=False)
+MODEL = ModelConfig(
+    vocab_size=512,
+    embed_dim=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=256,
+    max_seq_len=128,
+    rope_theta=500000.0,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 K_MODEL = dataclasses.replace(MODEL, embed_dim=256, mlp_dim=512)  # rows of 256: Q4_K/Q5_K/Q6_K blocks
 PROMPT = [5, 17, 42, 99]
 
@@ -68,8 +78,10 @@ def test_llama_cpp_runs_our_gguf(gguf_type, tokenizer_dir, tmp_path):
     theirs = np.stack([logits(llm, row.tolist()) for row in tokens])
     comparison = parity.compare(ours, theirs)
     agree = float(np.mean(np.argmax(ours, -1) == np.argmax(theirs, -1)))
-    print(f"{gguf_type}: max |Δlogit| {comparison.relative:.2g} × scale {comparison.scale:.3g}, "
-          f"argmax agreement {agree:.3f}")
+    print(
+        f"{gguf_type}: max |Δlogit| {comparison.relative:.2g} × scale {comparison.scale:.3g}, "
+        f"argmax agreement {agree:.3f}"
+    )
     assert comparison.relative <= TOLERANCE[gguf_type]
 
     produced = greedy(llm, PROMPT, 32)
@@ -93,12 +105,19 @@ def test_llama_cpp_tokenizes_like_sentencepiece_with_bos_as_the_data_had_it(add_
 def llama_bpe_style(folder: str, vocab_size: int = 512) -> str:
     """A LLaMA-3-style byte-level BPE: its Split regex, then bytes without a regex, whole-word matches first."""
     tok = Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(gguf_vocab.LLAMA3_REGEX), "isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(gguf_vocab.LLAMA3_REGEX), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_texts(), trainers.BpeTrainer(vocab_size=vocab_size - 1, show_progress=False,
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        _texts(),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size - 1, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok.add_special_tokens([EOT])
     return _save(tok, folder, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT})
 
@@ -119,8 +138,7 @@ def test_llama_cpp_tokenizes_byte_level_bpe_like_training_and_decodes_greedily_l
     llm = load(path, MODEL.max_seq_len)  # llama.cpp knows the name: it would refuse an unknown one
     strings = TRICKY + ["values = [\n    1,\n    22,\n]\n"] + held_out_strings(200)
     # special=True: the literal text <|endoftext|> becomes its id, as in training (tokenizers' added tokens)
-    assert [llm.tokenize(s.encode(), add_bos=True, special=True) for s in strings] == [tok.encode(s)
-                                                                                         for s in strings]
+    assert [llm.tokenize(s.encode(), add_bos=True, special=True) for s in strings] == [tok.encode(s) for s in strings]
     prompt = tok.encode("def main(argv):\n    return 0\n")
     tensors, _ = gguf_export.read_gguf(path, MODEL)
     stored = mapping.from_hf(tensors.__getitem__, MODEL)
@@ -132,14 +150,25 @@ def test_q4_k_m_of_a_trained_model_is_llama_cpps_mix_and_agrees_with_f16(tmp_pat
     data = prepare_corpus(str(tmp_path / "data"))
     run = str(tmp_path / "run")
     model = {"embed_dim": 256, "mlp_dim": 512, "num_heads": 4, "num_kv_heads": 2, "max_seq_len": 128}
-    train(write_config(str(tmp_path / "c.yml"), data, run, model=model, train={"steps": 120},
-                       optimizer={"learning_rate": 3e-3, "warmup_steps": 10}, eval={"every_steps": 120},
-                       checkpoint={"every_steps": 120}, log={"every_steps": 20, "sample_tokens": 0}))
+    train(
+        write_config(
+            str(tmp_path / "c.yml"),
+            data,
+            run,
+            model=model,
+            train={"steps": 120},
+            optimizer={"learning_rate": 3e-3, "warmup_steps": 10},
+            eval={"every_steps": 120},
+            checkpoint={"every_steps": 120},
+            log={"every_steps": 20, "sample_tokens": 0},
+        )
+    )
     files = {}
     for gguf_type in ("f16", "q4_k_m"):  # each export runs its own check in llama.cpp
         out = str(tmp_path / gguf_type)
-        assert convert_to_hf.main(["--checkpoint", run, "--out", out, "--format", "gguf", "--gguf-type",
-                                   gguf_type]) == 0
+        assert (
+            convert_to_hf.main(["--checkpoint", run, "--out", out, "--format", "gguf", "--gguf-type", gguf_type]) == 0
+        )
         files[gguf_type] = os.path.join(out, f"model-{gguf_type}.gguf")
     reader = gguf.GGUFReader(files["q4_k_m"])
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
@@ -152,6 +181,8 @@ def test_q4_k_m_of_a_trained_model_is_llama_cpps_mix_and_agrees_with_f16(tmp_pat
     agree = float(np.mean(argmax["q4_k_m"] == argmax["f16"]))
     sizes = {t: os.path.getsize(path) for t, path in files.items()}
     distinct = len(set(argmax["f16"].tolist()))
-    print(f"q4_k_m vs f16 argmax agreement {agree:.3f} on 64 held-out positions ({distinct} distinct tokens); "
-          f"sizes {sizes}")
+    print(
+        f"q4_k_m vs f16 argmax agreement {agree:.3f} on 64 held-out positions ({distinct} distinct tokens); "
+        f"sizes {sizes}"
+    )
     assert agree >= 0.8 and distinct >= 5  # a model predicting a few frequent tokens everywhere agrees trivially

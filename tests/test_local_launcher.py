@@ -84,16 +84,22 @@ def test_fail_fast_kills_the_others_and_returns_the_code(tmp_path: Path) -> None
         """
     )
     t0 = time.monotonic()
-    rc = run_local([PY, "-c", code], 2, 1, grace_s=0.5, timeout_s=60,
-                   stdout=io.StringIO(), stderr=io.StringIO())
+    rc = run_local([PY, "-c", code], 2, 1, grace_s=0.5, timeout_s=60, stdout=io.StringIO(), stderr=io.StringIO())
     assert rc == 3
     assert time.monotonic() - t0 < 20
     assert not _pid_alive(int(pidfile.read_text()))
 
 
 def test_timeout_stops_everything() -> None:
-    rc = run_local([PY, "-c", "import time; time.sleep(60)"], 2, 1, grace_s=0.5, timeout_s=1.0,
-                   stdout=io.StringIO(), stderr=io.StringIO())
+    rc = run_local(
+        [PY, "-c", "import time; time.sleep(60)"],
+        2,
+        1,
+        grace_s=0.5,
+        timeout_s=1.0,
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
     assert rc == 124
 
 
@@ -101,8 +107,18 @@ def test_cli_success_and_exit_code() -> None:
     r = _cli(["--processes", "2", "--", PY, "-c", "print('hi')"])
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["[0] hi", "[1] hi"]
-    r = _cli(["-n", "2", "--grace", "0.5", "--", PY, "-c",
-              "import os,sys,time; i=os.environ['JAX_PROCESS_ID']; time.sleep(30 if i=='0' else 0); sys.exit(5)"])
+    r = _cli(
+        [
+            "-n",
+            "2",
+            "--grace",
+            "0.5",
+            "--",
+            PY,
+            "-c",
+            "import os,sys,time; i=os.environ['JAX_PROCESS_ID']; time.sleep(30 if i=='0' else 0); sys.exit(5)",
+        ]
+    )
     assert r.returncode == 5
 
 
@@ -113,8 +129,12 @@ def test_cli_requires_a_command() -> None:
 
 def test_cli_forwards_sigint_to_children() -> None:
     code = "import sys, time; print('ready', flush=True); time.sleep(60)"
-    p = subprocess.Popen([PY, str(SCRIPT), "-n", "2", "--grace", "1", "--", PY, "-c", code],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [PY, str(SCRIPT), "-n", "2", "--grace", "1", "--", PY, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         seen = 0
         deadline = time.monotonic() + 30

@@ -21,8 +21,18 @@ from trainer.model.layout import stack_layers, unstack_layers
 from trainer.model.transformer import Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ModelConfig(vocab_size=256, embed_dim=64, num_layers=3, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                    max_seq_len=32, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+SMALL = ModelConfig(
+    vocab_size=256,
+    embed_dim=64,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=128,
+    max_seq_len=32,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 
 
 def _init(config, tokens):
@@ -79,7 +89,9 @@ def test_segments_isolate_packed_documents():
 def test_tied_embeddings_have_no_head():
     params = _init(dataclasses.replace(SMALL, tie_embeddings=True), np.zeros((1, 8), np.int32))
     assert "lm_head" not in params
-    assert sum(x.size for x in jax.tree.leaves(params)) == flops.param_count(dataclasses.replace(SMALL, tie_embeddings=True))
+    assert sum(x.size for x in jax.tree.leaves(params)) == flops.param_count(
+        dataclasses.replace(SMALL, tie_embeddings=True)
+    )
 
 
 EXPECTED = {"1b.yml": 1_050_002_688, "1.3b.yml": 1_269_209_088, "303m.yml": 302_027_520}
@@ -91,7 +103,9 @@ def test_seed_configs_have_published_parameter_counts(name, count, capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["params"] == count
     assert record["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
-    assert record["flops_per_token"] == flops.flops_per_token(load_config(os.path.join(REPO, "configs", name)).model, 1024)
+    assert record["flops_per_token"] == flops.flops_per_token(
+        load_config(os.path.join(REPO, "configs", name)).model, 1024
+    )
 
 
 def test_460m_lands_within_two_percent_and_tiny_is_small(capsys):
@@ -105,7 +119,10 @@ def test_460m_lands_within_two_percent_and_tiny_is_small(capsys):
 def test_dry_run_cli_prints_summary_and_json():
     result = subprocess.run(
         [sys.executable, "-m", "trainer.main", "configs/303m.yml", "--dry-run", "mesh.tensor=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"},
     )
     assert result.returncode == 0, result.stderr

@@ -18,8 +18,10 @@ KODALITE = os.path.join(CONFIGS, "1.3b.yml")
 # configs/1.3b.yml by hand: 24 layers × width 2048, 32 query / 8 kv heads × 64, MLP 5504, vocab 50257, untied,
 # seq 1024, batch 512 (KodaLite's recipe; its own steps are tests/test_seed_recipes.py's).
 KODALITE_PARAMS = 24 * (2048 * 64 * (32 + 32 + 8 + 8) + 3 * 2048 * 5504 + 2 * 2048) + 2 * 50257 * 2048 + 2048
-KODALITE_FLOPS_PER_TOKEN = (6 * (24 * (2048 * 64 * 80 + 3 * 2048 * 5504) + 50257 * 2048)  # every matmul weight
-                            + 6 * 24 * 1024 * 32 * 64)  # causal attention: QKᵀ and AV
+KODALITE_FLOPS_PER_TOKEN = (
+    6 * (24 * (2048 * 64 * 80 + 3 * 2048 * 5504) + 50257 * 2048)  # every matmul weight
+    + 6 * 24 * 1024 * 32 * 64
+)  # causal attention: QKᵀ and AV
 KODALITE_TOKENS_PER_STEP = 512 * 1024
 
 
@@ -57,9 +59,16 @@ def test_v4_32_for_72_hours_picks_the_closest_seed_and_counts_its_tokens(capsys)
     code, text, record = _run(capsys, "--hardware", "v4-32", "--hours", "72", "--mfu", "0.45")
     assert code == 0
     flops_budget = 16 * 72 * 3600 * 275e12 * 0.45  # 16 chips × 72 h × peak × MFU = 5.13216e20
-    assert record["budget"] == {"flops": pytest.approx(flops_budget), "hardware": "v4-32", "chips": 16,
-                                "peak_tflops": 275.0, "mfu": 0.45, "mfu_from": "--mfu", "hours": 72.0,
-                                "chip_hours": 1152.0}
+    assert record["budget"] == {
+        "flops": pytest.approx(flops_budget),
+        "hardware": "v4-32",
+        "chips": 16,
+        "peak_tflops": 275.0,
+        "mfu": 0.45,
+        "mfu_from": "--mfu",
+        "hours": 72.0,
+        "chip_hours": 1152.0,
+    }
     n_opt = math.sqrt(flops_budget / 120)  # 2.07B
     assert record["compute_optimal"]["params"] == pytest.approx(n_opt)
     assert record["compute_optimal"]["tokens"] == pytest.approx(20 * n_opt)
@@ -74,8 +83,9 @@ def test_v4_32_for_72_hours_picks_the_closest_seed_and_counts_its_tokens(capsys)
 
 
 def test_token_target_on_a_slice_gives_the_hours(capsys):
-    code, text, record = _run(capsys, "--config", KODALITE, "--tokens", "25.4e9", "--hardware", "v4-32",
-                              "--mfu", "0.45")
+    code, text, record = _run(
+        capsys, "--config", KODALITE, "--tokens", "25.4e9", "--hardware", "v4-32", "--mfu", "0.45"
+    )
     assert code == 0
     c = record["config"]
     steps = math.ceil(25.4e9 / KODALITE_TOKENS_PER_STEP)
@@ -86,8 +96,17 @@ def test_token_target_on_a_slice_gives_the_hours(capsys):
 
 
 def test_chip_hours_of_a_generation(capsys):
-    code, _, record = _run(capsys, "--chip-hours", "1000", "--hardware", "v5e", "--mfu", "0.5",
-                           "--config", os.path.join(CONFIGS, "303m.yml"))
+    code, _, record = _run(
+        capsys,
+        "--chip-hours",
+        "1000",
+        "--hardware",
+        "v5e",
+        "--mfu",
+        "0.5",
+        "--config",
+        os.path.join(CONFIGS, "303m.yml"),
+    )
     assert code == 0
     assert record["budget"]["flops"] == pytest.approx(1000 * 3600 * 197e12 * 0.5)
     assert record["budget"]["chips"] is None and record["budget"]["hours"] is None
@@ -102,8 +121,13 @@ def test_without_a_token_target_a_config_is_planned_for_its_own_steps(capsys):
 
 
 def test_mfu_measured_in_a_run_folder(tmp_path, capsys):
-    rows = [{"step": 10, "loss": 3.0}, {"step": 20, "mfu": 0.30}, {"step": 30, "mfu": 0.50},
-            {"step": 30, "eval_loss": 3.1}, {"step": 40, "mfu": 0.40}]
+    rows = [
+        {"step": 10, "loss": 3.0},
+        {"step": 20, "mfu": 0.30},
+        {"step": 30, "mfu": 0.50},
+        {"step": 30, "eval_loss": 3.1},
+        {"step": 40, "mfu": 0.40},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert budget.measured_mfu(str(tmp_path)) == pytest.approx(0.40)
     code, _, record = _run(capsys, "--flops", "1e20", "--hardware", "v4-8", "--mfu-from", str(tmp_path))
@@ -114,11 +138,22 @@ def test_mfu_measured_in_a_run_folder(tmp_path, capsys):
     assert code == 2
 
 
-@pytest.mark.parametrize("text, name, chips, peak", [
-    ("v4-32", "v4-32", 16, 275.0), ("v5litepod-16", "v5litepod-16", 16, 197.0), ("v5e-8", "v5litepod-8", 8, 197.0),
-    ("v5p-8", "v5p-8", 4, 459.0), ("v6e-4", "v6e-4", 4, 918.0), ("8xh100", "8xh100", 8, 989.0),
-    ("2xl40s", "2xl40s", 2, 362.05), ("2xrtx-pro-6000", "2xrtx-pro-6000", 2, 503.8),
-    ("2xrtx6000pro", "2xrtx-pro-6000", 2, 503.8), ("a100", "a100", None, 312.0), ("v5p", "v5p", None, 459.0)])
+@pytest.mark.parametrize(
+    "text, name, chips, peak",
+    [
+        ("v4-32", "v4-32", 16, 275.0),
+        ("v5litepod-16", "v5litepod-16", 16, 197.0),
+        ("v5e-8", "v5litepod-8", 8, 197.0),
+        ("v5p-8", "v5p-8", 4, 459.0),
+        ("v6e-4", "v6e-4", 4, 918.0),
+        ("8xh100", "8xh100", 8, 989.0),
+        ("2xl40s", "2xl40s", 2, 362.05),
+        ("2xrtx-pro-6000", "2xrtx-pro-6000", 2, 503.8),
+        ("2xrtx6000pro", "2xrtx-pro-6000", 2, 503.8),
+        ("a100", "a100", None, 312.0),
+        ("v5p", "v5p", None, 459.0),
+    ],
+)
 def test_hardware_names_are_the_fit_checks(text, name, chips, peak):
     """--hardware takes --target's spelling (and a bare chip); the peak is the hardware table's dense bf16 one."""
     from trainer.fit.check import resolve_target
@@ -140,21 +175,26 @@ def test_a_machine_outside_the_table_needs_its_peak(capsys):
     assert code == 0 and record["budget"]["chips"] == 4 and record["budget"]["peak_tflops"] == 1307
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--hardware", "v4-33", "--hours", "1", "--mfu", "0.4"], "did you mean 'v4-32'"),
-    (["--hardware", "tpu9", "--hours", "1", "--mfu", "0.4"], "unknown target 'tpu9'"),
-    (["--hardware", "h100-8", "--hours", "1", "--mfu", "0.4"], "GPUs are spelled COUNTxMODEL, as --target takes "
-                                                               "them: 8xh100"),
-    (["--hardware", "2xl40", "--hours", "1", "--mfu", "0.4"], "did you mean '2xl40s'"),
-    (["--hardware", "v4-32", "--hours", "1", "--mfu", "45"], "fraction"),
-    (["--hardware", "v4-32", "--hours", "1"], "needs an MFU"),
-    (["--hours", "1", "--mfu", "0.4"], "needs --hardware"),
-    (["--hardware", "v5p", "--hours", "1", "--mfu", "0.4"], "--chip-hours"),
-    (["--flops", "1e20", "--hours", "2"], "give one budget"),
-    (["--flops", "lots"], "must be a number"),
-    ([], "give a budget"),
-    (["--flops", "1e3"], "less than one step"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--hardware", "v4-33", "--hours", "1", "--mfu", "0.4"], "did you mean 'v4-32'"),
+        (["--hardware", "tpu9", "--hours", "1", "--mfu", "0.4"], "unknown target 'tpu9'"),
+        (
+            ["--hardware", "h100-8", "--hours", "1", "--mfu", "0.4"],
+            "GPUs are spelled COUNTxMODEL, as --target takes them: 8xh100",
+        ),
+        (["--hardware", "2xl40", "--hours", "1", "--mfu", "0.4"], "did you mean '2xl40s'"),
+        (["--hardware", "v4-32", "--hours", "1", "--mfu", "45"], "fraction"),
+        (["--hardware", "v4-32", "--hours", "1"], "needs an MFU"),
+        (["--hours", "1", "--mfu", "0.4"], "needs --hardware"),
+        (["--hardware", "v5p", "--hours", "1", "--mfu", "0.4"], "--chip-hours"),
+        (["--flops", "1e20", "--hours", "2"], "give one budget"),
+        (["--flops", "lots"], "must be a number"),
+        ([], "give a budget"),
+        (["--flops", "1e3"], "less than one step"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert plan.main(argv) == 2
     captured = capsys.readouterr()

@@ -28,14 +28,25 @@ HAS_MLX = importlib.util.find_spec("mlx_lm") is not None
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-BASE = ModelConfig(vocab_size=520, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=96,
-                   max_seq_len=128, compute_dtype="float32", remat_policy="none", tie_embeddings=False)
+BASE = ModelConfig(
+    vocab_size=520,
+    embed_dim=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=96,
+    max_seq_len=128,
+    compute_dtype="float32",
+    remat_policy="none",
+    tie_embeddings=False,
+)
 SCALINGS = {
     "linear": RopeScalingConfig(type="linear", factor=2.0),
     "ntk": RopeScalingConfig(type="ntk", factor=2.0),
     "yarn": RopeScalingConfig(type="yarn", factor=2.0),  # original context 128 / 2 = 64
-    "yarn_explicit": RopeScalingConfig(type="yarn", factor=2.0, original_max_seq_len=64, beta_fast=16.0,
-                                       beta_slow=2.0, attention_factor=1.25),
+    "yarn_explicit": RopeScalingConfig(
+        type="yarn", factor=2.0, original_max_seq_len=64, beta_fast=16.0, beta_slow=2.0, attention_factor=1.25
+    ),
     "llama3": RopeScalingConfig(type="llama3", factor=2.0, original_max_seq_len=64),
 }
 
@@ -99,7 +110,8 @@ def test_transformers_computes_our_logits_beyond_the_original_context(name, para
         legacy = cfg["rope_scaling"]  # read first by transformers when present, and by older readers
         assert legacy["type"] == legacy["rope_type"] == r.type
         assert {k: v for k, v in legacy.items() if k != "type"} == {
-            k: v for k, v in cfg["rope_parameters"].items() if k != "rope_theta"}
+            k: v for k, v in cfg["rope_parameters"].items() if k != "rope_theta"
+        }
     if r.type in ("yarn", "llama3"):
         assert cfg["rope_parameters"]["original_max_position_embeddings"] == 64
 
@@ -128,9 +140,19 @@ def test_hf_configs_in_other_spellings_import_or_fail_in_one_line():
     old = mapping.model_config({**base, "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 4.0}})
     assert old.rope_theta == 5e5 and old.rope_scaling == RopeScalingConfig(type="linear", factor=4.0)
     # yarn without factor: the ratio of the contexts; DeepSeek's mscale pair: transformers' attention factor
-    yarn = mapping.model_config({**base, "rope_parameters": {
-        "rope_type": "yarn", "rope_theta": 1e4, "factor": None, "original_max_position_embeddings": 32,
-        "mscale": 1.0, "mscale_all_dim": 0.5}})
+    yarn = mapping.model_config(
+        {
+            **base,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": None,
+                "original_max_position_embeddings": 32,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.5,
+            },
+        }
+    )
     expected = (0.1 * np.log(4.0) + 1) / (0.05 * np.log(4.0) + 1)
     assert yarn.rope_scaling.factor == 4.0 and yarn.rope_scaling.attention_factor == pytest.approx(expected)
     for params, message in [
@@ -170,8 +192,9 @@ def test_gguf_carries_the_scaling_as_llama_cpp_reads_it(name, params, tokenizer_
         assert (fields["rope.scaling.yarn_beta_fast"], fields["rope.scaling.yarn_beta_slow"]) == (32.0, 1.0)
     if name == "llama3":  # llama.cpp divides each frequency by this: the plain ones over the scaled ones
         plain = 1.0 / 1e4 ** (np.arange(0, 16, 2) / 16)
-        np.testing.assert_allclose(np.asarray(freqs[0].data), plain / rope.inverse_frequencies(model, np.float64),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(freqs[0].data), plain / rope.inverse_frequencies(model, np.float64), rtol=1e-6
+        )
         assert np.asarray(freqs[0].data)[0] == 1.0 and np.asarray(freqs[0].data)[-1] == 2.0  # kept / divided by 2
     else:
         assert not freqs
@@ -191,17 +214,30 @@ def test_gguf_refuses_a_yarn_attention_factor_llama_cpp_cannot_read(params, toke
     assert not path.exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    (["model.rope_scaling.factor=2"], "has no effect while model.rope_scaling.type is none"),
-    (["model.rope_scaling.type=linear", "model.rope_scaling.factor=0.5"], "factor must be at least 1"),
-    (["model.rope_scaling.type=yarn", "model.rope_scaling.factor=2", "model.rope_scaling.original_max_seq_len=1024"],
-     "at most model.max_seq_len=256"),
-    (["model.rope_scaling.type=yarn", "model.rope_scaling.factor=2", "model.rope_scaling.beta_fast=0.5"],
-     "beta_fast .* must exceed beta_slow"),
-    (["model.rope_scaling.type=llama3", "model.rope_scaling.factor=2", "model.rope_scaling.low_freq_factor=8"],
-     "high_freq_factor .* must exceed low_freq_factor"),
-    (["model.rope_scaling.type=dynamic"], "must be one of"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["model.rope_scaling.factor=2"], "has no effect while model.rope_scaling.type is none"),
+        (["model.rope_scaling.type=linear", "model.rope_scaling.factor=0.5"], "factor must be at least 1"),
+        (
+            [
+                "model.rope_scaling.type=yarn",
+                "model.rope_scaling.factor=2",
+                "model.rope_scaling.original_max_seq_len=1024",
+            ],
+            "at most model.max_seq_len=256",
+        ),
+        (
+            ["model.rope_scaling.type=yarn", "model.rope_scaling.factor=2", "model.rope_scaling.beta_fast=0.5"],
+            "beta_fast .* must exceed beta_slow",
+        ),
+        (
+            ["model.rope_scaling.type=llama3", "model.rope_scaling.factor=2", "model.rope_scaling.low_freq_factor=8"],
+            "high_freq_factor .* must exceed low_freq_factor",
+        ),
+        (["model.rope_scaling.type=dynamic"], "must be one of"),
+    ],
+)
 def test_bad_scalings_are_one_line_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(os.path.join(CONFIGS, "tiny.yml"), override)

@@ -49,10 +49,21 @@ def test_kodalite_sees_1_64b_tokens_6_5_percent_of_chinchilla_in_its_hours_on_2_
     # card: 6.5 % of the Chinchilla-optimal ~25B
     assert f"{p.chinchilla_percent:.1f}" == "6.5" and f"{p.chinchilla_tokens / 1e9:.1f}" == "25.4"
     m = config.model
-    assert (m.num_layers, m.embed_dim, m.num_heads, m.num_kv_heads, m.resolved_head_dim, m.mlp_dim, m.vocab_size,
-            m.rope_theta, m.max_seq_len, m.tie_embeddings) == (24, 2048, 32, 8, 64, 5504, 50257, 10000.0, 1024, False)
-    text, record = _plan_cli(capsys, "--config", os.path.join(CONFIGS, "1.3b.yml"), "--hardware", "2xl40s",
-                             "--mfu", "0.2")
+    assert (
+        m.num_layers,
+        m.embed_dim,
+        m.num_heads,
+        m.num_kv_heads,
+        m.resolved_head_dim,
+        m.mlp_dim,
+        m.vocab_size,
+        m.rope_theta,
+        m.max_seq_len,
+        m.tie_embeddings,
+    ) == (24, 2048, 32, 8, 64, 5504, 50257, 10000.0, 1024, False)
+    text, record = _plan_cli(
+        capsys, "--config", os.path.join(CONFIGS, "1.3b.yml"), "--hardware", "2xl40s", "--mfu", "0.2"
+    )
     c = record["config"]
     hours = c["flops"] / (2 * CHIPS["l40s"].peak_bf16_tflops * 1e12 * 0.2 * 3600)
     assert c["steps"] == config.train.steps and c["hours"] == pytest.approx(hours)
@@ -65,15 +76,25 @@ def test_auto_g_nano_runs_262144_tokens_per_step_for_50000_steps_on_its_mixture(
     assert p.params == 1_050_002_688
     assert p.tokens_per_step == 262_144 and p.steps == 50_000 and f"{p.tokens / 1e9:.1f}" == "13.1"
     assert round(p.chinchilla_percent) in (60, 61, 62)  # card: ~60 % of Chinchilla-optimal
-    assert _mixture(config.data.mixture) == {"fineweb-edu-dedup": 0.40, "cosmopedia-v2": 0.25,
-                                             "starcoderdata-python": 0.35}
+    assert _mixture(config.data.mixture) == {
+        "fineweb-edu-dedup": 0.40,
+        "cosmopedia-v2": 0.25,
+        "starcoderdata-python": 0.35,
+    }
     o = config.optimizer
     assert _adamw(config) and o.learning_rate == 3e-4 and o.schedule == "cosine" and o.warmup_steps > 0
     m = config.model
-    assert (m.embed_dim, m.num_heads, m.num_kv_heads, m.resolved_head_dim, m.mlp_dim, m.rope_theta) == \
-        (1792, 14, 2, 128, 5376, 500000.0)
-    text, record = _plan_cli(capsys, "--config", os.path.join(CONFIGS, "1b.yml"), "--hardware", "2xrtx-pro-6000",
-                             "--mfu", "0.2")
+    assert (m.embed_dim, m.num_heads, m.num_kv_heads, m.resolved_head_dim, m.mlp_dim, m.rope_theta) == (
+        1792,
+        14,
+        2,
+        128,
+        5376,
+        500000.0,
+    )
+    text, record = _plan_cli(
+        capsys, "--config", os.path.join(CONFIGS, "1b.yml"), "--hardware", "2xrtx-pro-6000", "--mfu", "0.2"
+    )
     hours = record["config"]["flops"] / (2 * CHIPS["rtx-pro-6000"].peak_bf16_tflops * 1e12 * 0.2 * 3600)
     assert record["config"]["hours"] == pytest.approx(hours) and f"{hours:,.0f} h on 2xrtx-pro-6000" in text
 
@@ -89,13 +110,18 @@ def test_smallcoder_curriculum_has_the_cards_three_stages_and_its_sft_the_fourth
     assert [_mixture(s.mixture) for s in stages] == [
         {"fineweb-edu": 1.0},
         {"nemotron-code-qa-cot": 0.60, "starcoderdata": 0.40},
-        {"nemotron-cc-math-4plus": 0.40, "finewiki-en": 0.35, "nemotron-cc-math-4": 0.15, "openwebmath": 0.10}]
+        {"nemotron-cc-math-4plus": 0.40, "finewiki-en": 0.35, "nemotron-cc-math-4": 0.15, "openwebmath": 0.10},
+    ]
     assert config.model.vocab_size == 49152 and _adamw(config)
 
     sft, q = _recipe("sft-smallcoder.yml")
     assert 6e9 <= q.tokens < 6e9 + q.tokens_per_step and not sft.data.stages
-    assert _mixture(sft.data.mixture) == {"nemotron-sft-code": 0.45, "opencodeinstruct": 0.30,
-                                          "openmathinstruct-2": 0.15, "nemotron-sft-general": 0.10}
+    assert _mixture(sft.data.mixture) == {
+        "nemotron-sft-code": 0.45,
+        "opencodeinstruct": 0.30,
+        "openmathinstruct-2": 0.15,
+        "nemotron-sft-general": 0.10,
+    }
     assert sft.checkpoint.restore_from == f"{config.run.dir}:{p.steps}"  # from the stage-3 checkpoint
     assert sft.data.chat_template == "smallcoder"
     assert f"{(sum(stage_tokens) + q.tokens) / 1e9:.1f}" == "29.8"  # card: 29.8B tokens in four stages
@@ -109,10 +135,13 @@ def test_litellama_runs_batch_192_for_499679_steps():
 
 
 def _chat_manifest(folder, train_tokens: int) -> str:
-    shards = (ShardInfo("train-0.arrayrecord", "train", 15_000, train_tokens, "0" * 64),
-              ShardInfo("val-0.arrayrecord", "val", 300, 70_000, "0" * 64))
-    write_manifest(str(folder), Manifest(tokenizer={"kind": "hf", "vocab_size": 50257}, dtype="uint16",
-                                         shards=shards, kind="chat"))
+    shards = (
+        ShardInfo("train-0.arrayrecord", "train", 15_000, train_tokens, "0" * 64),
+        ShardInfo("val-0.arrayrecord", "val", 300, 70_000, "0" * 64),
+    )
+    write_manifest(
+        str(folder), Manifest(tokenizer={"kind": "hf", "vocab_size": 50257}, dtype="uint16", shards=shards, kind="chat")
+    )
     return str(folder)
 
 
@@ -150,6 +179,7 @@ def test_a_job_sized_in_epochs_trains_the_steps_its_data_gives(tmp_path):
     """A real (tiny) run with train.epochs: the steps come from its prepared folder's manifest, and the run folder's
     config records them (a resume, an export and the card see the same run)."""
     from runs import losses, prepare_corpus, train, write_config
+
     from trainer.checkpoint import read_run_config
     from trainer.data.shards import read_manifest
 
@@ -158,8 +188,16 @@ def test_a_job_sized_in_epochs_trains_the_steps_its_data_gives(tmp_path):
     per_step = 8 * 64  # runs.MICRO: 8 sequences × 64 tokens
     epochs = 3.5 * per_step / tokens  # a few steps' worth of the corpus
     run = str(tmp_path / "run")
-    out = train(write_config(str(tmp_path / "c.yml"), data, run, train={"epochs": epochs, "steps": 1000},
-                             eval={"every_steps": 100}, checkpoint={"every_steps": 100}))
+    out = train(
+        write_config(
+            str(tmp_path / "c.yml"),
+            data,
+            run,
+            train={"epochs": epochs, "steps": 1000},
+            eval={"every_steps": 100},
+            checkpoint={"every_steps": 100},
+        )
+    )
     steps = math.ceil(epochs * tokens / per_step)
     assert steps == 4 and read_run_config(run).train.steps == steps
     assert max(losses(run)) == steps and f"plan: {steps} steps × {per_step} tokens" in out

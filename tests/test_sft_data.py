@@ -19,15 +19,22 @@ CONVERSATION = [
     {"role": "user", "content": "And 3 + 3, then?"},
     {"role": "assistant", "content": "Six, of course."},
 ]
-JINJA = ("{% for m in messages %}{{ '[' + m['role'] + ']: ' + m['content'] }}{% if m['role'] == 'assistant' %}"
-         "{{ eos_token }}{% endif %}{{ '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '[assistant]: ' }}{% endif %}")
+JINJA = (
+    "{% for m in messages %}{{ '[' + m['role'] + ']: ' + m['content'] }}{% if m['role'] == 'assistant' %}"
+    "{{ eos_token }}{% endif %}{{ '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '[assistant]: ' }}{% endif %}"
+)
 TEMPLATES = ["chatml", "kodalite", "alpaca", JINJA]
 
 
 @pytest.fixture(scope="module")
 def base_tokenizer():
-    texts = [" ".join(m["content"] for m in CONVERSATION) * 3, ("Below is an instruction that describes a task.\n"
-             "### Instruction:\n### Response:\nsystem user assistant [ ]: 0123456789")] * 20
+    texts = [
+        " ".join(m["content"] for m in CONVERSATION) * 3,
+        (
+            "Below is an instruction that describes a task.\n"
+            "### Instruction:\n### Response:\nsystem user assistant [ ]: 0123456789"
+        ),
+    ] * 20
     return tokenizer_lib.train_sentencepiece(texts, 320, num_threads=1)
 
 
@@ -56,8 +63,10 @@ def test_masks_cover_replies_and_end_of_turn_only(base_tokenizer, name):
         runs.append(current)
     # (a token may straddle a header and the reply, " It" after "[assistant]:": it counts as the reply's)
     end = ("\n" if name == "kodalite" else "") + eot_text  # KodaLite's card puts <|end|> on a line of its own
-    assert [(tok.decode(r[:-1]) + tok.token_text(r[-1])).lstrip() for r in runs] == ["It is 4." + end,
-                                                                           "Six, of course." + end]
+    assert [(tok.decode(r[:-1]) + tok.token_text(r[-1])).lstrip() for r in runs] == [
+        "It is 4." + end,
+        "Six, of course." + end,
+    ]
     assert all(r[-1] == eot and r.count(eot) == 1 for r in runs)
     # Everything else — system, user turns, role headers, separators, a user turn's own end marker — is 0.
     unmasked = tok.decode([t for t, m in zip(ids, mask) if not m])
@@ -86,8 +95,9 @@ def test_all_zero_mask_and_hidden_turns_are_errors(base_tokenizer):
     tok = _with_template(base_tokenizer, spec)
     with pytest.raises(DataError, match="all zero"):
         chat.encode(spec, [{"role": "user", "content": "hello"}], tok, where="a.jsonl:3")
-    hides = chat.resolve_template("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}"
-                                  "{% endfor %}")
+    hides = chat.resolve_template(
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    )
     with pytest.raises(DataError, match="end-of-turn"):
         chat.encode(hides, CONVERSATION, tok)
     with pytest.raises(DataError, match="not one"):
@@ -102,11 +112,23 @@ def test_jsonl_shapes_and_the_oasst_rule(tmp_path):
         {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
         {"instruction": "Add.", "input": "1 and 2", "output": "3"},
         {"instruction": "Name a colour.", "context": "", "response": "Red.", "category": "open_qa"},
-        {"message_tree_id": "t", "prompt": {"role": "prompter", "text": "root?", "replies": [
-            {"role": "assistant", "text": "second best", "rank": 1, "replies": []},
-            {"role": "assistant", "text": "best", "rank": 0, "replies": [
-                {"role": "prompter", "text": "follow-up", "replies": []}]},
-            {"role": "assistant", "text": "deleted", "rank": -1, "deleted": True}]}},
+        {
+            "message_tree_id": "t",
+            "prompt": {
+                "role": "prompter",
+                "text": "root?",
+                "replies": [
+                    {"role": "assistant", "text": "second best", "rank": 1, "replies": []},
+                    {
+                        "role": "assistant",
+                        "text": "best",
+                        "rank": 0,
+                        "replies": [{"role": "prompter", "text": "follow-up", "replies": []}],
+                    },
+                    {"role": "assistant", "text": "deleted", "rank": -1, "deleted": True},
+                ],
+            },
+        },
         {"message_id": "r", "parent_id": None, "role": "prompter", "text": "flat root"},
         {"message_id": "a1", "parent_id": "r", "role": "assistant", "text": "unranked"},
         {"message_id": "a2", "parent_id": "r", "role": "assistant", "text": "ranked", "rank": 2},
@@ -139,15 +161,28 @@ def test_packing_keeps_masks_aligned(tmp_path, base_tokenizer):
 
     tok_path = tmp_path / "base.model"
     tok_path.write_bytes(base_tokenizer.model_proto)
-    convs = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
-                           {"role": "assistant", "content": f"It is {2 * i}."}] + (
-              [{"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}] if i % 3 else [])}
-             for i in range(60)]
+    convs = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} + {i}?"},
+                {"role": "assistant", "content": f"It is {2 * i}."},
+            ]
+            + ([{"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}] if i % 3 else [])
+        }
+        for i in range(60)
+    ]
     src = tmp_path / "convs.jsonl"
     src.write_text("\n".join(json.dumps(c) for c in convs))
     out = str(tmp_path / "chat")
-    prepare_chat([str(src)], out, template="kodalite", markers="special", tokenizer=str(tok_path), val_fraction=0.1,
-                 verbose=False)
+    prepare_chat(
+        [str(src)],
+        out,
+        template="kodalite",
+        markers="special",
+        tokenizer=str(tok_path),
+        val_fraction=0.1,
+        verbose=False,
+    )
     manifest = read_manifest(out)
     assert manifest.kind == "chat" and manifest.chat["end_of_turn"] == "<|end|>"
     tok = tokenizer_lib.load_tokenizer(out)
@@ -157,8 +192,9 @@ def test_packing_keeps_masks_aligned(tmp_path, base_tokenizer):
     for c in convs:
         ids, mask = chat.encode(spec, c["messages"], tok)
         expected[tuple(ids)] = mask
-    it = make_train_iterator(DataConfig(path=out), seq_len=48, global_batch_size=4, seed=1, process_index=0,
-                             process_count=1)
+    it = make_train_iterator(
+        DataConfig(path=out), seq_len=48, global_batch_size=4, seed=1, process_index=0, process_count=1
+    )
     checked = 0
     for _ in range(6):
         batch = next(it)
@@ -168,11 +204,13 @@ def test_packing_keeps_masks_aligned(tmp_path, base_tokenizer):
                 where = np.flatnonzero(seg == s)
                 ids = tuple(inputs[where].tolist())
                 # a segment is a whole conversation, or a piece of a long one (split to the row length)
-                full, offset = next(((k, o) for k in expected for o in range(len(k) - len(ids) + 1)
-                                     if k[o:o + len(ids)] == ids), (None, 0))
+                full, offset = next(
+                    ((k, o) for k in expected for o in range(len(k) - len(ids) + 1) if k[o : o + len(ids)] == ids),
+                    (None, 0),
+                )
                 assert full is not None, "a packed segment is not a piece of any conversation"
                 # the target of input position p is token p+1; its loss counts iff that token's mask is 1
-                want = expected[full][offset + 1:offset + len(ids)]
+                want = expected[full][offset + 1 : offset + len(ids)]
                 got = batch["loss_mask"][r][where[:-1]].astype(int).tolist()
                 assert got == want
                 if where[-1] < 47:  # the next segment's first token is never a target of this one

@@ -19,8 +19,10 @@ from trainer.main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.yml")
-needs_libtpu = pytest.mark.skipif(targets.importlib.util.find_spec("libtpu") is None,
-                                  reason='compiling for a TPU needs libtpu: pip install -e ".[tpu]"')
+needs_libtpu = pytest.mark.skipif(
+    targets.importlib.util.find_spec("libtpu") is None,
+    reason='compiling for a TPU needs libtpu: pip install -e ".[tpu]"',
+)
 
 
 def _run(capsys, *argv: str) -> tuple[int, list[str], str]:
@@ -29,12 +31,18 @@ def _run(capsys, *argv: str) -> tuple[int, list[str], str]:
     return code, out.out.strip().splitlines(), out.err
 
 
-@pytest.mark.parametrize("name, topology, chips, config", [
-    ("v4-8", "v4:2x2x1", 4, "megacore"), ("v4-32", "v4:2x2x4", 16, "megacore"),
-    ("v4-4096", "v4:8x16x16", 2048, "megacore"), ("v5e-16", "v5e:4x4", 16, "default"),
-    ("v5litepod-8", "v5e:2x4", 8, "default"), ("v5p-384", "v5:4x4x12", 192, "megacore"),
-    ("v6e-256", "v6e:16x16", 256, "default"),
-])
+@pytest.mark.parametrize(
+    "name, topology, chips, config",
+    [
+        ("v4-8", "v4:2x2x1", 4, "megacore"),
+        ("v4-32", "v4:2x2x4", 16, "megacore"),
+        ("v4-4096", "v4:8x16x16", 2048, "megacore"),
+        ("v5e-16", "v5e:4x4", 16, "default"),
+        ("v5litepod-8", "v5e:2x4", 8, "default"),
+        ("v5p-384", "v5:4x4x12", 192, "megacore"),
+        ("v6e-256", "v6e:16x16", 256, "default"),
+    ],
+)
 def test_gcloud_names_map_to_topologies(name, topology, chips, config):
     t = parse_target(name, slices=2)
     assert (t.topology, t.chips_per_slice, t.chip_config, t.chips) == (topology, chips, config, 2 * chips)
@@ -73,14 +81,16 @@ SMALL = ["model.num_layers=2", "train.seq_len=256", "data.packing=true"]
 
 
 @needs_libtpu
-@pytest.mark.parametrize("target, attention, extra", [
-    ("v4-8", "dot_product", []),
-    ("v4-8", "splash", ["mesh.tensor=2", "model.scan_layers=false", "model.remat_policy=none"]),
-    ("v5e-4", "splash", ["model.remat_policy=full", "--slices", "2"]),
-])
+@pytest.mark.parametrize(
+    "target, attention, extra",
+    [
+        ("v4-8", "dot_product", []),
+        ("v4-8", "splash", ["mesh.tensor=2", "model.scan_layers=false", "model.remat_policy=none"]),
+        ("v5e-4", "splash", ["model.remat_policy=full", "--slices", "2"]),
+    ],
+)
 def test_compiles_the_real_step_and_reports_per_chip_memory(capsys, target, attention, extra):
-    code, out, err = _run(capsys, TINY, "--dry-run", "--target", target, f"model.attention={attention}", *SMALL,
-                          *extra)
+    code, out, err = _run(capsys, TINY, "--dry-run", "--target", target, f"model.attention={attention}", *SMALL, *extra)
     assert code == 0, err
     record = json.loads(out[-1])
     assert record["target"] == parse_target(target).name and record["fits"] is True
@@ -100,9 +110,13 @@ def test_the_search_tries_the_smallest_changes_first():
 
     config = load_config(TINY, ["train.global_batch_size=16", "train.microbatches=2"])
     assert [changes for changes, _ in candidates(config)] == [
-        ("train.microbatches=4",), ("train.microbatches=8",), ("train.microbatches=16",),
-        ("model.remat_policy=full",), ("train.microbatches=4", "model.remat_policy=full"),
-        ("train.microbatches=8", "model.remat_policy=full"), ("train.microbatches=16", "model.remat_policy=full"),
+        ("train.microbatches=4",),
+        ("train.microbatches=8",),
+        ("train.microbatches=16",),
+        ("model.remat_policy=full",),
+        ("train.microbatches=4", "model.remat_policy=full"),
+        ("train.microbatches=8", "model.remat_policy=full"),
+        ("train.microbatches=16", "model.remat_policy=full"),
     ]
     tried = dict(candidates(config))
     assert tried[("train.microbatches=8", "model.remat_policy=full")].train.microbatches == 8
@@ -116,12 +130,24 @@ def test_not_fitting_names_the_smallest_change_that_fits(capsys):
     # 720k tokens per step through a one-layer model on one v5e chip (15.75 GiB): ~18 GiB, which the compiler
     # refuses at once; two microbatches (~12 GiB) compile with room to spare. The eval step goes over the same
     # microbatches (with it over the whole batch, no microbatch count fitted and the search compiled every candidate).
-    code, out, err = _run(capsys, TINY, "--dry-run", "--target", "v5e-1", "train.global_batch_size=2816",
-                          "train.seq_len=256", "model.remat_policy=none", "model.num_layers=1")
+    code, out, err = _run(
+        capsys,
+        TINY,
+        "--dry-run",
+        "--target",
+        "v5e-1",
+        "train.global_batch_size=2816",
+        "train.seq_len=256",
+        "model.remat_policy=none",
+        "model.num_layers=1",
+    )
     assert code == 1, err
     verdict = next(line for line in out if line.startswith("does not fit"))
-    found = re.fullmatch(r"does not fit: ([\d.]+) GiB > 15.75 GiB per chip; fits with "
-                         r"train\.microbatches=(\d+) \(([\d.]+) GiB\)", verdict)
+    found = re.fullmatch(
+        r"does not fit: ([\d.]+) GiB > 15.75 GiB per chip; fits with "
+        r"train\.microbatches=(\d+) \(([\d.]+) GiB\)",
+        verdict,
+    )
     assert found, verdict
     need, micro, then = float(found.group(1)), int(found.group(2)), float(found.group(3))
     assert need > 15.75 > then and micro >= 2

@@ -45,8 +45,10 @@ def cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 
 
 def plan_lines(args: list[str], env: dict[str, str]) -> list[str]:
-    r = cli([*args[: args.index("--")], "--dry-run", *args[args.index("--") :]] if "--" in args
-            else [*args, "--dry-run"], env)
+    r = cli(
+        [*args[: args.index("--")], "--dry-run", *args[args.index("--") :]] if "--" in args else [*args, "--dry-run"],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     return r.stdout.splitlines()
@@ -83,11 +85,30 @@ def test_dry_run_v4_8_spot_wheel(env: dict[str, str], cfg: str) -> None:
     lines = plan_lines([*UP, "--spot", "--run-dir", "gs://b/runs/303m", "--", cfg, "train.steps=1000"], env)
     cmds = [argv_of(line) for line in lines]
     base = ["--zone=us-central2-b", "--project=proj"]
-    assert cmds[0] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "trainer-303m", *base, "--format=value(state)"]
+    assert cmds[0] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "describe",
+        "trainer-303m",
+        *base,
+        "--format=value(state)",
+    ]
     assert cmds[1] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "trainer-303m", *base, "--quiet"]
     assert "PREEMPTED" in lines[1]
-    assert cmds[2] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "trainer-303m", *base,
-                       "--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base", "--spot"]
+    assert cmds[2] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        "trainer-303m",
+        *base,
+        "--accelerator-type=v4-8",
+        "--version=tpu-ubuntu2204-base",
+        "--spot",
+    ]
     assert cmds[3] == cmds[0] and "until the state is READY" in lines[3]
     stage = [c for c in cmds if c[0] != "gcloud"]  # local build of the wheel + configs
     assert stage[0][:2] == ["rm", "-rf"] and stage[0][2].endswith("trainer-launch-trainer-303m")
@@ -112,8 +133,24 @@ def test_dry_run_v4_8_spot_wheel(env: dict[str, str], cfg: str) -> None:
 
 
 def test_dry_run_v4_32_git(env: dict[str, str], cfg: str) -> None:
-    lines = plan_lines([*UP, "--accelerator", "v4-32", "--ship", "git", "--git-url", "https://x/repo.git",
-                        "--git-ref", "v1.2", "--", cfg, "train.steps=5", "run.dir=gs://b/r"], env)
+    lines = plan_lines(
+        [
+            *UP,
+            "--accelerator",
+            "v4-32",
+            "--ship",
+            "git",
+            "--git-url",
+            "https://x/repo.git",
+            "--git-ref",
+            "v1.2",
+            "--",
+            cfg,
+            "train.steps=5",
+            "run.dir=gs://b/r",
+        ],
+        env,
+    )
     cmds = [argv_of(line) for line in lines]
     assert all(c[0] == "gcloud" for c in cmds)  # nothing built locally
     create = cmds[2]
@@ -130,14 +167,24 @@ def test_dry_run_v4_32_git(env: dict[str, str], cfg: str) -> None:
 
 
 def test_dry_run_queued_reserved_with_retries(env: dict[str, str], cfg: str) -> None:
-    lines = plan_lines([*UP, "--queued", "--reserved", "--retries", "3", "--run-dir", "gs://b/r",
-                        "--name", "my-tpu", "--", cfg], env)
+    lines = plan_lines(
+        [*UP, "--queued", "--reserved", "--retries", "3", "--run-dir", "gs://b/r", "--name", "my-tpu", "--", cfg], env
+    )
     cmds = [argv_of(line) for line in lines]
     qr = ["gcloud", "compute", "tpus", "queued-resources"]
     assert cmds[0][:6] == [*qr, "describe", "my-tpu"] and "--format=value(state.state)" in cmds[0]
     assert cmds[1] == [*qr, "delete", "my-tpu", "--zone=us-central2-b", "--project=proj", "--force", "--quiet"]
-    assert cmds[2] == [*qr, "create", "my-tpu", "--zone=us-central2-b", "--project=proj", "--node-id=my-tpu",
-                       "--accelerator-type=v4-8", "--runtime-version=tpu-ubuntu2204-base", "--reserved"]
+    assert cmds[2] == [
+        *qr,
+        "create",
+        "my-tpu",
+        "--zone=us-central2-b",
+        "--project=proj",
+        "--node-id=my-tpu",
+        "--accelerator-type=v4-8",
+        "--runtime-version=tpu-ubuntu2204-base",
+        "--reserved",
+    ]
     assert "until the state is ACTIVE" in lines[3]
     assert cmds[-1][3:6] == ["tpu-vm", "ssh", "my-tpu"] and "up to 3 time(s)" in lines[-1]
 
@@ -154,7 +201,8 @@ def test_dry_run_library_path_without_gcloud(env: dict[str, str], cfg: str, tmp_
     assert lines[2].startswith(
         f"tpu_v2.TpuClient.create_node(CreateNodeRequest(parent='{parent}', node_id='trainer-303m', "
         "node=Node(accelerator_type='v4-8', runtime_version='tpu-ubuntu2204-base', "
-        "scheduling_config=SchedulingConfig(spot=True))))")
+        "scheduling_config=SchedulingConfig(spot=True))))"
+    )
     assert "gcloud CLI not found" in r.stderr and "ssh/scp" in r.stderr
     assert any("tpu-vm ssh" in line for line in lines)  # the worker steps still need gcloud
     # Without --dry-run it refuses before calling anything.
@@ -212,18 +260,37 @@ def test_unknown_zone_warns_and_continues(env: dict[str, str], cfg: str) -> None
 def test_status_logs_stop_delete_plans(env: dict[str, str]) -> None:
     flags = ["--zone", "us-central2-b", "--project", "proj", "--name", "trainer-303m"]
     status = [argv_of(x) for x in plan_lines(["status", *flags], env)]
-    assert status[0] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "trainer-303m",
-                         "--zone=us-central2-b", "--project=proj"]
+    assert status[0] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "describe",
+        "trainer-303m",
+        "--zone=us-central2-b",
+        "--project=proj",
+    ]
     assert status[1][4] == "ssh" and "--worker=all" in status[1] and "running" in command_of(status[1])
     logs = [argv_of(x) for x in plan_lines(["logs", *flags, "--worker", "2"], env)]
     assert len(logs) == 1 and "--worker=2" in logs[0] and "tail --pid" in command_of(logs[0])
     stop = [argv_of(x) for x in plan_lines(["stop", *flags], env)]
     assert len(stop) == 1 and "--worker=all" in stop[0] and "kill -TERM" in command_of(stop[0])
     assert [argv_of(x) for x in plan_lines(["delete", *flags], env)] == [
-        ["gcloud", "compute", "tpus", "tpu-vm", "delete", "trainer-303m", "--zone=us-central2-b",
-         "--project=proj", "--quiet"]]
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "delete",
+            "trainer-303m",
+            "--zone=us-central2-b",
+            "--project=proj",
+            "--quiet",
+        ]
+    ]
     assert plan_lines(["delete", *flags, "--api", "library"], env) == [
-        "tpu_v2.TpuClient.delete_node(DeleteNodeRequest(name='projects/proj/locations/us-central2-b/nodes/trainer-303m'))"]
+        "tpu_v2.TpuClient.delete_node(DeleteNodeRequest(name='projects/proj/locations/us-central2-b/nodes/trainer-303m'))"
+    ]
     qstatus = [argv_of(x) for x in plan_lines(["status", *flags, "--queued"], env)]
     assert [c[3] for c in qstatus] == ["queued-resources", "tpu-vm", "tpu-vm"]
     r = cli(["stop", "--zone", "us-central2-b", "--dry-run"], env)
@@ -244,14 +311,21 @@ FAKE_TRAINER = textwrap.dedent(
 
 
 def _job(**kw) -> tpu_plan.Job:
-    base = dict(name="t", zone="us-central2-b", project="p", accelerator=parse_accelerator("v4-8"),
-                runtime="tpu-ubuntu2204-base", remote_config="configs/x.yml")
+    base = dict(
+        name="t",
+        zone="us-central2-b",
+        project="p",
+        accelerator=parse_accelerator("v4-8"),
+        runtime="tpu-ubuntu2204-base",
+        remote_config="configs/x.yml",
+    )
     return tpu_plan.Job(**{**base, **kw})
 
 
 def _bash(step: tpu_plan.Step, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", command_of(list(step.argv))], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", command_of(list(step.argv))], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_worker_scripts_start_stream_result_stop(tmp_path: Path) -> None:
@@ -262,7 +336,7 @@ def test_worker_scripts_start_stream_result_stop(tmp_path: Path) -> None:
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
     (fakebin / "python3").symlink_to(PY)
-    (fakebin / "gcloud").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/gcloud.calls\n")
+    (fakebin / "gcloud").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/gcloud.calls\n')
     (fakebin / "gcloud").chmod(0o755)
     env = dict(os.environ, HOME=str(home), PATH=f"{fakebin}:{os.environ['PATH']}")
 
@@ -375,8 +449,10 @@ def test_up_refuses_a_config_that_does_not_fit_before_creating(fake_gcloud, tmp_
     pytest.importorskip("libtpu", reason="the fit check compiles with libtpu (pip install -e '.[tpu]')")
     d, env = fake_gcloud
     big = tmp_path / "big.yml"  # a 4M-parameter model with a 4M-token batch: the compiler refuses it at once
-    big.write_text(f"base: {REPO / 'configs' / 'tiny.yml'}\ntrain: {{global_batch_size: 16384}}\n"
-                   "model: {remat_policy: none}\nrun: {dir: /tmp/never-written}\n")
+    big.write_text(
+        f"base: {REPO / 'configs' / 'tiny.yml'}\ntrain: {{global_batch_size: 16384}}\n"
+        "model: {remat_policy: none}\nrun: {dir: /tmp/never-written}\n"
+    )
     r = cli([*UP, "--ship", "git", "--git-url", "u", "--git-ref", "r", "--", str(big)], env, timeout=300)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "does not fit" in r.stderr and "GiB > 30.75 GiB per chip on v4-8" in r.stderr and "--target v4-8" in r.stderr

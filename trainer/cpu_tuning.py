@@ -33,7 +33,8 @@ class CpuInfo:
         """A short, human name of the micro-architecture family: zen4, zen5, intel-avx512, ..."""
         if self.vendor == "AuthenticAMD":
             return {23: "zen2", 25: "zen4" if "avx512f" in self.flags else "zen3", 26: "zen5"}.get(
-                self.family, f"amd-family{self.family}")
+                self.family, f"amd-family{self.family}"
+            )
         if self.vendor == "GenuineIntel":
             if "amx_bf16" in self.flags:
                 return "intel-amx"
@@ -67,8 +68,13 @@ def detect(path: str = "/proc/cpuinfo") -> CpuInfo:
         except ValueError:
             return -1
 
-    return CpuInfo(name=fields.get("model name", ""), vendor=fields.get("vendor_id", ""), family=number("cpu family"),
-                   model=number("model"), flags=frozenset(fields.get("flags", "").split()))
+    return CpuInfo(
+        name=fields.get("model name", ""),
+        vendor=fields.get("vendor_id", ""),
+        family=number("cpu family"),
+        model=number("model"),
+        flags=frozenset(fields.get("flags", "").split()),
+    )
 
 
 def jax_version() -> tuple[int, int]:
@@ -113,5 +119,7 @@ def apply(env: dict[str, str] | os._Environ = os.environ) -> str | None:
     added = add_xla_flags(choose(info).xla_flags, env)
     chosen = f"XLA_FLAGS += {' '.join(added)}" if added else "XLA flags as given"
     jax = ".".join(map(str, jax_version()))
-    return (f"cpu: {info.name or 'unknown'} ({info.family_name}, {os.cpu_count()} cores, jax {jax}): {chosen} "
-            f"[{OFF_SWITCH}=0: off]")
+    return (
+        f"cpu: {info.name or 'unknown'} ({info.family_name}, {os.cpu_count()} cores, jax {jax}): {chosen} "
+        f"[{OFF_SWITCH}=0: off]"
+    )

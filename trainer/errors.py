@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import functools
 import sys
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class ExitCode(enum.IntEnum):
@@ -60,6 +61,13 @@ class ParityError(ConfigError):
     exit_code = ExitCode.FAILURE
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of a library's error message (its type name when empty), at most `limit` characters: the part
+    of a many-line error worth putting inside one of ours."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
 def report(error: ConfigError) -> int:
     """Print `error` as one line on stderr; return its exit code."""
     print(f"error: {error}", file=sys.stderr, flush=True)
@@ -70,7 +78,7 @@ def cli(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate a command's `main(argv)`: a `ConfigError` becomes one line and its exit code, Ctrl-C exit 130."""
 
     @functools.wraps(main)
-    def wrapped(*args, **kwargs) -> int:
+    def wrapped(*args: Any, **kwargs: Any) -> int:
         try:
             return int(main(*args, **kwargs))
         except ConfigError as e:

@@ -57,36 +57,112 @@ _V5P_SIZES = (8, 16, 32, 64, *range(128, 12288 + 1, 128))
 _GOOGLE = "cloud.google.com/tpu/docs/{} (system architecture: peak bf16 compute and HBM per chip)"
 _LIBTPU_HBM = "; usable HBM as libtpu 0.0.42's compiler reports it ('exceeds available HBM (30.75G)')"
 
-CHIPS: dict[str, Chip] = {c.name: c for c in (
-    Chip("v4", "tpu", "TPU v4", 275.0, 32 * GiB, "ICI, 3D torus (twisted at 64+ chips)", _GOOGLE.format("v4"),
-         device_kinds=("tpu v4",)),
-    Chip("v5e", "tpu", "TPU v5 lite", 197.0, 16 * GiB, "ICI, 2D torus", _GOOGLE.format("v5e"),
-         aliases=("v5litepod", "v5lite"), device_kinds=("tpu v5 lite", "tpu v5e")),
-    # v5p: Google lists 95 GB of HBM2e; libtpu's compiler may use 95.74 GiB of it, so the chip holds 96 GiB.
-    Chip("v5p", "tpu", "TPU v5", 459.0, 96 * GiB, "ICI, 3D torus", _GOOGLE.format("v5p"),
-         aliases=("v5",), device_kinds=("tpu v5p", "tpu v5")),
-    Chip("v6e", "tpu", "TPU v6 lite", 918.0, 32 * GiB, "ICI, 2D torus", _GOOGLE.format("v6e"),
-         aliases=("v6",), device_kinds=("tpu v6 lite", "tpu v6e")),
-    # KodaLite's GPUs. Datasheet: BF16 tensor 362.05 TFLOPS dense (733 with sparsity), 48 GB GDDR6 with ECC, PCIe
-    # Gen4 x16 (64 GB/s both ways), no NVLink. Memory: `nvidia-smi --query-gpu=memory.total` with ECC on.
-    Chip("l40s", "gpu", "NVIDIA L40S", 362.05, 46068 * MiB, "PCIe Gen4 x16, no NVLink",
-         "NVIDIA L40S datasheet (362.05 dense / 733 sparse bf16 TFLOPS); memory as nvidia-smi reports it, ECC on",
-         device_kinds=("l40s",)),
-    # auto-g-nano's GPUs (the 600 W Workstation Edition): 188 SMs × 1,024 dense bf16 FLOP per clock × 2.617 GHz.
-    Chip("rtx-pro-6000", "gpu", "NVIDIA RTX PRO 6000 Blackwell", 503.8, 96 * 1024 * MiB,
-         "PCIe Gen5 x16, no NVLink (auto-g-nano ran NCCL_P2P_DISABLE=1)",
-         "NVIDIA RTX Blackwell GPU architecture whitepaper: FP16/BF16 tensor with FP32 accumulate 503.8 dense / "
-         "1,007.6 sparse TFLOPS (4,000 sparse FP4 TOPS headline); memory: XLA's rtx6000pro device description",
-         aliases=("rtx6000pro", "rtx-pro-6000-blackwell", "rtxpro6000"), device_kinds=("rtx pro 6000",)),
-    Chip("h100", "gpu", "NVIDIA H100 80GB HBM3", 989.0, 84942979072, "NVLink 4, 900 GB/s per GPU",
-         "NVIDIA H100 SXM datasheet (989 dense / 1,979 sparse bf16 TFLOPS); memory: XLA's h100_sxm description",
-         aliases=("h100-sxm",), device_kinds=("h100",)),
-    Chip("h200", "gpu", "NVIDIA H200", 989.0, 141 * 10**9, "NVLink 4, 900 GB/s per GPU",
-         "NVIDIA H200 datasheet (989 dense / 1,979 sparse bf16 TFLOPS, 141 GB HBM3e)", device_kinds=("h200",)),
-    Chip("a100", "gpu", "NVIDIA A100-SXM4-80GB", 312.0, 85100068864, "NVLink 3, 600 GB/s per GPU",
-         "NVIDIA A100 datasheet (312 dense / 624 sparse bf16 TFLOPS); memory: XLA's a100_sxm_80 description",
-         aliases=("a100-80gb",), device_kinds=("a100",)),
-)}
+CHIPS: dict[str, Chip] = {
+    c.name: c
+    for c in (
+        Chip(
+            "v4",
+            "tpu",
+            "TPU v4",
+            275.0,
+            32 * GiB,
+            "ICI, 3D torus (twisted at 64+ chips)",
+            _GOOGLE.format("v4"),
+            device_kinds=("tpu v4",),
+        ),
+        Chip(
+            "v5e",
+            "tpu",
+            "TPU v5 lite",
+            197.0,
+            16 * GiB,
+            "ICI, 2D torus",
+            _GOOGLE.format("v5e"),
+            aliases=("v5litepod", "v5lite"),
+            device_kinds=("tpu v5 lite", "tpu v5e"),
+        ),
+        # v5p: Google lists 95 GB of HBM2e; libtpu's compiler may use 95.74 GiB of it, so the chip holds 96 GiB.
+        Chip(
+            "v5p",
+            "tpu",
+            "TPU v5",
+            459.0,
+            96 * GiB,
+            "ICI, 3D torus",
+            _GOOGLE.format("v5p"),
+            aliases=("v5",),
+            device_kinds=("tpu v5p", "tpu v5"),
+        ),
+        Chip(
+            "v6e",
+            "tpu",
+            "TPU v6 lite",
+            918.0,
+            32 * GiB,
+            "ICI, 2D torus",
+            _GOOGLE.format("v6e"),
+            aliases=("v6",),
+            device_kinds=("tpu v6 lite", "tpu v6e"),
+        ),
+        # KodaLite's GPUs. Datasheet: BF16 tensor 362.05 TFLOPS dense (733 with sparsity), 48 GB GDDR6 with ECC, PCIe
+        # Gen4 x16 (64 GB/s both ways), no NVLink. Memory: `nvidia-smi --query-gpu=memory.total` with ECC on.
+        Chip(
+            "l40s",
+            "gpu",
+            "NVIDIA L40S",
+            362.05,
+            46068 * MiB,
+            "PCIe Gen4 x16, no NVLink",
+            "NVIDIA L40S datasheet (362.05 dense / 733 sparse bf16 TFLOPS); memory as nvidia-smi reports it, ECC on",
+            device_kinds=("l40s",),
+        ),
+        # auto-g-nano's GPUs (the 600 W Workstation Edition): 188 SMs × 1,024 dense bf16 FLOP per clock × 2.617 GHz.
+        Chip(
+            "rtx-pro-6000",
+            "gpu",
+            "NVIDIA RTX PRO 6000 Blackwell",
+            503.8,
+            96 * 1024 * MiB,
+            "PCIe Gen5 x16, no NVLink (auto-g-nano ran NCCL_P2P_DISABLE=1)",
+            "NVIDIA RTX Blackwell GPU architecture whitepaper: FP16/BF16 tensor with FP32 accumulate 503.8 dense / "
+            "1,007.6 sparse TFLOPS (4,000 sparse FP4 TOPS headline); memory: XLA's rtx6000pro device description",
+            aliases=("rtx6000pro", "rtx-pro-6000-blackwell", "rtxpro6000"),
+            device_kinds=("rtx pro 6000",),
+        ),
+        Chip(
+            "h100",
+            "gpu",
+            "NVIDIA H100 80GB HBM3",
+            989.0,
+            84942979072,
+            "NVLink 4, 900 GB/s per GPU",
+            "NVIDIA H100 SXM datasheet (989 dense / 1,979 sparse bf16 TFLOPS); memory: XLA's h100_sxm description",
+            aliases=("h100-sxm",),
+            device_kinds=("h100",),
+        ),
+        Chip(
+            "h200",
+            "gpu",
+            "NVIDIA H200",
+            989.0,
+            141 * 10**9,
+            "NVLink 4, 900 GB/s per GPU",
+            "NVIDIA H200 datasheet (989 dense / 1,979 sparse bf16 TFLOPS, 141 GB HBM3e)",
+            device_kinds=("h200",),
+        ),
+        Chip(
+            "a100",
+            "gpu",
+            "NVIDIA A100-SXM4-80GB",
+            312.0,
+            85100068864,
+            "NVLink 3, 600 GB/s per GPU",
+            "NVIDIA A100 datasheet (312 dense / 624 sparse bf16 TFLOPS); memory: XLA's a100_sxm_80 description",
+            aliases=("a100-80gb",),
+            device_kinds=("a100",),
+        ),
+    )
+}
 
 TPU_GENERATIONS: dict[str, TpuGeneration] = {
     "v4": TpuGeneration("v4", tuple(2**k for k in range(3, 13)), 2, 4, 4, 3, "v4", round(30.75 * GiB)),
@@ -94,7 +170,7 @@ TPU_GENERATIONS: dict[str, TpuGeneration] = {
     "v5p": TpuGeneration("v5p", _V5P_SIZES, 2, 4, 4, 3, "v5", round(95.74 * GiB)),
     "v6e": TpuGeneration("v6e", (1, 4, 8, 16, 32, 64, 128, 256), 1, 4, 8, 2, "v6e", round(31.25 * GiB)),
 }
-TPU_SOURCE = ("slice sizes: gcloud's accelerator types (v4/v5p count TensorCores, v5e/v6e chips)" + _LIBTPU_HBM)
+TPU_SOURCE = "slice sizes: gcloud's accelerator types (v4/v5p count TensorCores, v5e/v6e chips)" + _LIBTPU_HBM
 _PREFIX_TO_GEN = {g.prefix: name for name, g in TPU_GENERATIONS.items()}
 _TPU_SPELLINGS = {**{a: CHIPS[n].name for n in TPU_GENERATIONS for a in CHIPS[n].aliases}, **_PREFIX_TO_GEN}
 _GPU_NAME = re.compile(r"^(\d+)x([a-z0-9-]+)$")
@@ -167,8 +243,9 @@ def parse_tpu_slice(given: str) -> TpuSlice:
     gen = _PREFIX_TO_GEN.get(prefix)
     if gen and num.isdigit() and int(num) in TPU_GENERATIONS[gen].sizes:
         return TpuSlice(f"{prefix}-{int(num)}", gen, int(num))
-    raise ConfigError(f"unknown accelerator {given!r}; did you mean {_nearest_tpu(given)!r}? "
-                      f"(valid: {_valid_tpu_summary()})")
+    raise ConfigError(
+        f"unknown accelerator {given!r}; did you mean {_nearest_tpu(given)!r}? (valid: {_valid_tpu_summary()})"
+    )
 
 
 def gpu_chip(model: str) -> Chip | None:
@@ -191,8 +268,10 @@ def parse_gpus(given: str, option: str = "--target", models: tuple[str, ...] | N
     known = list(models) if models is not None else gpu_names()
     found = _GPU_NAME.match(name)
     if found is None:
-        raise ConfigError(f"unknown target {given!r}: give a TPU type (v4-32, v5e-16, ...) or GPUs as COUNTxMODEL, "
-                          f"e.g. 2xl40s (models: {', '.join(known)})")
+        raise ConfigError(
+            f"unknown target {given!r}: give a TPU type (v4-32, v5e-16, ...) or GPUs as COUNTxMODEL, "
+            f"e.g. 2xl40s (models: {', '.join(known)})"
+        )
     count, model = int(found.group(1)), found.group(2)
     chip = gpu_chip(model)
     if chip is None or chip.name not in known:
@@ -215,12 +294,13 @@ def parse_machine(given: str, bare: bool = False, option: str = "--target") -> M
         if (chip := gpu_chip(name)) is not None:
             return Machine(chip.name, chip, None)
     if is_tpu_name(name):
-        tpu = parse_tpu_slice(name)
-        return Machine(tpu.name, CHIPS[tpu.generation], tpu.chips, tpu)
+        tpu_slice = parse_tpu_slice(name)
+        return Machine(tpu_slice.name, CHIPS[tpu_slice.generation], tpu_slice.chips, tpu_slice)
     old = re.fullmatch(r"([a-z][a-z0-9-]*?)-(\d+)", name)
-    if old and gpu_chip(old.group(1)) is not None:
-        raise ConfigError(f"{given!r}: GPUs are spelled COUNTxMODEL, as --target takes them: "
-                          f"{int(old.group(2))}x{gpu_chip(old.group(1)).name}")
+    if old and (old_chip := gpu_chip(old.group(1))) is not None:
+        raise ConfigError(
+            f"{given!r}: GPUs are spelled COUNTxMODEL, as --target takes them: {int(old.group(2))}x{old_chip.name}"
+        )
     count, chip = parse_gpus(name, option)
     return Machine(f"{count}x{chip.name}", chip, count)
 

@@ -19,14 +19,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("config", help="YAML config file, e.g. configs/tiny.yml")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100 mesh.fsdp=8")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="build everything abstractly (no weights allocated), print a summary and one JSON line")
-    parser.add_argument("--devices", type=int, default=None,
-                        help="with --dry-run: plan for this many devices instead of the ones present (e.g. 256)")
-    parser.add_argument("--target", default=None,
-                        help="with --dry-run: compile the train and eval steps for this TPU slice (v4-32, v5e-16, "
-                             "v5p-128, v6e-8, ...; needs .[tpu]) or these GPUs (2xl40s, 2xrtx-pro-6000, 8xh100; "
-                             "needs .[gpu-compile]) and report per-chip memory against its capacity")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build everything abstractly (no weights allocated), print a summary and one JSON line",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="with --dry-run: plan for this many devices instead of the ones present (e.g. 256)",
+    )
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="with --dry-run: compile the train and eval steps for this TPU slice (v4-32, v5e-16, "
+        "v5p-128, v6e-8, ...; needs .[tpu]) or these GPUs (2xl40s, 2xrtx-pro-6000, 8xh100; "
+        "needs .[gpu-compile]) and report per-chip memory against its capacity",
+    )
     parser.add_argument("--slices", type=int, default=1, help="with --target: this many slices (multi-slice)")
     return parser.parse_intermixed_args(argv)
 

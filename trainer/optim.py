@@ -37,7 +37,7 @@ def _path_names(path: tuple[Any, ...]) -> set[str]:
 
 
 def weight_decay_mask(opt: OptimizerConfig) -> Any:
-    """A mask function: True for parameters that decay (matrices), False for norm scales and, unless asked, embeddings."""
+    """A mask: True for parameters that decay (matrices), False for norm scales and, unless asked, embeddings."""
 
     def mask(params: Any) -> Any:
         def decays(path: tuple[Any, ...], _: Any) -> bool:
@@ -60,7 +60,8 @@ def make_optimizer(opt: OptimizerConfig, total_steps: int) -> tuple[optax.Gradie
     if opt.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(opt.clip_norm))
     parts.append(
-        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-                    mask=weight_decay_mask(opt))
+        optax.adamw(
+            schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=weight_decay_mask(opt)
+        )
     )
     return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=_NEVER_GIVE_UP), schedule

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -21,7 +22,7 @@ AXES = ("data", "fsdp", "tensor")
 
 
 def resolve_mesh_shape(mesh: MeshConfig, num_devices: int) -> dict[str, int]:
-    """Sizes of (data, fsdp, tensor) over all devices, filling a -1 axis; fails unless the product is the device count."""
+    """Sizes of (data, fsdp, tensor) over all devices, filling a -1 axis; their product must be the device count."""
     dcn = {"data": mesh.dcn_data, "fsdp": mesh.dcn_fsdp, "tensor": 1}
     if any(v < 1 for v in dcn.values()):
         raise ConfigError("mesh.dcn_data and mesh.dcn_fsdp must be positive")
@@ -70,8 +71,8 @@ def activate(mesh: Mesh | AbstractMesh, config: Config) -> Iterator[None]:
 
     An AbstractMesh (planning for devices that are not here, `--dry-run --devices N`) is enough for tracing.
     """
-    use = jax.sharding.use_abstract_mesh if isinstance(mesh, AbstractMesh) else jax.set_mesh
-    with use(mesh), nn.logical_axis_rules(config.mesh.logical_rules()):
+    current = jax.sharding.use_abstract_mesh(mesh) if isinstance(mesh, AbstractMesh) else jax.set_mesh(mesh)
+    with current, nn.logical_axis_rules(config.mesh.logical_rules()):
         yield
 
 

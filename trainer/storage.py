@@ -37,7 +37,7 @@ def is_remote(path: str) -> bool:
 
 
 def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
+    return path[len("file://") :] if path.startswith("file://") else path
 
 
 def join(base: str, *parts: str) -> str:
@@ -88,7 +88,8 @@ def _endpoint(path: str) -> tuple[str, int] | None:
     return url.hostname or "localhost", url.port or (443 if url.scheme == "https" else 80)
 
 
-def _gist(error: BaseException) -> str:
+def _last_line(error: BaseException) -> str:
+    """The last line of an error's message (a network error's innermost cause), at most 200 characters."""
     return ((str(error).strip().splitlines() or [type(error).__name__])[-1] or type(error).__name__)[:200]
 
 
@@ -111,13 +112,18 @@ def check_reachable(path: str, what: str, attempts: int = 3, first_wait: float =
                 socket.create_connection(endpoint, timeout=timeout).close()
                 break
             except OSError as e:
-                reason = e.strerror or _gist(e)
+                reason = e.strerror or _last_line(e)
                 if attempt == attempts:
-                    raise StorageError(f"can't reach {path} ({what}): {endpoint[0]}:{endpoint[1]} {reason} after "
-                                      f"{attempts} attempts; check the machine's network, or use a local folder") \
-                        from None
-                print(f"waiting for {endpoint[0]}:{endpoint[1]} to reach {path} ({what}): {reason}; retry "
-                      f"{attempt}/{attempts - 1} in {wait:.0f}s", file=sys.stderr, flush=True)
+                    raise StorageError(
+                        f"can't reach {path} ({what}): {endpoint[0]}:{endpoint[1]} {reason} after "
+                        f"{attempts} attempts; check the machine's network, or use a local folder"
+                    ) from None
+                print(
+                    f"waiting for {endpoint[0]}:{endpoint[1]} to reach {path} ({what}): {reason}; retry "
+                    f"{attempt}/{attempts - 1} in {wait:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 time.sleep(wait)
                 wait *= 2
     quiet = logging.getLogger("gcsfs")
@@ -126,8 +132,10 @@ def check_reachable(path: str, what: str, attempts: int = 3, first_wait: float =
     try:
         exists(path)
     except Exception as e:  # DNS, credentials, permissions: whatever the storage client raises
-        raise StorageError(f"can't reach {path} ({what}): {_gist(e)}; check the machine's network and "
-                          "credentials, or use a reachable folder") from None
+        raise StorageError(
+            f"can't reach {path} ({what}): {_last_line(e)}; check the machine's network and "
+            "credentials, or use a reachable folder"
+        ) from None
     finally:
         quiet.setLevel(level)
 
@@ -153,8 +161,9 @@ def check_writable(path: str, what: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(f"{what} {path} can't be written ({e.strerror or e} in {existing}); choose another "
-                          "folder") from None
+        raise ConfigError(
+            f"{what} {path} can't be written ({e.strerror or e} in {existing}); choose another folder"
+        ) from None
 
 
 def exists(path: str) -> bool:

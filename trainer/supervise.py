@@ -1,4 +1,4 @@
-"""`python -m trainer.supervise [--max-restarts N] -- COMMAND ...`: restart a crashing job (see `trainer.run.supervise`)."""
+"""`python -m trainer.supervise [--max-restarts N] -- COMMAND ...`: restart a crashing job (`trainer.run.supervise`)."""
 
 import sys
 

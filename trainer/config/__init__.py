@@ -10,18 +10,19 @@ the command-line entry points turn that into exit code 2.
 from trainer.config.checks import validate, validate_rope_scaling  # noqa: F401
 from trainer.config.loading import RENAMED_KEYS, from_dict, load_config  # noqa: F401
 from trainer.config.sections import (  # noqa: F401
+    LORA_TARGETS,
     CheckpointConfig,
     Config,
     DataConfig,
     DistributedConfig,
     EvalConfig,
-    LORA_TARGETS,
     LogConfig,
     LoraConfig,
     MeshConfig,
     MixtureComponent,
     ModelConfig,
     OptimizerConfig,
+    RematPolicy,
     RopeScalingConfig,
     RunConfig,
     Stage,

@@ -44,8 +44,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
             if values.get(new) is None:
                 values[new] = old_value
             raw = {**raw, section: values}
-            print(f"note: config key {section}.{old} is now {section}.{new}; read as {section}.{new}",
-                  file=sys.stderr)
+            print(f"note: config key {section}.{old} is now {section}.{new}; read as {section}.{new}", file=sys.stderr)
     return _build(Config, raw, prefix="")
 
 
@@ -121,7 +120,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     if origin is Literal:
         if value not in args:

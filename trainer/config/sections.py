@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
+RematPolicy = Literal["none", "full", "save_matmuls"]  # what the backward pass recomputes (model.remat_policy)
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,10 @@ class RopeScalingConfig:
 
     type: Literal["none", "linear", "ntk", "yarn", "llama3"] = "none"
     factor: float = 1.0  # new context / original context
-    original_max_seq_len: Optional[int] = None  # pretraining's context (yarn, llama3); None: max_seq_len / factor
+    original_max_seq_len: int | None = None  # pretraining's context (yarn, llama3); None: max_seq_len / factor
     beta_fast: float = 32.0  # yarn: rotations above which a frequency is kept (extrapolated)
     beta_slow: float = 1.0  # yarn: rotations below which a frequency is divided by factor (interpolated)
-    attention_factor: Optional[float] = None  # yarn: scale of cos/sin; None: 0.1·ln(factor) + 1
+    attention_factor: float | None = None  # yarn: scale of cos/sin; None: 0.1·ln(factor) + 1
     low_freq_factor: float = 1.0  # llama3: wavelengths above original/low_freq_factor are divided by factor
     high_freq_factor: float = 4.0  # llama3: wavelengths below original/high_freq_factor are kept
 
@@ -49,7 +50,7 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    head_dim: Optional[int] = None  # None: embed_dim // num_heads
+    head_dim: int | None = None  # None: embed_dim // num_heads
     mlp_dim: int = 768
     rope_theta: float = 10000.0
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
@@ -59,7 +60,7 @@ class ModelConfig:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     scan_layers: bool = True
-    remat_policy: Literal["none", "full", "save_matmuls"] = "full"
+    remat_policy: RematPolicy = "full"
     attention: Literal["dot_product", "cudnn", "splash"] = "dot_product"
     init_std: float = 0.02
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -79,7 +80,7 @@ class MeshConfig:
     tensor: int = 1
     dcn_data: int = 1  # across slices (multi-slice TPU) or hosts joined by the data-centre network
     dcn_fsdp: int = 1
-    rules: dict[str, Optional[list[str]]] = field(
+    rules: dict[str, list[str] | None] = field(
         default_factory=lambda: {
             "batch": ["data", "fsdp"],
             "length": None,
@@ -96,7 +97,7 @@ class MeshConfig:
 
     def logical_rules(self) -> tuple[tuple[str, Any], ...]:
         """The rules in Flax's `logical_axis_rules` form: ((logical, mesh_axis | tuple | None), ...)."""
-        out = []
+        out: list[tuple[str, Any]] = []
         for logical, axes in self.rules.items():
             if not axes:
                 out.append((logical, None))
@@ -112,13 +113,13 @@ class TrainConfig:
     """The optimisation run: how long, how big a batch, which seed."""
 
     steps: int = 200
-    epochs: Optional[float] = None  # instead of steps: passes over data.path's train tokens (steps derived from them)
+    epochs: float | None = None  # instead of steps: passes over data.path's train tokens (steps derived from them)
     global_batch_size: int = 16
     seq_len: int = 256
     seed: int = 0
     microbatches: int = 1  # gradient accumulation inside the jitted step (evaluation goes over the same slices)
     z_loss: float = 0.0
-    peak_tflops: Optional[float] = None  # per device; None: look the device kind up (none on CPU)
+    peak_tflops: float | None = None  # per device; None: look the device kind up (none on CPU)
     max_consecutive_nonfinite: int = 5  # stop after this many skipped updates in a row
 
 
@@ -135,7 +136,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_embeddings: bool = False
-    clip_norm: Optional[float] = 1.0
+    clip_norm: float | None = 1.0
 
 
 @dataclass(frozen=True)
@@ -158,20 +159,20 @@ class Stage:
 class DataConfig:
     """Where the tokenized shards are and how they become batches."""
 
-    path: Optional[str] = None  # a prepared folder or gs:// URL holding manifest.json
+    path: str | None = None  # a prepared folder or gs:// URL holding manifest.json
     mixture: list[MixtureComponent] = field(default_factory=list)  # instead of `path`
     stages: list[Stage] = field(default_factory=list)  # instead of `path` / `mixture`
     packing: bool = False  # pack whole documents (first-fit) instead of concatenate-and-split
-    streams: Optional[int] = None  # row streams per global batch; None: gcd(64, global batch). Fixes the data order
+    streams: int | None = None  # row streams per global batch; None: gcd(64, global batch). Fixes the data order
     shuffle: bool = True
     worker_count: int = 0  # Grain worker processes per row stream (0: a prefetch thread each)
     prefetch: int = 2  # batches prepared ahead
-    prepare_corpus: Optional[Literal["stdlib", "stdlib_qa"]] = None  # prepare this corpus into `path` when empty
+    prepare_corpus: Literal["stdlib", "stdlib_qa"] | None = None  # prepare this corpus into `path` when empty
     prepare_vocab_size: int = 4096
     prepare_val_fraction: float = 0.05  # documents prepare_corpus holds out for validation
     synthetic: bool = False  # random tokens of the configured shape instead of shards (measure speed before data)
-    chat_template: Optional[str] = None  # chat data: chatml | alpaca | kodalite | a Jinja string (trainer.data.chat)
-    end_of_turn: Optional[str] = None  # the token ending a reply; None: the template's (a Jinja one's: EOS)
+    chat_template: str | None = None  # chat data: chatml | alpaca | kodalite | a Jinja string (trainer.data.chat)
+    end_of_turn: str | None = None  # the token ending a reply; None: the template's (a Jinja one's: EOS)
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,8 @@ class EvalConfig:
     batches: int = 4
     tasks: list[str] = field(default_factory=list)  # lm-eval task names scored during training
     tasks_every_steps: int = 1000  # and at the end
-    tasks_data_dir: Optional[str] = None  # one file per task (docs/eval.md)
-    tasks_limit: Optional[int] = None  # documents per task; None: all
+    tasks_data_dir: str | None = None  # one file per task (docs/eval.md)
+    tasks_limit: int | None = None  # documents per task; None: all
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,8 @@ class CheckpointConfig:
 
     every_steps: int = 100
     keep: int = 3  # the last N
-    keep_every: Optional[int] = None  # and every K-th step forever
-    restore_from: Optional[str] = None  # PATH[:STEP] of another run, when this run has none
+    keep_every: int | None = None  # and every K-th step forever
+    restore_from: str | None = None  # PATH[:STEP] of another run, when this run has none
     restore_params_only: bool = True  # with restore_from: params only (fine-tuning) or the whole state
     async_save: bool = True
 
@@ -202,9 +203,9 @@ class CheckpointConfig:
 class WandbConfig:
     """Weights & Biases logging beside TensorBoard and JSONL (the `wandb` extra); off while `project` is None."""
 
-    project: Optional[str] = None
-    entity: Optional[str] = None  # None: the account's default entity
-    name: Optional[str] = None  # None: the run folder's name
+    project: str | None = None
+    entity: str | None = None  # None: the account's default entity
+    name: str | None = None  # None: the run folder's name
     mode: Literal["online", "offline"] = "online"  # offline: write run files locally (`wandb sync` later)
 
 
@@ -216,7 +217,7 @@ class LogConfig:
     tensorboard: bool = True
     sample_tokens: int = 64  # greedy tokens printed at the end of the run (0: none)
     sample_prompt: str = "import os\n"  # the prompt of that sample
-    profile_steps: Optional[list[int]] = None  # [start, end]: a jax.profiler trace of these steps in run.dir/profile
+    profile_steps: list[int] | None = None  # [start, end]: a jax.profiler trace of these steps in run.dir/profile
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -231,9 +232,9 @@ class RunConfig:
 class DistributedConfig:
     """jax.distributed settings; None means: from the environment (JAX_COORDINATOR_ADDRESS, ...) or auto-detect."""
 
-    coordinator_address: Optional[str] = None
-    num_processes: Optional[int] = None
-    process_id: Optional[int] = None
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,21 @@
-"""Text → tokenized ArrayRecord shards (`prepare`) → Grain batches (`pipeline`).
+"""Text → tokenized ArrayRecord shards (`python -m trainer.data.prepare`) → Grain batches (`pipeline`).
 
-    prepare(...)                  trainer.data.prepare   (import it from there; also `python -m trainer.data.prepare`)
-    load_tokenizer(dir_or_url)    trainer.data.tokenizer
-    make_train_iterator(...)      trainer.data.pipeline
-    make_eval_iterator(...)       trainer.data.pipeline
-    describe(data)                trainer.data.pipeline
-    ensure_prepared(data)         trainer.data.prepare
+Preparing a folder:
+- `prepare`: the command and `ensure_prepared` (a recipe's corpus on its first run), for both formats
+- `text_prepare`: the text preparer, `prepare(...)`
+- `chat_prepare`: conversations rendered through a chat template, with a loss mask on the replies
+- `folder`: one tokenizer per prepared folder, for text and chat alike
+- `sources` (files, globs, the stdlib corpus), `tfds_source`, `hf_source` (datasets): `--input` → `documents`
+- `documents`: an input `Item` and the `Document`s it yields
+- `units`: parallel work units, each resumable; `shards`: ArrayRecord shards and `manifest.json`
+- `integrity`: shard checks (`--verify`) and the checked reader the pipeline uses
+- `conversations`: chat corpora (JSONL formats, the built-in stdlib Q&A); `chat`: chat templates and loss masks
+Tokenizers: `tokenizer_base` (the interface), `tokenizer` (SentencePiece; loading any), `hf_tokenizer` (Hugging Face
+folders); `bos`: whether the run's documents start with BOS, recorded beside the run.
+Training: `pipeline` (row streams, shuffling, batches), `packing` (concatenation or packing), `mixture` (weighted
+sources, stages), `synthetic` (random tokens, no shards: tokens/s on a fresh machine).
 
-`prepare` is not re-exported here because the submodule of the same name shadows it once imported.
-The other names are imported lazily, so `import trainer.data` stays cheap (no Grain, no SentencePiece) until one
-is used.
+`DataError` (trainer.errors) is re-exported here: `from trainer.data import DataError`.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-from trainer.errors import DataError  # noqa: F401  (re-exported: `from trainer.data import DataError`)
-
-_LAZY = {
-    "ensure_prepared": "trainer.data.prepare",
-    "load_tokenizer": "trainer.data.tokenizer",
-    "Tokenizer": "trainer.data.tokenizer",
-    "Manifest": "trainer.data.shards",
-    "read_manifest": "trainer.data.shards",
-    "make_train_iterator": "trainer.data.pipeline",
-    "make_eval_iterator": "trainer.data.pipeline",
-    "TrainIterator": "trainer.data.pipeline",
-    "describe": "trainer.data.pipeline",
-}
-
-__all__ = ["DataError", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'trainer.data' has no attribute {name!r}")
+from trainer.errors import DataError  # noqa: F401

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from trainer import storage
 from trainer.config import Config
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, first_line
 
 BOS_FILE = "bos.json"  # {"bos": true|false, "source": where the fact came from}
 
@@ -33,8 +33,10 @@ def data_adds_bos(config: Config) -> bool:
     if not flags:
         raise ConfigError("no training data configured: set data.path")
     if len(flags) > 1:
-        raise ConfigError(f"data folders disagree on BOS: {flags[True]} was prepared with --bos, {flags[False]} "
-                          "without; prepare every folder of the mixture/stages alike")
+        raise ConfigError(
+            f"data folders disagree on BOS: {flags[True]} was prepared with --bos, {flags[False]} "
+            "without; prepare every folder of the mixture/stages alike"
+        )
     return next(iter(flags))
 
 
@@ -42,8 +44,10 @@ def check_same_bos(run_dir: str, bos: bool) -> None:
     """Refuse in one line to continue a run on data of the other BOS convention (its model learnt one)."""
     path = storage.join(run_dir, BOS_FILE)
     if storage.exists(path) and bool(storage.read_json(path).get("bos")) != bos:
-        raise ConfigError(f"{run_dir} was trained on documents {_with(not bos)} BOS, the data now has them "
-                          f"{_with(bos)}: use a new run.dir or prepare the data as before")
+        raise ConfigError(
+            f"{run_dir} was trained on documents {_with(not bos)} BOS, the data now has them "
+            f"{_with(bos)}: use a new run.dir or prepare the data as before"
+        )
 
 
 def record_bos(run_dir: str, bos: bool, source: str) -> None:
@@ -59,16 +63,19 @@ def run_adds_bos(run_dir: str, config: Config) -> bool:
         return bool(storage.read_json(path)["bos"])
     if config.data.synthetic:
         return False
-    fix = (f"write {{\"bos\": true}} or {{\"bos\": false}} to {path} (true when the data was prepared with --bos; "
-           "a run imported with trainer.convert_from_hf: import it again)")
+    fix = (
+        f'write {{"bos": true}} or {{"bos": false}} to {path} (true when the data was prepared with --bos; '
+        "a run imported with trainer.convert_from_hf: import it again)"
+    )
     if not (config.data.path or config.data.mixture or config.data.stages):
         raise ConfigError(f"{run_dir} does not record whether its documents began with BOS and names no data: {fix}")
     try:
         return data_adds_bos(config)
     except (ConfigError, OSError, ValueError) as e:  # a folder gone, a bucket unreachable, a damaged file
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{run_dir} does not record whether its documents began with BOS and its data can't "
-                          f"tell ({reason}): {fix}") from None
+        raise ConfigError(
+            f"{run_dir} does not record whether its documents began with BOS and its data can't "
+            f"tell ({first_line(e)}): {fix}"
+        ) from None
 
 
 def _with(bos: object) -> str:

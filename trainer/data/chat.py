@@ -49,23 +49,30 @@ class ChatTemplate:
 # the text of a single exchange is exactly the card's, and later turns each start on a line of their own.
 _AFTER_REPLY = "{% if not loop.first and messages[loop.index0 - 1]['role'] == 'assistant' %}{{ '\n' }}{% endif %}"
 _PROMPT_AFTER_REPLY = "{% if messages and messages[-1]['role'] == 'assistant' %}{{ '\n' }}{% endif %}"
-_CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 # KodaLite's card: `<|user|>\n{question}\n<|assistant|>\n{answer}\n<|end|>`, every marker plain text followed by a
 # newline; a system turn is `<|system|>\n{text}\n`; only replies end with `<|end|>`.
-_KODALITE = ("{% for message in messages %}" + _AFTER_REPLY + "{% if message['role'] == 'assistant' %}"
-             "{{ '<|assistant|>\n' + message['content'] + '\n<|end|>' }}{% else %}"
-             "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endif %}{% endfor %}"
-             "{% if add_generation_prompt %}" + _PROMPT_AFTER_REPLY + "{{ '<|assistant|>\n' }}{% endif %}")
+_KODALITE = (
+    "{% for message in messages %}" + _AFTER_REPLY + "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' + message['content'] + '\n<|end|>' }}{% else %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}" + _PROMPT_AFTER_REPLY + "{{ '<|assistant|>\n' }}{% endif %}"
+)
 # SmallCoder's card: the prompt `User: {request}\nAssistant:`; the reply follows after one space and ends with the
 # tokenizer's EOS; a system turn is its text on the lines before.
-_SMALLCODER = ("{% for message in messages %}" + _AFTER_REPLY + "{% if message['role'] == 'user' %}"
-               "{{ 'User: ' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}"
-               "{{ 'Assistant: ' + message['content'] + eos_token }}{% else %}{{ message['content'] + '\n' }}"
-               "{% endif %}{% endfor %}{% if add_generation_prompt %}" + _PROMPT_AFTER_REPLY + "{{ 'Assistant:' }}"
-               "{% endif %}")
-_ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
-                    "Write a response that appropriately completes the request.")
+_SMALLCODER = (
+    "{% for message in messages %}" + _AFTER_REPLY + "{% if message['role'] == 'user' %}"
+    "{{ 'User: ' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}"
+    "{{ 'Assistant: ' + message['content'] + eos_token }}{% else %}{{ message['content'] + '\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}" + _PROMPT_AFTER_REPLY + "{{ 'Assistant:' }}"
+    "{% endif %}"
+)
+_ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
 _ALPACA = (
     "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% else %}{{ '" + _ALPACA_PREAMBLE + "' }}"
     "{% endif %}{% for message in messages %}{% if message['role'] == 'user' %}"
@@ -100,8 +107,10 @@ def resolve_template(spec: str, end_of_turn: str | None = None, markers: str = "
         template = TEMPLATES[spec]
         if end_of_turn and end_of_turn != template.end_of_turn:
             if template.end_of_turn is None:
-                raise DataError(f"chat template {spec} ends turns with the tokenizer's EOS; --end-of-turn can't "
-                                "change it (write a Jinja template instead)")
+                raise DataError(
+                    f"chat template {spec} ends turns with the tokenizer's EOS; --end-of-turn can't "
+                    "change it (write a Jinja template instead)"
+                )
             jinja = template.jinja.replace(template.end_of_turn, end_of_turn)
             kept = tuple(m for m in template.markers if m != template.end_of_turn) + (end_of_turn,)
             template = ChatTemplate(f"{spec}+{end_of_turn}", jinja, end_of_turn, (), kept)
@@ -132,14 +141,24 @@ def _environment() -> Any:
     return env
 
 
-def render(template: ChatTemplate, messages: Sequence[Message], *, add_generation_prompt: bool = False,
-           bos_token: str = "", eos_token: str = "") -> str:
+def render(
+    template: ChatTemplate,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = False,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
     """The conversation as text through the template (what `apply_chat_template(..., tokenize=False)` returns)."""
     import jinja2
 
     try:
-        return _compiled(template.jinja).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                                bos_token=bos_token, eos_token=eos_token)
+        return _compiled(template.jinja).render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
     except jinja2.exceptions.TemplateError as e:
         raise DataError(f"chat template {template.name} failed to render a conversation: {e}") from None
 
@@ -164,8 +183,10 @@ def end_of_turn_id(template: ChatTemplate, tokenizer: Any) -> int | None:
     if len(ids) == 1:
         return int(ids[0])
     if text in template.special_tokens:
-        raise DataError(f"the end-of-turn marker {text!r} is {len(ids)} tokens in this tokenizer, not one: runtimes "
-                        "could not stop on its id; add it as a special token (prepare --format chat does)")
+        raise DataError(
+            f"the end-of-turn marker {text!r} is {len(ids)} tokens in this tokenizer, not one: runtimes "
+            "could not stop on its id; add it as a special token (prepare --format chat does)"
+        )
     return None
 
 
@@ -186,8 +207,10 @@ def normalize(messages: Any, where: str) -> list[Message]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise DataError(f"{where}: message {i} must be {{\"role\": one of {', '.join(ROLES)}, \"content\": text}}, "
-                            f"got {str(m)[:80]}")
+            raise DataError(
+                f'{where}: message {i} must be {{"role": one of {", ".join(ROLES)}, "content": text}}, '
+                f"got {str(m)[:80]}"
+            )
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -200,20 +223,30 @@ def assistant_spans(template: ChatTemplate, messages: Sequence[Message], eot: st
         if message["role"] != "assistant":
             continue
         before = render(template, messages[:i], add_generation_prompt=True, **tokens)
-        upto = render(template, messages[:i + 1], **tokens)
+        upto = render(template, messages[: i + 1], **tokens)
         if not (upto.startswith(before) and text.startswith(upto)):
-            raise DataError(f"chat template {template.name} does not render conversations by appending turns (the "
-                            "text up to a reply is not a prefix of the whole): its assistant tokens can't be masked")
+            raise DataError(
+                f"chat template {template.name} does not render conversations by appending turns (the "
+                "text up to a reply is not a prefix of the whole): its assistant tokens can't be masked"
+            )
         end = upto.rfind(eot, len(before))
         if end < 0:
-            raise DataError(f"chat template {template.name} does not end an assistant turn with the end-of-turn "
-                            f"marker {eot!r}: the model would never learn to stop")
+            raise DataError(
+                f"chat template {template.name} does not end an assistant turn with the end-of-turn "
+                f"marker {eot!r}: the model would never learn to stop"
+            )
         spans.append((len(before), end + len(eot)))
     return text, spans
 
 
-def encode(template: ChatTemplate, messages: Sequence[Message], tokenizer: Any, *, bos: bool = False,
-           where: str = "conversation") -> tuple[list[int], list[int]]:
+def encode(
+    template: ChatTemplate,
+    messages: Sequence[Message],
+    tokenizer: Any,
+    *,
+    bos: bool = False,
+    where: str = "conversation",
+) -> tuple[list[int], list[int]]:
     """Token ids of the rendered conversation and its loss mask (1 on assistant replies + end-of-turn tokens).
 
     A conversation whose mask is all zero (no assistant turn, or a template that hides it) is a DataError: training
@@ -226,15 +259,19 @@ def encode(template: ChatTemplate, messages: Sequence[Message], tokenizer: Any, 
     ids, offsets = tokenizer.encode_with_offsets(text)
     mask = [int(any(start < s_end and end > s_start for s_start, s_end in spans)) for start, end in offsets]
     if not any(mask):
-        raise DataError(f"{where}: the assistant mask is all zero (no assistant reply, or the template {template.name} "
-                        "renders none): nothing would be learned from it")
+        raise DataError(
+            f"{where}: the assistant mask is all zero (no assistant reply, or the template {template.name} "
+            "renders none): nothing would be learned from it"
+        )
     for s_start, s_end in spans:  # a one-id marker must end the reply as that id: the stop the model learns
         if eot_id is None:  # plain text: its tokens are masked like the reply's, the stop string finds any spelling
             break
         last = max(i for i, (start, end) in enumerate(offsets) if start < s_end and end > s_start)
         if ids[last] != eot_id:
-            raise DataError(f"{where}: a reply does not end in the end-of-turn token {eot!r} (id {eot_id}) but in id "
-                            f"{ids[last]}: the template or tokenizer merges it with neighbouring text")
+            raise DataError(
+                f"{where}: a reply does not end in the end-of-turn token {eot!r} (id {eot_id}) but in id "
+                f"{ids[last]}: the template or tokenizer merges it with neighbouring text"
+            )
     if bos and tokenizer.bos_id is not None:
         ids, mask = [tokenizer.bos_id] + ids, [0] + mask
     return ids, mask
@@ -249,10 +286,13 @@ def chat_config(template: ChatTemplate, tokenizer: Any) -> dict[str, Any]:
     end-of-turn marker, the single id a reply ends with (the marker's own, or EOS when the marker is plain text) and
     the stop strings (the plain-text marker): what generation and every export stop at."""
     eot_id = end_of_turn_id(template, tokenizer)
-    return {"chat_template": template.jinja, "template": template.name,
-            "end_of_turn": end_of_turn_text(template, tokenizer),
-            "end_of_turn_id": int(tokenizer.eos_id) if eot_id is None else eot_id,
-            "stop_strings": list(stop_strings(template, tokenizer))}
+    return {
+        "chat_template": template.jinja,
+        "template": template.name,
+        "end_of_turn": end_of_turn_text(template, tokenizer),
+        "end_of_turn_id": int(tokenizer.eos_id) if eot_id is None else eot_id,
+        "stop_strings": list(stop_strings(template, tokenizer)),
+    }
 
 
 def reply_content(config: dict[str, Any], generated: str) -> str:
@@ -264,6 +304,6 @@ def reply_content(config: dict[str, Any], generated: str) -> str:
     template = ChatTemplate(config.get("template", "jinja"), config["chat_template"], config.get("end_of_turn"))
     sentinel = "\x00"
     text = render(template, [{"role": "user", "content": "?"}, {"role": "assistant", "content": sentinel}])
-    after = text[text.rfind(sentinel) + 1:]
-    between = after[:after.find(config["end_of_turn"])] if config["end_of_turn"] in after else ""
-    return generated[:-len(between)] if between and generated.endswith(between) else generated
+    after = text[text.rfind(sentinel) + 1 :]
+    between = after[: after.find(config["end_of_turn"])] if config["end_of_turn"] in after else ""
+    return generated[: -len(between)] if between and generated.endswith(between) else generated

@@ -1,4 +1,5 @@
-"""`python -m trainer.data.prepare --format chat`: conversations → tokenizer (+ chat tokens) + masked ArrayRecord shards.
+"""`python -m trainer.data.prepare --format chat`: conversations → tokenizer (+ chat tokens) + masked ArrayRecord
+shards.
 
     python -m trainer.data.prepare --format chat --input dolly.jsonl --chat-template alpaca \\
         --tokenizer runs/base/tokenizer --out data/dolly-chat
@@ -22,6 +23,7 @@ from trainer import storage
 from trainer.data import DataError, chat, conversations
 from trainer.data import shards as shards_lib
 from trainer.data import tokenizer as tokenizer_lib
+from trainer.data.folder import claim_folder
 from trainer.data.shards import Manifest, ShardWriter
 from trainer.data.units import is_validation
 
@@ -67,12 +69,10 @@ def prepare_chat(
         raise DataError("--bos was given but the tokenizer has no BOS token")
     dtype = shards_lib.choose_dtype(tok.vocab_size)
     # Every conversation is rendered and masked before anything is written: a bad one costs nothing on disk.
-    encoded = [(key, *chat.encode(spec, chat.normalize(messages, key), tok, bos=bos, where=key))
-               for key, messages in convs]
-    # one rule for every kind of folder: one tokenizer per folder
-    from trainer.data.prepare import _claim_folder
-
-    tokenizer_file = _claim_folder(out, tok)
+    encoded = [
+        (key, *chat.encode(spec, chat.normalize(messages, key), tok, bos=bos, where=key)) for key, messages in convs
+    ]
+    tokenizer_file = claim_folder(out, tok)  # one rule for every kind of folder: one tokenizer per folder
     config = chat.chat_config(spec, tok)
     storage.write_json_atomic(storage.join(out, tokenizer_lib.CHAT_CONFIG_FILE), config)
 
@@ -84,8 +84,9 @@ def prepare_chat(
         for key, ids, mask in encoded:
             split = "val" if is_validation(key, seed, val_fraction) else "train"
             if split not in writers:
-                writers[split] = ShardWriter(out, f"{split}-{counts[split] // _PER_SHARD:05d}-chat"
-                                                  f"{shards_lib.SHARD_SUFFIX}", split, dtype)
+                writers[split] = ShardWriter(
+                    out, f"{split}-{counts[split] // _PER_SHARD:05d}-chat{shards_lib.SHARD_SUFFIX}", split, dtype
+                )
             writers[split].write(ids, mask)
             counts[split] += 1
             masked, total = masked + sum(mask), total + len(ids)
@@ -97,18 +98,34 @@ def prepare_chat(
             w.abort()
         raise
     manifest = Manifest(
-        tokenizer={"kind": tok.kind, "file": tokenizer_file, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
-                   "eos_id": tok.eos_id, "pad_id": tok.pad_id, "sha256": tok.sha256},
-        dtype=dtype, shards=tuple(sorted((i for i in infos if i is not None), key=lambda s: (s.split, s.file))),
-        bos=bos, seed=seed, val_fraction=val_fraction, source=corpus or ", ".join(inputs), command=command,
-        kind="chat", chat=config, location=out,
+        tokenizer={
+            "kind": tok.kind,
+            "file": tokenizer_file,
+            "vocab_size": tok.vocab_size,
+            "bos_id": tok.bos_id,
+            "eos_id": tok.eos_id,
+            "pad_id": tok.pad_id,
+            "sha256": tok.sha256,
+        },
+        dtype=dtype,
+        shards=tuple(sorted((i for i in infos if i is not None), key=lambda s: (s.split, s.file))),
+        bos=bos,
+        seed=seed,
+        val_fraction=val_fraction,
+        source=corpus or ", ".join(inputs),
+        command=command,
+        kind="chat",
+        chat=config,
+        location=out,
     )
     shards_lib.write_manifest(out, manifest)
     if verbose:
-        print(f"prepared {len(convs):,} conversations (train {counts['train']:,}, val {counts['val']:,}), "
-              f"{total:,} tokens of which {masked:,} ({100 * masked / max(total, 1):.0f}%) are trained on, "
-              f"template {spec.name}, end of turn {_stop_description(config)}, "
-              f"in {out} ({time.perf_counter() - started:.1f} s)")
+        print(
+            f"prepared {len(convs):,} conversations (train {counts['train']:,}, val {counts['val']:,}), "
+            f"{total:,} tokens of which {masked:,} ({100 * masked / max(total, 1):.0f}%) are trained on, "
+            f"template {spec.name}, end of turn {_stop_description(config)}, "
+            f"in {out} ({time.perf_counter() - started:.1f} s)"
+        )
     return manifest
 
 
@@ -144,8 +161,9 @@ def _glob(pattern: str) -> list[str]:
     return sorted(scheme + p if scheme and not p.startswith(scheme) else p for p in fs.glob(path))
 
 
-def _tokenizer(path: str | None, out: str, spec: chat.ChatTemplate, convs: list, vocab_size: int,
-               verbose: bool) -> tokenizer_lib.Tokenizer:
+def _tokenizer(
+    path: str | None, out: str, spec: chat.ChatTemplate, convs: list, vocab_size: int, verbose: bool
+) -> tokenizer_lib.Tokenizer:
     """The given tokenizer (+ the template's missing special tokens), the one already in `out`, or a new BPE."""
     if path is None:
         for name in (tokenizer_lib.SENTENCEPIECE_FILE, tokenizer_lib.HF_FOLDER):
@@ -157,14 +175,18 @@ def _tokenizer(path: str | None, out: str, spec: chat.ChatTemplate, convs: list,
         if missing:
             tok = tok.with_tokens(missing)
             if verbose:
-                print(f"added {', '.join(missing)} to the tokenizer as ids "
-                      f"{tok.vocab_size - len(missing)}..{tok.vocab_size - 1} (a base model grows its embedding "
-                      "to match: model.vocab_size)")
+                print(
+                    f"added {', '.join(missing)} to the tokenizer as ids "
+                    f"{tok.vocab_size - len(missing)}..{tok.vocab_size - 1} (a base model grows its embedding "
+                    "to match: model.vocab_size)"
+                )
         return tok
     if vocab_size < 300:
         raise DataError(f"--vocab-size {vocab_size} is too small: byte fallback alone needs 260 ids; use at least 300")
     texts = [chat.render(spec, chat.normalize(m, key)) for key, m in convs]
     if verbose:
-        print(f"training a SentencePiece BPE tokenizer (vocab {vocab_size:,}) on {sum(map(len, texts)):,} characters "
-              f"with {', '.join(spec.special_tokens) or 'no'} special tokens")
+        print(
+            f"training a SentencePiece BPE tokenizer (vocab {vocab_size:,}) on {sum(map(len, texts)):,} characters "
+            f"with {', '.join(spec.special_tokens) or 'no'} special tokens"
+        )
     return tokenizer_lib.train_sentencepiece(texts, vocab_size, special_tokens=spec.special_tokens)

@@ -25,8 +25,16 @@ from trainer import storage
 from trainer.data import DataError
 from trainer.data.chat import Message
 
-_ROLES = {"prompter": "user", "human": "user", "user": "user", "gpt": "assistant", "bot": "assistant",
-          "assistant": "assistant", "model": "assistant", "system": "system"}
+_ROLES = {
+    "prompter": "user",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 Conversation = tuple[str, list[Message]]  # (key: where it came from, messages)
 
 
@@ -69,8 +77,10 @@ def from_record(record: Any, where: str) -> list[Message]:
     root = record.get("prompt") if isinstance(record.get("prompt"), dict) else record
     if "replies" in root:
         return _best_path(root, lambda m: m.get("replies") or [], where)
-    raise DataError(f"{where}: not a conversation: expected `messages`, `conversations`, `instruction` + "
-                    f"`output`/`response`, or an OpenAssistant tree (keys found: {', '.join(sorted(record))[:120]})")
+    raise DataError(
+        f"{where}: not a conversation: expected `messages`, `conversations`, `instruction` + "
+        f"`output`/`response`, or an OpenAssistant tree (keys found: {', '.join(sorted(record))[:120]})"
+    )
 
 
 def _message(m: Any, where: str) -> Message:
@@ -127,8 +137,11 @@ def stdlib_instructions(limit: int | None = None) -> Iterator[Conversation]:
     root = sysconfig.get_paths()["stdlib"]
     count = 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("test", "tests", "idlelib", "site-packages")
-                             and not d.startswith(("_", ".")))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if d not in ("test", "tests", "idlelib", "site-packages") and not d.startswith(("_", "."))
+        )
         for filename in sorted(filenames):
             if not filename.endswith(".py") or filename.startswith("_"):
                 continue
@@ -161,8 +174,11 @@ def _module_questions(path: str, module: str) -> Iterator[Conversation]:
         qa = [
             ("what", f"What does `{name}` do?", f"`{node.name}`: {summary}"),
             ("params", f"What are the parameters of `{name}`?", takes),
-            ("module", f"Which module defines the function `{node.name}`?",
-             f"`{node.name}` is defined in the `{module}` module."),
+            (
+                "module",
+                f"Which module defines the function `{node.name}`?",
+                f"`{node.name}` is defined in the `{module}` module.",
+            ),
         ]
         for kind, question, answer in qa:
             yield f"{name}#{kind}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -172,5 +188,5 @@ def _first_sentence(doc: str, max_chars: int = 160) -> str:
     """The docstring's first sentence on one line, or '' when it is too long to be a short answer."""
     text = " ".join(doc.strip().split("\n\n")[0].split())
     end = text.find(". ")
-    sentence = text if end < 0 else text[:end + 1]
+    sentence = text if end < 0 else text[: end + 1]
     return sentence if 8 <= len(sentence) <= max_chars and sentence.isascii() else ""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from trainer.data import DataError
-from trainer.data.sources import Document, Item, value_document
+from trainer.data.documents import Document, Item, value_document
+from trainer.errors import first_line
 
 _SAVED = ("state.json", "dataset_dict.json")  # what Dataset / DatasetDict.save_to_disk write
 _BUILDERS = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
@@ -45,9 +47,11 @@ def _data_files(path: str) -> tuple[str, list[str]]:
     if not files:
         raise DataError(f"hf:{path}: no files match")
     if None in builders or len(builders) != 1:
-        raise DataError(f"hf:{path}: expected a save_to_disk folder or only JSON / JSON Lines / Parquet files "
-                        f"(found {', '.join(sorted({_extension(f) or os.path.basename(f) for f in files}))}); "
-                        "plain text files go straight to --input PATH")
+        raise DataError(
+            f"hf:{path}: expected a save_to_disk folder or only JSON / JSON Lines / Parquet files "
+            f"(found {', '.join(sorted({_extension(f) or os.path.basename(f) for f in files}))}); "
+            "plain text files go straight to --input PATH"
+        )
     return builders.pop(), files
 
 
@@ -77,16 +81,17 @@ def open_dataset(spec: str, split: str) -> Any:
     except DataError:
         raise
     except Exception as e:  # datasets raises many types for a missing dataset, split or file
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise DataError(f"cannot open Hugging Face dataset {spec} (split {split}): {reason}") from None
+        raise DataError(f"cannot open Hugging Face dataset {spec} (split {split}): {first_line(e)}") from None
 
 
 def items(spec: str, field: str, split: str) -> list[Item]:
     """One Item for the whole split (work units split it by rows later); the text column checked up front."""
     ds = open_dataset(spec, split)
     if field not in ds.column_names:
-        raise DataError(f"Hugging Face dataset {spec} has no column {field!r} (columns: {', '.join(ds.column_names)}; "
-                        "choose one with --text-field)")
+        raise DataError(
+            f"Hugging Face dataset {spec} has no column {field!r} (columns: {', '.join(ds.column_names)}; "
+            "choose one with --text-field)"
+        )
     dtype = getattr(ds.features[field], "dtype", None)
     if dtype not in ("string", "large_string", "binary", "large_binary"):
         raise DataError(f"Hugging Face dataset {spec}: column {field!r} holds {ds.features[field]}, not text")

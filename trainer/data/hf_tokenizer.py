@@ -25,11 +25,13 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 from trainer import storage
 from trainer.data import DataError
-from trainer.data.tokenizer import HF_FOLDER, Tokenizer
+from trainer.data import chat as chat_lib
+from trainer.data.tokenizer_base import HF_FOLDER, Tokenizer
+from trainer.errors import first_line
 
 TOKENIZER_JSON = "tokenizer.json"
 CONFIG_JSON = "tokenizer_config.json"
@@ -61,8 +63,9 @@ class HFTokenizer(Tokenizer):
         try:
             backend = Backend.from_str(files[TOKENIZER_JSON].decode())
         except Exception as e:  # the Rust side raises a bare Exception for a file it can't parse
-            raise DataError(f"{where}/{TOKENIZER_JSON} is not a tokenizer the tokenizers library reads: "
-                            f"{_first_line(e)}") from None
+            raise DataError(
+                f"{where}/{TOKENIZER_JSON} is not a tokenizer the tokenizers library reads: {first_line(e)}"
+            ) from None
         named, config = _named_tokens(original, special_map, _json(files, TOKENIZER_JSON, where))
         missing = [t for t in _listed_tokens(config, special_map, named) if backend.token_to_id(t) is None]
         if missing:
@@ -82,8 +85,10 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = max(vocab.values()) + 1 if vocab else 0
         ids = {key: (None if token is None else backend.token_to_id(token)) for key, token in named.items()}
         if ids["eos_token"] is None:
-            raise DataError(f"the Hugging Face tokenizer in {where} has no eos token; every document needs one "
-                            "(name it as eos_token in tokenizer_config.json)")
+            raise DataError(
+                f"the Hugging Face tokenizer in {where} has no eos token; every document needs one "
+                "(name it as eos_token in tokenizer_config.json)"
+            )
         self.bos_id = ids["bos_token"]
         self.eos_id = ids["eos_token"]
         self.pad_id = ids["pad_token"] if ids["pad_token"] is not None else self.eos_id
@@ -104,7 +109,7 @@ class HFTokenizer(Tokenizer):
         encoding = self._plain.encode(text, add_special_tokens=False)
         return encoding.ids, [tuple(o) for o in encoding.offsets]
 
-    def with_tokens(self, tokens: list[str]) -> "HFTokenizer":
+    def with_tokens(self, tokens: list[str]) -> HFTokenizer:
         """Add `tokens` as special tokens (never split, never normalized) after the existing ids; a token the
         vocabulary already holds keeps its id."""
         from tokenizers import AddedToken
@@ -126,7 +131,7 @@ class HFTokenizer(Tokenizer):
             return bool(self._config["add_bos_token"])
         return self._backend.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
 
-    def chat_template(self) -> Optional[str]:
+    def chat_template(self) -> str | None:
         """The folder's own chat template (tokenizer_config.json, chat_template.jinja or transformers'
         chat_template.json), the default one of several; None without one."""
         template = self._config.get("chat_template")
@@ -139,7 +144,7 @@ class HFTokenizer(Tokenizer):
             template = by_name.get("default", next(iter(by_name.values()), None))
         return template or None
 
-    def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
+    def render_chat(self, messages: list[dict[str, str]]) -> str | None:
         """The trained chat format when there is one, else the folder's own template, rendered in trainer.data.chat's
         Jinja environment (the one transformers' `apply_chat_template` uses)."""
         if self.chat is not None:
@@ -147,12 +152,13 @@ class HFTokenizer(Tokenizer):
         template = self.chat_template()
         if template is None:
             return None
-        from trainer.data import chat
-
-        return chat.render(chat.ChatTemplate(name="tokenizer", jinja=template, end_of_turn=None), messages,
-                           add_generation_prompt=True,
-                           bos_token="" if self.bos_id is None else self.token_text(self.bos_id),
-                           eos_token=self.token_text(self.eos_id))
+        return chat_lib.render(
+            chat_lib.ChatTemplate(name="tokenizer", jinja=template, end_of_turn=None),
+            messages,
+            add_generation_prompt=True,
+            bos_token="" if self.bos_id is None else self.token_text(self.bos_id),
+            eos_token=self.token_text(self.eos_id),
+        )
 
     @property
     def sha256(self) -> str:
@@ -175,8 +181,11 @@ def read_hf_folder(path: str) -> HFTokenizer:
     """The HF tokenizer in folder `path` (local or gs://): its tokenizer.json with the `tokenizers` library; a folder
     without one is converted with transformers when installed, else refused in one line saying how."""
     names = set(storage.listdir(path))
-    files = {name: storage.read_bytes(storage.join(path, name))
-             for name in names & set(KEPT_FILES + CONVERTIBLE_FILES) if not storage.isdir(storage.join(path, name))}
+    files = {
+        name: storage.read_bytes(storage.join(path, name))
+        for name in names & set(KEPT_FILES + CONVERTIBLE_FILES)
+        if not storage.isdir(storage.join(path, name))
+    }
     if TOKENIZER_JSON not in files:
         files = _converted(files, path)
     return HFTokenizer(files, path)
@@ -187,9 +196,10 @@ def _converted(files: dict[str, bytes], path: str) -> dict[str, bytes]:
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise DataError(f"{path} has no {TOKENIZER_JSON}: convert it once where transformers is installed "
-                        "(AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)), or pip install transformers"
-                        ) from None
+        raise DataError(
+            f"{path} has no {TOKENIZER_JSON}: convert it once where transformers is installed "
+            "(AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)), or pip install transformers"
+        ) from None
     with tempfile.TemporaryDirectory() as source, tempfile.TemporaryDirectory() as out:
         for name, data in files.items():
             with open(os.path.join(source, name), "wb") as f:
@@ -197,7 +207,7 @@ def _converted(files: dict[str, bytes], path: str) -> dict[str, bytes]:
         try:
             AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
         except Exception as e:  # transformers raises many types for a folder that is not a tokenizer
-            raise DataError(f"cannot load a Hugging Face tokenizer from {path}: {_first_line(e)}") from None
+            raise DataError(f"cannot load a Hugging Face tokenizer from {path}: {first_line(e)}") from None
         saved = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
     if TOKENIZER_JSON not in saved:
         raise DataError(f"transformers wrote no {TOKENIZER_JSON} for {path}: this tokenizer has no fast version")
@@ -213,14 +223,14 @@ def _json(files: dict[str, bytes], name: str, where: str) -> Any:
         raise DataError(f"{where}/{name} is not valid JSON ({e}): re-save the tokenizer folder") from None
 
 
-def _content(value: Any) -> Optional[str]:
+def _content(value: Any) -> str | None:
     """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict {"content": ...}."""
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
 
 
-def _named_tokens(config: dict, special_map: dict, spec: dict) -> tuple[dict[str, Optional[str]], dict]:
+def _named_tokens(config: dict, special_map: dict, spec: dict) -> tuple[dict[str, str | None], dict]:
     """bos/eos/unk/... as the config files name them, and the config to save: when neither names a BOS nor an EOS
     (GPT-2's holds only model_max_length) and tokenizer.json has exactly one special token, it is BOS and EOS, and the
     saved config says so (transformers then reads the same)."""
@@ -233,7 +243,7 @@ def _named_tokens(config: dict, special_map: dict, spec: dict) -> tuple[dict[str
     return named, config
 
 
-def _listed_tokens(config: dict, special_map: dict, named: dict[str, Optional[str]]) -> list[str]:
+def _listed_tokens(config: dict, special_map: dict, named: dict[str, str | None]) -> list[str]:
     """Every special token the config files list, in the order transformers adds the missing ones."""
     decoder = config.get("added_tokens_decoder") or {}
     listed = [_content(decoder[key]) for key in sorted(decoder, key=int)]
@@ -247,8 +257,3 @@ def _listed_tokens(config: dict, special_map: dict, named: dict[str, Optional[st
 def _kept(name: str, data: bytes) -> bool:
     """trainer.data.chat's own chat_template.json (kept beside a run's tokenizer) is not a tokenizer file."""
     return name != HF_CHAT_JSON or b"end_of_turn_id" not in data
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

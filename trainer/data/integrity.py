@@ -13,32 +13,37 @@ import bisect
 import concurrent.futures
 import itertools
 import re
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from trainer import storage
 from trainer.data import DataError
-from trainer.data.shards import MANIFEST_FILE, Manifest, ShardInfo
+from trainer.data.shards import MANIFEST_FILE, Manifest, ShardInfo, read_manifest
+from trainer.errors import ExitCode, first_line
 
 
 def repair_hint(manifest: Manifest) -> str:
     """What to run to rewrite a damaged shard: prepare verifies every finished part and redoes only the bad ones."""
     folder = manifest.location
     if manifest.command.startswith("python -m trainer.data.prepare"):
-        return f"re-run the command that prepared it, with the same --out (it rewrites only damaged parts): " \
-               f"{manifest.command}"
+        return (
+            f"re-run the command that prepared it, with the same --out (it rewrites only damaged parts): "
+            f"{manifest.command}"
+        )
     if manifest.command.startswith("auto-prepare"):
-        return f"delete {storage.join(folder, MANIFEST_FILE)} and start the run again (it prepares the damaged part anew)"
+        return (
+            f"delete {storage.join(folder, MANIFEST_FILE)} and start the run again (it prepares the damaged part anew)"
+        )
     return f"re-run the prepare command that made {folder} with the same --out (it rewrites only damaged parts)"
 
 
-def _first_line(error: BaseException) -> str:
+def _clause(error: BaseException) -> str:
     """The gist of a library error: its first clause, without Riegeli's hash values."""
-    text = str(error).strip()
-    text = text.splitlines()[0] if text else type(error).__name__
+    text = first_line(error, limit=len(str(error)) + 1)
     return re.sub(r" \(computed 0x[0-9a-f]+, stored 0x[0-9a-f]+\)", "", text.split(";")[0])[:200]
 
 
-def check_shard(folder: str, info: ShardInfo, with_hash: bool = False) -> Optional[str]:
+def check_shard(folder: str, info: ShardInfo, with_hash: bool = False) -> str | None:
     """Why one shard of `folder` does not match its manifest entry (missing, unreadable, record count, sha256); None
     when it does. The hash (which reads the whole file) only with `with_hash`."""
     from array_record.python.array_record_module import ArrayRecordReader
@@ -53,7 +58,7 @@ def check_shard(folder: str, info: ShardInfo, with_hash: bool = False) -> Option
         finally:
             reader.close()
     except Exception as e:  # Riegeli raises RuntimeError (sometimes without a message) for a damaged file
-        return f"it is truncated or corrupt ({_first_line(e)})"
+        return f"it is truncated or corrupt ({_clause(e)})"
     if count != info.documents:
         return f"it holds {count:,} records, the manifest says {info.documents:,}"
     if with_hash:
@@ -65,7 +70,9 @@ def check_shard(folder: str, info: ShardInfo, with_hash: bool = False) -> Option
 
 def shard_error(manifest: Manifest, info: ShardInfo, reason: str) -> DataError:
     """The one-line error for a damaged shard: which file, why, and how to rewrite it."""
-    return DataError(f"shard {storage.join(manifest.location, info.file)} is damaged: {reason}; {repair_hint(manifest)}")
+    return DataError(
+        f"shard {storage.join(manifest.location, info.file)} is damaged: {reason}; {repair_hint(manifest)}"
+    )
 
 
 class ShardSource:
@@ -86,14 +93,16 @@ class ShardSource:
             raise self._diagnose(None)
         self._ends = list(itertools.accumulate(info.documents for info in self._infos))
 
-    def _diagnose(self, error: Optional[BaseException]) -> DataError:
+    def _diagnose(self, error: BaseException | None) -> DataError:
         for info in self._infos:
             reason = check_shard(self._manifest.location, info)
             if reason is not None:
                 return shard_error(self._manifest, info, reason)
-        what = _first_line(error) if error is not None else "its record counts differ from the manifest"
-        return DataError(f"can't read the shards of {self._manifest.location} ({what}); check them with "
-                         f"`python -m trainer.data.prepare --verify {self._manifest.location}`")
+        what = _clause(error) if error is not None else "its record counts differ from the manifest"
+        return DataError(
+            f"can't read the shards of {self._manifest.location} ({what}); check them with "
+            f"`python -m trainer.data.prepare --verify {self._manifest.location}`"
+        )
 
     def __len__(self) -> int:
         return len(self._source)
@@ -107,17 +116,18 @@ class ShardSource:
     def _read_error(self, index: int, error: BaseException) -> DataError:
         shard = bisect.bisect_right(self._ends, int(index))
         if shard >= len(self._infos):
-            return DataError(f"record {index} is outside the shards of {self._manifest.location}: {_first_line(error)}")
+            return DataError(f"record {index} is outside the shards of {self._manifest.location}: {_clause(error)}")
         start = self._ends[shard - 1] if shard else 0
         info = self._infos[shard]
-        return shard_error(self._manifest, info, f"record {int(index) - start} can't be read ({_first_line(error)})")
+        return shard_error(self._manifest, info, f"record {int(index) - start} can't be read ({_clause(error)})")
 
     def __repr__(self) -> str:
         return f"ShardSource({self._manifest.location!r}, {len(self._infos)} shards)"
 
 
-def verify(manifest: Manifest, workers: int = 8,
-           progress: Optional[Callable[[ShardInfo], Any]] = None) -> list[tuple[ShardInfo, str]]:
+def verify(
+    manifest: Manifest, workers: int = 8, progress: Callable[[ShardInfo], Any] | None = None
+) -> list[tuple[ShardInfo, str]]:
     """Every shard of a prepared folder checked against its manifest entry (present, readable, record count,
     sha256); returns the damaged ones with the reason. Shards are checked in parallel threads (hashing and reads
     release the GIL)."""
@@ -142,21 +152,30 @@ def verify_folder(folder: str, progress: bool = True) -> int:
 
     from tqdm import tqdm
 
-    from trainer.data.shards import read_manifest
-    from trainer.errors import ExitCode
-
     storage.check_reachable(folder, "--verify")
     manifest = read_manifest(folder)
-    with tqdm(total=len(manifest.shards), unit="shard", desc="verify", disable=None if progress else True, file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(manifest.shards),
+        unit="shard",
+        desc="verify",
+        disable=None if progress else True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
         bad = verify(manifest, progress=lambda _: bar.update())
     totals = manifest.totals()["all"]
     if not bad:
-        print(f"verified {folder}: {len(manifest.shards)} shards, {totals['documents']:,} documents, "
-              f"{totals['tokens']:,} tokens; record counts and sha256 match {MANIFEST_FILE}")
+        print(
+            f"verified {folder}: {len(manifest.shards)} shards, {totals['documents']:,} documents, "
+            f"{totals['tokens']:,} tokens; record counts and sha256 match {MANIFEST_FILE}"
+        )
         return ExitCode.OK
     for info, reason in bad:
         print(f"damaged: {info.file}: {reason}")
-    print(f"error: {len(bad)} of {len(manifest.shards)} shards of {folder} are damaged (listed above); "
-          f"{repair_hint(manifest)}", file=sys.stderr, flush=True)
+    print(
+        f"error: {len(bad)} of {len(manifest.shards)} shards of {folder} are damaged (listed above); "
+        f"{repair_hint(manifest)}",
+        file=sys.stderr,
+        flush=True,
+    )
     return ExitCode.FAILURE

@@ -48,8 +48,10 @@ class SplitLong(grain.experimental.FlatMapTransform):
         if len(tokens) <= self.row_length:
             return [element]
         step = self.row_length - 1
-        return [{k: v[start:start + self.row_length] for k, v in element.items()}
-                for start in range(0, len(tokens) - 1, step)]
+        return [
+            {k: v[start : start + self.row_length] for k, v in element.items()}
+            for start in range(0, len(tokens) - 1, step)
+        ]
 
 
 class ConcatRow(grain.transforms.Map):

@@ -17,7 +17,8 @@ import atexit
 import math
 import sys
 import weakref
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import grain
 import numpy as np
@@ -86,8 +87,10 @@ def _streams(
     with its own seeded, epoch-aware shuffle (see `stream_count`).
     """
     rows_per_stream = global_batch_size // stream_count
-    read_options = grain.ReadOptions(num_threads=max(1, _READ_THREADS // len(stream_ids)),
-                                     prefetch_buffer_size=max(16, _READ_BUFFER // len(stream_ids)))
+    read_options = grain.ReadOptions(
+        num_threads=max(1, _READ_THREADS // len(stream_ids)),
+        prefetch_buffer_size=max(16, _READ_BUFFER // len(stream_ids)),
+    )
     # Conversations carry a loss mask and are always packed: a reply never attends to another conversation.
     chat = any(c.manifest.kind == "chat" for c in phase.components)
     streams = []
@@ -95,14 +98,28 @@ def _streams(
         parts = []
         for index, component in enumerate(phase.components):
             component_seed = mixture_lib.derive_seed(seed, stage, index)
-            docs = packing.documents(component.manifest, split, seed=component_seed, shuffle=shuffle,
-                                     stream_index=stream, stream_count=stream_count, with_mask=chat)
-            parts.append(packing.rows(
-                docs, seq_len=seq_len, packing=data.packing or chat,
-                seed=mixture_lib.derive_seed(component_seed, stream),
-                shuffle=shuffle, pad_id=int(component.manifest.tokenizer.get("pad_id", 0)),
-                packing_bins=max(_MIN_PACKING_BINS, rows_per_stream), read_options=read_options, with_mask=chat,
-            ))
+            docs = packing.documents(
+                component.manifest,
+                split,
+                seed=component_seed,
+                shuffle=shuffle,
+                stream_index=stream,
+                stream_count=stream_count,
+                with_mask=chat,
+            )
+            parts.append(
+                packing.rows(
+                    docs,
+                    seq_len=seq_len,
+                    packing=data.packing or chat,
+                    seed=mixture_lib.derive_seed(component_seed, stream),
+                    shuffle=shuffle,
+                    pad_id=int(component.manifest.tokenizer.get("pad_id", 0)),
+                    packing_bins=max(_MIN_PACKING_BINS, rows_per_stream),
+                    read_options=read_options,
+                    with_mask=chat,
+                )
+            )
         streams.append(mixture_lib.mix(parts, [c.weight for c in phase.components]).batch(rows_per_stream))
     return streams
 
@@ -124,8 +141,9 @@ def merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _with_prefetch(ds: grain.IterDataset, data: DataConfig) -> grain.IterDataset:
     if data.worker_count > 0:
         _ensure_absl_flags()
-        options = grain.MultiprocessingOptions(num_workers=data.worker_count,
-                                               per_worker_buffer_size=max(1, data.prefetch))
+        options = grain.MultiprocessingOptions(
+            num_workers=data.worker_count, per_worker_buffer_size=max(1, data.prefetch)
+        )
         return ds.mp_prefetch(options)
     if data.prefetch > 0:
         return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data.prefetch)
@@ -148,8 +166,16 @@ class TrainIterator:
     its own streams out of the merged state (`set_state`). States hold indices and counters, never data.
     """
 
-    def __init__(self, data: DataConfig, *, seq_len: int, global_batch_size: int, seed: int, process_index: int,
-                 process_count: int):
+    def __init__(
+        self,
+        data: DataConfig,
+        *,
+        seq_len: int,
+        global_batch_size: int,
+        seed: int,
+        process_index: int,
+        process_count: int,
+    ):
         self._inners: dict[int, Any] = {}
         if not 0 <= process_index < process_count:
             raise DataError(f"process_index {process_index} is outside 0..{process_count - 1}")
@@ -159,10 +185,15 @@ class TrainIterator:
         self._data = data
         self._phases = mixture_lib.plan(data)
         count = stream_count(data, global_batch_size, process_count)
-        self._kwargs = dict(split="train", seq_len=seq_len, seed=seed, shuffle=data.shuffle,
-                            global_batch_size=global_batch_size, stream_ids=host_streams(count, process_index,
-                                                                                   process_count),
-                            stream_count=count)
+        self._kwargs = dict(
+            split="train",
+            seq_len=seq_len,
+            seed=seed,
+            shuffle=data.shuffle,
+            global_batch_size=global_batch_size,
+            stream_ids=host_streams(count, process_index, process_count),
+            stream_count=count,
+        )
         self._step = 0
         self._stage = 0
         self._open(0)
@@ -172,8 +203,9 @@ class TrainIterator:
         self.close()
         self._stage = stage
         streams = _streams(self._phases[stage], self._data, stage=stage, **self._kwargs)
-        self._inners = {stream: iter(_with_prefetch(ds, self._data))
-                        for stream, ds in zip(self._kwargs["stream_ids"], streams)}
+        self._inners = {
+            stream: iter(_with_prefetch(ds, self._data)) for stream, ds in zip(self._kwargs["stream_ids"], streams)
+        }
 
     @property
     def step(self) -> int:
@@ -185,7 +217,7 @@ class TrainIterator:
         """Index of the stage the last batch came from."""
         return self._stage
 
-    def __iter__(self) -> "TrainIterator":
+    def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> dict[str, Any]:
@@ -200,8 +232,11 @@ class TrainIterator:
 
     def get_state(self) -> dict[str, Any]:
         """Small, JSON-able: the batch number, the stage and the Grain state of each of this host's streams."""
-        return {"step": self._step, "stage": self._stage,
-                "streams": {str(stream): it.get_state() for stream, it in self._inners.items()}}
+        return {
+            "step": self._step,
+            "stage": self._stage,
+            "streams": {str(stream): it.get_state() for stream, it in self._inners.items()},
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state` (this host's or a merged one) was taken; a stage boundary opens fresh."""
@@ -213,8 +248,10 @@ class TrainIterator:
             return
         missing = [s for s in self._inners if str(s) not in state["streams"]]
         if missing:
-            raise DataError(f"the saved data state has no stream {missing[0]}: it was saved with another data.streams "
-                            "or global batch size, which changes the data order; keep them to resume")
+            raise DataError(
+                f"the saved data state has no stream {missing[0]}: it was saved with another data.streams "
+                "or global batch size, which changes the data order; keep them to resume"
+            )
         for stream, it in self._inners.items():
             it.set_state(_slices_as_tuples(state["streams"][str(stream)]))
 
@@ -249,22 +286,32 @@ def _slices_as_tuples(state: Any) -> Any:
     Without this, a state that went through JSON (any checkpoint) restores a phantom remainder and the stream drifts.
     """
     if isinstance(state, dict):
-        return {k: ({f: tuple(v) for f, v in value.items()} if k == "remainder_slices" else _slices_as_tuples(value))
-                for k, value in state.items()}
+        return {
+            k: ({f: tuple(v) for f, v in value.items()} if k == "remainder_slices" else _slices_as_tuples(value))
+            for k, value in state.items()
+        }
     if isinstance(state, list):
         return [_slices_as_tuples(v) for v in state]
     return state
 
 
-def make_train_iterator(data: DataConfig, *, seq_len: int, global_batch_size: int, seed: int, process_index: int,
-                        process_count: int) -> TrainIterator:
+def make_train_iterator(
+    data: DataConfig, *, seq_len: int, global_batch_size: int, seed: int, process_index: int, process_count: int
+) -> TrainIterator:
     """This process's infinite training batches for `data` (a DataConfig); see the module docstring for the contract."""
-    return TrainIterator(data, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed,
-                         process_index=process_index, process_count=process_count)
+    return TrainIterator(
+        data,
+        seq_len=seq_len,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
-def make_eval_iterator(data: DataConfig, *, seq_len: int, global_batch_size: int, process_index: int, process_count: int,
-                       num_batches: int) -> Iterator[dict[str, Any]]:
+def make_eval_iterator(
+    data: DataConfig, *, seq_len: int, global_batch_size: int, process_index: int, process_count: int, num_batches: int
+) -> Iterator[dict[str, Any]]:
     """`num_batches` deterministic batches of the validation split (the last stage's mixture), fresh each call.
 
     No shuffle, so every evaluation sees the same rows; the split repeats if it is shorter than asked.
@@ -272,8 +319,18 @@ def make_eval_iterator(data: DataConfig, *, seq_len: int, global_batch_size: int
     phases = mixture_lib.plan(data)
     count = stream_count(data, global_batch_size, process_count)
     stream_ids = host_streams(count, process_index, process_count)
-    streams = _streams(phases[-1], data, split="val", seq_len=seq_len, global_batch_size=global_batch_size, seed=0,
-                       shuffle=False, stage=len(phases) - 1, stream_ids=stream_ids, stream_count=count)
+    streams = _streams(
+        phases[-1],
+        data,
+        split="val",
+        seq_len=seq_len,
+        global_batch_size=global_batch_size,
+        seed=0,
+        shuffle=False,
+        stage=len(phases) - 1,
+        stream_ids=stream_ids,
+        stream_count=count,
+    )
     # The streams take turns; `batch` stacks one turn (one part of each stream), `merge` lays them out in order.
     ds = streams[0] if len(streams) == 1 else grain.IterDataset.mix(streams, [1 / len(streams)] * len(streams))
     ds = ds.batch(len(streams)).map(_StackedToBatch())
@@ -321,16 +378,25 @@ def describe(data: DataConfig) -> str:
             totals = c.manifest.totals()
             share = f"{100 * c.weight / total:.0f}% " if len(phase.components) > 1 else ""
             train, val = totals["train"], totals["val"]
-            parts.append(f"{share}{c.path} ({train['documents']:,} docs / {_short(train['tokens'])} tokens, "
-                         f"val {_short(val['tokens'])})")
+            parts.append(
+                f"{share}{c.path} ({train['documents']:,} docs / {_short(train['tokens'])} tokens, "
+                f"val {_short(val['tokens'])})"
+            )
         prefix = f"stage {index} from step {phase.start_step}: " if len(phases) > 1 else ""
         lines.append(prefix + ", ".join(parts))
     tok = phases[0].components[0].manifest.tokenizer
     chat = any(c.manifest.kind == "chat" for phase in phases for c in phase.components)
-    mode = ("conversations packed first-fit, loss on replies only" if chat else
-            "packed first-fit" if data.packing else "concatenated")
-    lines.append(f"{tok['kind']} vocab {tok['vocab_size']:,}; rows {mode}; shuffle {'on' if data.shuffle else 'off'}; "
-                 f"prefetch {data.prefetch}; grain workers {data.worker_count}")
+    mode = (
+        "conversations packed first-fit, loss on replies only"
+        if chat
+        else "packed first-fit"
+        if data.packing
+        else "concatenated"
+    )
+    lines.append(
+        f"{tok['kind']} vocab {tok['vocab_size']:,}; rows {mode}; shuffle {'on' if data.shuffle else 'off'}; "
+        f"prefetch {data.prefetch}; grain workers {data.worker_count}"
+    )
     return "data: " + "\n      ".join(lines)
 
 
@@ -341,7 +407,7 @@ def _short(n: int) -> str:
     return str(n)
 
 
-def dataset_vocab_size(data: DataConfig) -> Optional[int]:
+def dataset_vocab_size(data: DataConfig) -> int | None:
     """The tokenizer vocabulary of the configured data (to check model.vocab_size against); None when unset."""
     if not (data.path or data.mixture or data.stages):
         return None

@@ -12,7 +12,8 @@ import dataclasses
 import os
 import tempfile
 import uuid
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def prepare_hint(path: str) -> str:
     return f"python -m trainer.data.prepare --input 'PATH_OR_GLOB' --out {path}  (or --corpus stdlib)"
 
 
-def choose_dtype(vocab_size: int, forced: Optional[str] = None) -> str:
+def choose_dtype(vocab_size: int, forced: str | None = None) -> str:
     """uint16 when every id fits, else uint32; a forced dtype must hold every id (ids run 0 .. vocab_size-1)."""
     if forced is not None:
         if forced not in _DTYPES:
@@ -69,8 +70,8 @@ def decode_chat_record(record: bytes, dtype: str) -> tuple[np.ndarray, np.ndarra
     """A chat record's ids (int32) and loss mask (int32, 0/1)."""
     width = np.dtype(dtype).itemsize
     n = len(record) // (width + 1)
-    ids = np.frombuffer(record[:n * width], dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int32)
-    return ids, np.frombuffer(record[n * width:], dtype=np.uint8).astype(np.int32)
+    ids = np.frombuffer(record[: n * width], dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int32)
+    return ids, np.frombuffer(record[n * width :], dtype=np.uint8).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Manifest:
         return {"format_version": out.pop("format_version"), **out}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], location: str = "") -> "Manifest":
+    def from_dict(cls, raw: dict[str, Any], location: str = "") -> Manifest:
         """Parse a manifest.json document (ignoring derived keys such as totals)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in fields}
@@ -144,8 +145,10 @@ def read_manifest(path: str) -> Manifest:
     if not storage.exists(manifest_path):
         what = "does not exist" if not storage.exists(path) else "holds no manifest.json (not prepared, or unfinished)"
         raise DataError(f"data path {path} {what}; prepare it with: {prepare_hint(path)}")
-    damaged = (f"; re-run the prepare command that made it with the same --out (finished parts are verified and "
-               f"kept, the manifest is rewritten): {prepare_hint(path)}")
+    damaged = (
+        f"; re-run the prepare command that made it with the same --out (finished parts are verified and "
+        f"kept, the manifest is rewritten): {prepare_hint(path)}"
+    )
     try:
         raw = storage.read_json(manifest_path)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a truncated or overwritten file
@@ -154,8 +157,9 @@ def read_manifest(path: str) -> Manifest:
         raise DataError(f"{manifest_path} is damaged (not a JSON object)" + damaged)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
-        raise DataError(f"{manifest_path} has format version {version}; this trainer reads {FORMAT_VERSION}: "
-                        "prepare it again")
+        raise DataError(
+            f"{manifest_path} has format version {version}; this trainer reads {FORMAT_VERSION}: prepare it again"
+        )
     try:
         return Manifest.from_dict(raw, location=path)
     except (TypeError, ValueError, AttributeError) as e:  # keys missing or of the wrong type
@@ -181,13 +185,15 @@ class ShardWriter:
         self.documents = 0
         self.tokens = 0
 
-    def write(self, ids: Sequence[int], mask: Optional[Sequence[int]] = None) -> None:
+    def write(self, ids: Sequence[int], mask: Sequence[int] | None = None) -> None:
         """Append one document (with `mask`: one conversation of a chat dataset)."""
-        self._writer.write(encode_record(ids, self.dtype) if mask is None else encode_chat_record(ids, mask, self.dtype))
+        self._writer.write(
+            encode_record(ids, self.dtype) if mask is None else encode_chat_record(ids, mask, self.dtype)
+        )
         self.documents += 1
         self.tokens += len(ids)
 
-    def close(self) -> Optional[ShardInfo]:
+    def close(self) -> ShardInfo | None:
         """Finish the shard and put it in place; None (and no file) when it holds no documents."""
         self._writer.close()
         if self.documents == 0:
@@ -211,7 +217,7 @@ def sidecar_path(folder: str, unit: int) -> str:
     return storage.join(folder, f"part-{unit:05d}.json")
 
 
-def read_verified_sidecar(folder: str, unit: int, key: str) -> Optional[dict[str, Any]]:
+def read_verified_sidecar(folder: str, unit: int, key: str) -> dict[str, Any] | None:
     """A finished unit's record when its key matches and every shard it lists has the recorded sha256; else None."""
     path = sidecar_path(folder, unit)
     if not storage.exists(path):

@@ -13,61 +13,22 @@ import gzip
 import json
 import os
 import sysconfig
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 from trainer import storage
-from trainer.data import DataError
+from trainer.data import DataError, hf_source, tfds_source
+from trainer.data.documents import Document, Item, decode_utf8, value_document
+from trainer.errors import first_line
 
 STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 _JSONL_EXT = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 _PARQUET_EXT = (".parquet",)
 
 
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """One unit of reading: a file (text, JSONL or Parquet) or a range of rows of a TFDS / HF dataset split."""
-
-    kind: str  # 'text' | 'jsonl' | 'parquet' | 'tfds' | 'hf'
-    path: str  # file path / URL; tfds: the prepared dataset's folder; hf: what follows `hf:`
-    size: int = 0  # bytes on disk (0: unknown), for grouping and the progress estimate
-    field: str = "text"  # JSONL key / Parquet column / dataset feature
-    split: str = ""  # tfds / hf split
-    part: int = 0  # tfds / hf: which of `parts` work units the split's rows were cut into
-    parts: int = 1
-    data_dir: str = ""  # tfds data dir
-    name: str = ""  # files: the path relative to the inputs' common folder; the documents' key (split, reports)
-    start: int = 0  # tfds / hf: the first row (of the split) to read
-    rows: int = 0  # tfds / hf: how many rows
-    fingerprint: str = ""  # tfds / hf: identity of the dataset's content (resume redoes a unit when it changes)
-
-    @property
-    def key(self) -> str:
-        """Stable name of the item: moving the corpus folder keeps every document's train/val assignment."""
-        return self.name or self.path
-
-
-@dataclasses.dataclass(frozen=True)
-class Document:
-    """A document's text, a key that identifies it across runs (for the train/val split), and its U+FFFD count."""
-
-    key: str
-    text: str
-    replaced: int = 0
-
-
-def decode_utf8(raw: bytes) -> tuple[str, int]:
-    """Decode with invalid bytes replaced by U+FFFD; also return how many replacements were made."""
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        return text, text.count("\ufffd") - raw.count("\ufffd".encode())
-
-
 # ---------------------------------------------------------------------------------------------- resolving
 
 
-def stdlib_files(max_files: Optional[int] = None) -> tuple[str, list[str]]:
+def stdlib_files(max_files: int | None = None) -> tuple[str, list[str]]:
     """This Python's standard library .py files (no test folders or site-packages), sorted: the built-in corpus."""
     root = sysconfig.get_paths()["stdlib"]
     files: list[str] = []
@@ -118,26 +79,22 @@ def _file_item(path: str, field: str) -> Item:
     return Item(_kind_of(path), path, os.path.getsize(path), field)
 
 
-def _dataset_items(spec: str, field: str, tfds_data_dir: Optional[str], split: str) -> list[Item]:
+def _dataset_items(spec: str, field: str, tfds_data_dir: str | None, split: str) -> list[Item]:
     kind, _, rest = spec.partition(":")
     if not rest:
         example = "tfds:NAME[/CONFIG][:VERSION]" if kind == "tfds" else "hf:PATH_OR_NAME"
         raise DataError(f"--input {spec}: name the dataset, e.g. {example}")
     if kind == "tfds":
-        from trainer.data import tfds_source
-
         return tfds_source.items(rest, field, split, tfds_data_dir)
-    from trainer.data import hf_source
-
     return hf_source.items(rest, field, split)
 
 
 def resolve(
     inputs: Sequence[str],
-    corpus: Optional[str] = None,
+    corpus: str | None = None,
     text_field: str = "text",
-    tfds_data_dir: Optional[str] = None,
-    max_files: Optional[int] = None,
+    tfds_data_dir: str | None = None,
+    max_files: int | None = None,
     split: str = "train",
 ) -> tuple[list[Item], str]:
     """All items to read and a one-line description of the source; fails (DataError) on no match or unreadable files."""
@@ -208,9 +165,17 @@ def _row_parts(item: Item, target_bytes: int) -> list[Item]:
     """A dataset item cut into even row ranges of about `target_bytes` each (at least one row per part)."""
     parts = max(1, min(item.rows, -(-item.size // max(1, target_bytes))))
     bounds = [item.start + item.rows * i // parts for i in range(parts + 1)]
-    return [dataclasses.replace(item, part=i, parts=parts, start=bounds[i], rows=bounds[i + 1] - bounds[i],
-                                size=item.size * (bounds[i + 1] - bounds[i]) // max(1, item.rows))
-            for i in range(parts)]
+    return [
+        dataclasses.replace(
+            item,
+            part=i,
+            parts=parts,
+            start=bounds[i],
+            rows=bounds[i + 1] - bounds[i],
+            size=item.size * (bounds[i + 1] - bounds[i]) // max(1, item.rows),
+        )
+        for i in range(parts)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -226,12 +191,8 @@ def read_documents(item: Item) -> Iterator[Document]:
         elif item.kind == "parquet":
             yield from _read_parquet(item)
         elif item.kind == "tfds":
-            from trainer.data import tfds_source
-
             yield from tfds_source.read(item)
         elif item.kind == "hf":
-            from trainer.data import hf_source
-
             yield from hf_source.read(item)
         else:
             raise DataError(f"unknown input kind {item.kind!r}")
@@ -272,9 +233,9 @@ def _read_parquet(item: Item) -> Iterator[Document]:
     try:
         yield from _parquet_documents(item)
     except pyarrow.ArrowException as e:  # not Parquet, truncated, or a damaged page
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DataError(f"{item.path} is not a readable Parquet file ({reason}); replace it or leave it out of "
-                        "--input") from None
+        raise DataError(
+            f"{item.path} is not a readable Parquet file ({first_line(e, 200)}); replace it or leave it out of --input"
+        ) from None
 
 
 def _parquet_documents(item: Item) -> Iterator[Document]:
@@ -292,19 +253,6 @@ def _parquet_documents(item: Item) -> Iterator[Document]:
             for value in batch.column(0).to_pylist():
                 row += 1
                 yield from value_document(f"{item.key}:{row}", value, item)
-
-
-def value_document(key: str, value: object, item: Item) -> Iterator[Document]:
-    """One row's value (text, UTF-8 bytes or None) as a document; DataError for anything else."""
-    if value is None:
-        value = ""
-    if isinstance(value, bytes):
-        text, replaced = decode_utf8(value)
-    elif isinstance(value, str):
-        text, replaced = value, 0
-    else:
-        raise DataError(f"{item.path}: field {item.field!r} holds {type(value).__name__}, not text")
-    yield Document(key, text, replaced)
 
 
 def _import_pyarrow():

@@ -21,11 +21,14 @@ _SPLITS = {"train": 0, "val": 1}
 
 def _batch(seed: int, split: str, step: int, rows: range, seq_len: int, vocab_size: int) -> dict[str, np.ndarray]:
     """Rows `rows` of global batch `step` in the train step's batch contract (see trainer.data.pipeline)."""
-    tokens = np.stack([
-        np.random.default_rng([seed % 2**63, _SPLITS[split], step, row]).integers(0, vocab_size, seq_len + 1,
-                                                                                  dtype=np.int32)
-        for row in rows
-    ])
+    tokens = np.stack(
+        [
+            np.random.default_rng([seed % 2**63, _SPLITS[split], step, row]).integers(
+                0, vocab_size, seq_len + 1, dtype=np.int32
+            )
+            for row in rows
+        ]
+    )
     n = len(rows)
     return {
         "inputs": np.ascontiguousarray(tokens[:, :-1]),
@@ -44,8 +47,16 @@ def _host_rows(global_batch_size: int, process_index: int, process_count: int) -
 class SyntheticIterator:
     """This host's infinite synthetic training batches; the same interface and state shape as `TrainIterator`."""
 
-    def __init__(self, *, vocab_size: int, seq_len: int, global_batch_size: int, seed: int, process_index: int,
-                 process_count: int):
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        seq_len: int,
+        global_batch_size: int,
+        seed: int,
+        process_index: int,
+        process_count: int,
+    ):
         self._rows = _host_rows(global_batch_size, process_index, process_count)
         self._shape = {"seq_len": seq_len, "vocab_size": vocab_size}
         self._seed = seed
@@ -76,15 +87,30 @@ class SyntheticIterator:
         """Nothing to release (no threads, no files); here for the `TrainIterator` interface."""
 
 
-def make_train_iterator(*, vocab_size: int, seq_len: int, global_batch_size: int, seed: int, process_index: int,
-                        process_count: int) -> SyntheticIterator:
+def make_train_iterator(
+    *, vocab_size: int, seq_len: int, global_batch_size: int, seed: int, process_index: int, process_count: int
+) -> SyntheticIterator:
     """This process's synthetic training batches."""
-    return SyntheticIterator(vocab_size=vocab_size, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed,
-                             process_index=process_index, process_count=process_count)
+    return SyntheticIterator(
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
-def make_eval_iterator(*, vocab_size: int, seq_len: int, global_batch_size: int, seed: int, process_index: int,
-                       process_count: int, num_batches: int) -> Iterator[dict[str, np.ndarray]]:
+def make_eval_iterator(
+    *,
+    vocab_size: int,
+    seq_len: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    num_batches: int,
+) -> Iterator[dict[str, np.ndarray]]:
     """`num_batches` synthetic validation batches, the same at every evaluation (drawn apart from the train ones)."""
     rows = _host_rows(global_batch_size, process_index, process_count)
     for step in range(num_batches):

@@ -13,15 +13,19 @@ import hashlib
 import importlib.util
 import os
 import re
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from trainer import storage
 from trainer.data import DataError
-from trainer.data.sources import Document, Item, value_document
+from trainer.data.documents import Document, Item, value_document
+from trainer.errors import first_line
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-_TFRECORD_HINT = ('pip install -e ".[tfrecord]" (TensorFlow), or prepare the dataset with file_format=array_record '
-                  "to read it without TensorFlow")
+_TFRECORD_HINT = (
+    'pip install -e ".[tfrecord]" (TensorFlow), or prepare the dataset with file_format=array_record '
+    "to read it without TensorFlow"
+)
 
 
 def import_tfds() -> Any:
@@ -49,14 +53,18 @@ def dataset_folder(spec: str, data_dir: str) -> tuple[str, str]:
     """
     name, _, version = spec.partition(":")
     if version and not _VERSION.match(version):
-        raise DataError(f"tfds:{spec}: the part after ':' is a version such as 1.0.0, not {version!r} "
-                        "(choose the split with --split)")
+        raise DataError(
+            f"tfds:{spec}: the part after ':' is a version such as 1.0.0, not {version!r} "
+            "(choose the split with --split)"
+        )
     if not re.match(r"^[\w-]+(/[\w.-]+)?$", name):
         raise DataError(f"tfds:{spec}: expected tfds:NAME[/CONFIG][:VERSION], e.g. tfds:c4/en:3.1.0")
     folder = storage.join(data_dir, *name.split("/"))
     if not storage.isdir(folder):
-        raise DataError(f"TFDS dataset {name} is not prepared in {data_dir} (no folder {folder}); give the data dir "
-                        "that holds it with --tfds-data-dir, or prepare it first (tfds build)")
+        raise DataError(
+            f"TFDS dataset {name} is not prepared in {data_dir} (no folder {folder}); give the data dir "
+            "that holds it with --tfds-data-dir, or prepare it first (tfds build)"
+        )
     if version:
         chosen = storage.join(folder, version)
         if not storage.exists(storage.join(chosen, "dataset_info.json")):
@@ -67,10 +75,13 @@ def dataset_folder(spec: str, data_dir: str) -> tuple[str, str]:
     if not versions:
         subfolders = sorted(n for n in storage.listdir(folder) if _prepared_versions(storage.join(folder, n)))
         if subfolders and "/" not in name:
-            raise DataError(f"TFDS dataset {name} has configs ({', '.join(subfolders)}): name one, "
-                            f"e.g. tfds:{name}/{subfolders[0]}")
-        raise DataError(f"TFDS dataset {name} in {data_dir} has no complete prepared version (no "
-                        "VERSION/dataset_info.json): prepare it first (tfds build)")
+            raise DataError(
+                f"TFDS dataset {name} has configs ({', '.join(subfolders)}): name one, e.g. tfds:{name}/{subfolders[0]}"
+            )
+        raise DataError(
+            f"TFDS dataset {name} in {data_dir} has no complete prepared version (no "
+            "VERSION/dataset_info.json): prepare it first (tfds build)"
+        )
     return storage.join(folder, versions[-1]), name
 
 
@@ -89,7 +100,7 @@ def open_builder(folder: str) -> Any:
     try:
         return tfds.builder_from_directory(folder)
     except Exception as e:  # tfds raises many types for a damaged or foreign folder
-        raise DataError(f"cannot open the TFDS dataset in {folder}: {_first_line(e)}") from None
+        raise DataError(f"cannot open the TFDS dataset in {folder}: {first_line(e)}") from None
 
 
 def uses_data_source(info: Any) -> bool:
@@ -99,31 +110,47 @@ def uses_data_source(info: Any) -> bool:
     return bool(set(info.available_file_formats()) & random_access)
 
 
-def items(spec: str, field: str, split: str, data_dir: Optional[str]) -> list[Item]:
+def items(spec: str, field: str, split: str, data_dir: str | None) -> list[Item]:
     """One Item per split range named by `split` (`train`, `train[:10%]`, `train+validation`); checked up front."""
     tfds = import_tfds()
     data_dir = data_dir or default_data_dir()
     folder, name = dataset_folder(spec, data_dir)
     info = open_builder(folder).info
     if field not in info.features:
-        raise DataError(f"TFDS dataset {name} has no feature {field!r} (features: {', '.join(sorted(info.features))}; "
-                        "choose one with --text-field)")
+        raise DataError(
+            f"TFDS dataset {name} has no feature {field!r} (features: {', '.join(sorted(info.features))}; "
+            "choose one with --text-field)"
+        )
     if not uses_data_source(info) and importlib.util.find_spec("tensorflow") is None:
-        raise DataError(f"TFDS dataset {name} is stored as {info.file_format.value}, which only TensorFlow reads: "
-                        + _TFRECORD_HINT)
+        raise DataError(
+            f"TFDS dataset {name} is stored as {info.file_format.value}, which only TensorFlow reads: " + _TFRECORD_HINT
+        )
     try:
         ranges = tfds.core.ReadInstruction.from_spec(split).to_absolute(info.splits)
     except (ValueError, KeyError, AssertionError) as e:
-        raise DataError(f"TFDS dataset {name}: bad --split {split!r} ({_first_line(e)}; splits: "
-                        f"{', '.join(info.splits)})") from None
+        raise DataError(
+            f"TFDS dataset {name}: bad --split {split!r} ({first_line(e)}; splits: {', '.join(info.splits)})"
+        ) from None
     fingerprint = hashlib.sha256(info.as_json.encode()).hexdigest()[:16]
     result = []
     for r in ranges:
         split_info = info.splits[r.splitname]
         rows = range(split_info.num_examples)[slice(r.from_, r.to)]
         size = split_info.num_bytes * len(rows) // max(1, split_info.num_examples)
-        result.append(Item("tfds", folder, size, field, r.splitname, data_dir=data_dir, name=f"tfds:{name}",
-                           start=rows.start, rows=len(rows), fingerprint=fingerprint))
+        result.append(
+            Item(
+                "tfds",
+                folder,
+                size,
+                field,
+                r.splitname,
+                data_dir=data_dir,
+                name=f"tfds:{name}",
+                start=rows.start,
+                rows=len(rows),
+                fingerprint=fingerprint,
+            )
+        )
     return result
 
 
@@ -156,10 +183,7 @@ def _import_tensorflow() -> Any:
     try:
         import tensorflow as tf
     except ImportError:
-        raise DataError("this TFDS dataset is stored as TFRecord, which only TensorFlow reads: "
-                        + _TFRECORD_HINT) from None
+        raise DataError(
+            "this TFDS dataset is stored as TFRecord, which only TensorFlow reads: " + _TFRECORD_HINT
+        ) from None
     return tf
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -8,96 +8,21 @@ text (sampling at the end of a run, the HF exporter). A Hugging Face folder is r
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import io
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
 
 from trainer import storage
 from trainer.data import DataError
+from trainer.data.hf_tokenizer import HFTokenizer, read_hf_folder
+from trainer.data.tokenizer_base import HF_FOLDER, Tokenizer
+from trainer.errors import first_line
 
 # Fixed ids of the trained SentencePiece models; recorded in the manifest.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SENTENCEPIECE_FILE = "tokenizer.model"
-HF_FOLDER = "tokenizer"
 CHAT_CONFIG_FILE = "chat_template.json"  # a chat format trained with this tokenizer (trainer.data.chat)
 _TRAIN_CHUNK_CHARS = 4096  # SentencePiece trains on "sentences"; long documents are cut at line ends
-
-
-class Tokenizer(abc.ABC):
-    """What the rest of the trainer needs from a tokenizer: ids in, text out, and the special ids."""
-
-    kind: str  # 'sentencepiece' | 'hf'
-    vocab_size: int
-    bos_id: Optional[int]
-    eos_id: int
-    pad_id: int
-
-    @abc.abstractmethod
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without BOS/EOS."""
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of several texts (faster than one by one where the library batches)."""
-        return [self.encode(t) for t in texts]
-
-    @abc.abstractmethod
-    def decode(self, ids: list[int]) -> str:
-        """The text of `ids` (special tokens kept as they are)."""
-
-    # A chat format trained into the model (`chat_template.json` beside the tokenizer, see trainer.data.chat): the
-    # Jinja template and the single token that ends a turn. None for a tokenizer of plain text.
-    chat: Optional[dict] = None
-
-    @abc.abstractmethod
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids of `text` and each token's character span [start, end) in it (for loss masks)."""
-
-    @abc.abstractmethod
-    def token_text(self, token_id: int) -> str:
-        """How a (special) token is written in text, e.g. '</s>' for EOS: what chat templates put in their text."""
-
-    @abc.abstractmethod
-    def with_tokens(self, tokens: list[str]) -> "Tokenizer":
-        """A copy of this tokenizer with `tokens` added as single special ids after the existing ones."""
-
-    @property
-    def end_of_turn_id(self) -> Optional[int]:
-        """The id that ends an assistant turn in the chat format trained with this tokenizer; None without one."""
-        return None if self.chat is None else int(self.chat["end_of_turn_id"])
-
-    @property
-    def stop_ids(self) -> tuple[int, ...]:
-        """The ids generation stops at: EOS, and the end-of-turn token of a chat format."""
-        return tuple(dict.fromkeys(i for i in (self.end_of_turn_id, self.eos_id) if i is not None))
-
-    @property
-    def stop_strings(self) -> tuple[str, ...]:
-        """The text generation stops at besides `stop_ids`: a chat format's end-of-turn marker kept as plain text of
-        several tokens (KodaLite's `<|end|>`); empty when there is none."""
-        return () if self.chat is None else tuple(self.chat.get("stop_strings") or ())
-
-    def render_chat(self, messages: list[dict[str, str]]) -> Optional[str]:
-        """A conversation ([{"role", "content"}, ...]) as prompt text through the tokenizer's chat template, ending
-        where the assistant's reply begins; None when the tokenizer has no template."""
-        if self.chat is None:
-            return None
-        from trainer.data import chat
-
-        template = chat.ChatTemplate(self.chat.get("template", "jinja"), self.chat["chat_template"],
-                                     self.chat.get("end_of_turn"))
-        return chat.render(template, messages, add_generation_prompt=True,
-                           bos_token="" if self.bos_id is None else self.token_text(self.bos_id),
-                           eos_token=self.token_text(self.eos_id))
-
-    @property
-    @abc.abstractmethod
-    def sha256(self) -> str:
-        """Fingerprint of the tokenizer files: folders of shards made with different tokenizers must never mix."""
-
-    @abc.abstractmethod
-    def save(self, folder: str) -> str:
-        """Store the tokenizer inside a prepared folder (local or gs://); returns the manifest's `file` entry."""
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -167,7 +92,7 @@ class SentencePieceTokenizer(Tokenizer):
         offsets = [(char_at[p.begin], char_at[p.end] if p.end < len(char_at) else len(text)) for p in proto.pieces]
         return ids, offsets
 
-    def with_tokens(self, tokens: list[str]) -> "SentencePieceTokenizer":
+    def with_tokens(self, tokens: list[str]) -> SentencePieceTokenizer:
         """Append `tokens` as USER_DEFINED pieces: SentencePiece then never splits them (their ids follow the
         existing vocabulary, so a base model's embedding grows by rows at the end)."""
         from sentencepiece import sentencepiece_model_pb2 as pb
@@ -188,11 +113,6 @@ class SentencePieceTokenizer(Tokenizer):
         return SENTENCEPIECE_FILE
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _training_sentences(texts: Iterable[str]) -> Iterator[str]:
     """Cut documents into pieces of at most ~_TRAIN_CHUNK_CHARS at line ends (newlines and indentation are kept)."""
     for text in texts:
@@ -211,8 +131,9 @@ def _training_sentences(texts: Iterable[str]) -> Iterator[str]:
             yield "".join(buf)
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, num_threads: int = 2,
-                        special_tokens: Iterable[str] = ()) -> SentencePieceTokenizer:
+def train_sentencepiece(
+    texts: Iterable[str], vocab_size: int, num_threads: int = 2, special_tokens: Iterable[str] = ()
+) -> SentencePieceTokenizer:
     """Train a BPE model whose decode gives back the exact input text; `special_tokens` (a chat format's markers)
     become user-defined symbols, each always one id.
 
@@ -236,14 +157,17 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, num_threads: int 
             split_digits=True,
             character_coverage=0.9995,
             max_sentence_length=4 * _TRAIN_CHUNK_CHARS + 16,  # bytes; a chunk of 4096 chars is at most 16 KiB
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
             user_defined_symbols=list(special_tokens),
             num_threads=max(1, num_threads),
             minloglevel=2,
         )
     except RuntimeError as e:
         raise DataError(
-            f"cannot train a SentencePiece vocabulary of {vocab_size}: {_first_line(e)} (pick another --vocab-size)"
+            f"cannot train a SentencePiece vocabulary of {vocab_size}: {first_line(e)} (pick another --vocab-size)"
         ) from None
     return SentencePieceTokenizer(model.getvalue())
 
@@ -256,8 +180,6 @@ def open_tokenizer(path: str) -> Tokenizer:
         return _sentencepiece_from_bytes(storage.read_bytes(path), path)
     names = storage.listdir(path)
     if {"tokenizer.json", "tokenizer_config.json", "vocab.json"} & set(names):
-        from trainer.data.hf_tokenizer import read_hf_folder
-
         return read_hf_folder(path)
     if SENTENCEPIECE_FILE in names:
         return _sentencepiece_from_bytes(storage.read_bytes(storage.join(path, SENTENCEPIECE_FILE)), path)
@@ -292,11 +214,9 @@ def _sentencepiece_from_bytes(data: bytes, path: str) -> SentencePieceTokenizer:
     try:
         return SentencePieceTokenizer(data)
     except (RuntimeError, OSError) as e:
-        raise DataError(f"{path} is not a SentencePiece model: {_first_line(e)}") from None
+        raise DataError(f"{path} is not a SentencePiece model: {first_line(e)}") from None
 
 
 def hf_from_files(files: dict[str, bytes]) -> Tokenizer:
     """Rebuild an HF tokenizer from `HFTokenizer.files()` (worker processes get the files, not the object)."""
-    from trainer.data.hf_tokenizer import HFTokenizer
-
     return HFTokenizer(files)

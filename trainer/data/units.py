@@ -12,12 +12,14 @@ import hashlib
 import json
 import multiprocessing
 import sys
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from trainer import storage
 from trainer.data import shards as shards_lib
 from trainer.data import sources
 from trainer.data import tokenizer as tokenizer_lib
+from trainer.data.documents import Document, Item
 from trainer.data.shards import ShardWriter
 
 ENCODE_BATCH = 256  # documents per SentencePiece call
@@ -28,17 +30,17 @@ class WorkUnit:
     """One worker task: a group of input items that becomes one train and one val shard, plus a sidecar."""
 
     index: int
-    items: list[sources.Item]
+    items: list[Item]
     out: str
     key: str
     dtype: str
-    bos_id: Optional[int]
+    bos_id: int | None
     eos_id: int
     seed: int
     val_fraction: float
 
 
-def unit_key(unit: list[sources.Item], settings: dict[str, Any]) -> str:
+def unit_key(unit: list[Item], settings: dict[str, Any]) -> str:
     """Identity of a unit's output: its inputs (path, size) and every setting that changes the shards."""
     blob = json.dumps({"items": [dataclasses.astuple(i) for i in unit], **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -52,7 +54,7 @@ def is_validation(key: str, seed: int, val_fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < val_fraction
 
 
-_worker_tokenizer: Optional[tokenizer_lib.Tokenizer] = None
+_worker_tokenizer: tokenizer_lib.Tokenizer | None = None
 
 
 def init_worker(kind: str, payload: Any) -> None:
@@ -68,13 +70,15 @@ def run_unit(task: WorkUnit) -> dict[str, Any]:
     """Tokenize one unit into its train/val shards, then write its sidecar (the unit's 'done' mark)."""
     tok = _worker_tokenizer
     assert tok is not None
-    writers = {split: ShardWriter(task.out, f"{split}-{task.index:05d}{shards_lib.SHARD_SUFFIX}", split, task.dtype)
-               for split in ("train", "val")}
+    writers = {
+        split: ShardWriter(task.out, f"{split}-{task.index:05d}{shards_lib.SHARD_SUFFIX}", split, task.dtype)
+        for split in ("train", "val")
+    }
     replaced: dict[str, int] = {}
     empty = 0
     prefix = [task.bos_id] if task.bos_id is not None else []
 
-    def flush(batch: list[sources.Document]) -> None:
+    def flush(batch: list[Document]) -> None:
         for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch])):
             split = "val" if is_validation(doc.key, task.seed, task.val_fraction) else "train"
             writers[split].write(prefix + ids + [task.eos_id])
@@ -83,7 +87,7 @@ def run_unit(task: WorkUnit) -> dict[str, Any]:
 
     try:
         for item in task.items:
-            batch: list[sources.Document] = []
+            batch: list[Document] = []
             for doc in sources.read_documents(item):
                 if not doc.text:
                     empty += 1
@@ -112,16 +116,24 @@ def run_unit(task: WorkUnit) -> dict[str, Any]:
     return record
 
 
-def run_units(todo: list[WorkUnit], tok: tokenizer_lib.Tokenizer, workers: int, progress: bool,
-         estimate: int) -> Iterator[dict[str, Any]]:
+def run_units(
+    todo: list[WorkUnit], tok: tokenizer_lib.Tokenizer, workers: int, progress: bool, estimate: int
+) -> Iterator[dict[str, Any]]:
     """Run the units (in a spawn pool when it pays off) behind a tqdm bar counting tokens/s."""
     from tqdm import tqdm
 
     if not todo:
         return
     payload = ("sentencepiece", tok.model_proto) if tok.kind == "sentencepiece" else ("hf", tok.files())
-    bar = tqdm(total=estimate or None, unit="tok", unit_scale=True, desc="prepare", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=estimate or None,
+        unit="tok",
+        unit_scale=True,
+        desc="prepare",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     documents = 0
     try:
         processes = min(workers, len(todo))
@@ -150,7 +162,7 @@ def run_units(todo: list[WorkUnit], tok: tokenizer_lib.Tokenizer, workers: int, 
         bar.close()
 
 
-def estimate_tokens(tok: tokenizer_lib.Tokenizer, items: list[sources.Item], todo: list[WorkUnit]) -> int:
+def estimate_tokens(tok: tokenizer_lib.Tokenizer, items: list[Item], todo: list[WorkUnit]) -> int:
     """Tokens still to write, from the bytes/token of a small sample: the progress bar's total."""
     if not todo:
         return 0

@@ -21,18 +21,32 @@ TASKS_HELP = "comma-separated lm-eval task names (default: the 8 zero-shot tasks
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.eval",
-                                description="Score a checkpoint on lm-evaluation-harness tasks from local files.")
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.eval", description="Score a checkpoint on lm-evaluation-harness tasks from local files."
+    )
     p.add_argument("--checkpoint", required=True, help="run folder, optionally :STEP (default: the latest step)")
     p.add_argument("--tasks", default=None, help=TASKS_HELP)
     p.add_argument("--data-dir", default=None, help="folder with one file per task: <task>.jsonl / .json / .parquet")
-    p.add_argument("--text", nargs="+", default=[], metavar="FILE",
-                   help="text files to score like wikitext (each file one document): word/byte perplexity")
+    p.add_argument(
+        "--text",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="text files to score like wikitext (each file one document): word/byte perplexity",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N documents of each task")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="rows per device call (rounded up to a multiple of the data-parallel size)")
-    p.add_argument("--bootstrap-iters", type=int, default=1000,
-                   help="resamples for the stderr of perplexities (acc stderrs are exact); 0: no stderrs")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="rows per device call (rounded up to a multiple of the data-parallel size)",
+    )
+    p.add_argument(
+        "--bootstrap-iters",
+        type=int,
+        default=1000,
+        help="resamples for the stderr of perplexities (acc stderrs are exact); 0: no stderrs",
+    )
     p.add_argument("--output", default=None, help="also write the results JSON (lm-eval's schema) here")
     p.add_argument("--markdown", action="store_true", help="also print a model-card table (acc, acc_norm, average)")
     return p.parse_args(argv)
@@ -74,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.eval import tasks as harness_tasks
         from trainer.eval.harness import TrainerLM
     except ImportError as e:
-        raise ConfigError(f"evaluation needs lm-evaluation-harness ({e.name} is missing): pip install -e \".[eval]\"")
+        raise ConfigError(
+            f'evaluation needs lm-evaluation-harness ({e.name} is missing): pip install -e ".[eval]"'
+        ) from None
     from trainer import storage
     from trainer.checkpoint import parse_reference
 
@@ -83,10 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     run_dir, _ = parse_reference(args.checkpoint)
     started = time.perf_counter()
     lm = TrainerLM(checkpoint=args.checkpoint, batch_size=args.batch_size)
-    results = harness_tasks.evaluate(lm, tasks, args.data_dir, args.text, limit=args.limit,
-                                     bootstrap_iters=args.bootstrap_iters)
-    results["config"] = {**results.get("config", {}), "model": "trainer", "checkpoint": args.checkpoint,
-                         "step": lm.step}
+    results = harness_tasks.evaluate(
+        lm, tasks, args.data_dir, args.text, limit=args.limit, bootstrap_iters=args.bootstrap_iters
+    )
+    results["config"] = {
+        **results.get("config", {}),
+        "model": "trainer",
+        "checkpoint": args.checkpoint,
+        "step": lm.step,
+    }
     print(report.harness_table(results))
     if args.markdown:
         print(report.card_markdown(results))
@@ -94,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     report.write(path, report.merge_into(path, results))
     if args.output:
         report.write(args.output, results)
-    print(f"step {lm.step}: {sum(results['n-samples'][t]['effective'] for t in results['n-samples'])} documents in "
-          f"{time.perf_counter() - started:.1f}s; results in {path}" + (f" and {args.output}" if args.output else ""))
+    print(
+        f"step {lm.step}: {sum(results['n-samples'][t]['effective'] for t in results['n-samples'])} documents in "
+        f"{time.perf_counter() - started:.1f}s; results in {path}" + (f" and {args.output}" if args.output else "")
+    )
     return 0
 
 

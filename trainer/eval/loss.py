@@ -8,20 +8,23 @@ from typing import Any
 import jax
 
 from trainer.config import Config
+from trainer.data import synthetic
+from trainer.data.pipeline import make_eval_iterator
 from trainer.step import StepFunctions
 
 
 def evaluate(config: Config, step_fns: StepFunctions, params: Any) -> dict[str, float]:
     """Validation loss and perplexity over `eval.batches` deterministic batches of the held-out split."""
-    shape = dict(seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size,
-                 process_index=jax.process_index(), process_count=jax.process_count(), num_batches=config.eval.batches)
+    shape = dict(
+        seq_len=config.train.seq_len,
+        global_batch_size=config.train.global_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_batches=config.eval.batches,
+    )
     if config.data.synthetic:
-        from trainer.data import synthetic
-
         batches = synthetic.make_eval_iterator(vocab_size=config.model.vocab_size, seed=config.train.seed, **shape)
     else:
-        from trainer.data.pipeline import make_eval_iterator
-
         batches = make_eval_iterator(config.data, **shape)
     nll, tokens = 0.0, 0.0
     for local in batches:

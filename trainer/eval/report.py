@@ -9,9 +9,17 @@ from typing import Any
 from trainer import storage
 
 DISPLAY = {
-    "hellaswag": "HellaSwag", "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "winogrande": "WinoGrande",
-    "piqa": "PIQA", "boolq": "BoolQ", "openbookqa": "OpenBookQA", "lambada_openai": "LAMBADA-OpenAI",
-    "lambada_standard": "LAMBADA-Standard", "wikitext": "WikiText-2", "text_perplexity": "Text file",
+    "hellaswag": "HellaSwag",
+    "arc_easy": "ARC-Easy",
+    "arc_challenge": "ARC-Challenge",
+    "winogrande": "WinoGrande",
+    "piqa": "PIQA",
+    "boolq": "BoolQ",
+    "openbookqa": "OpenBookQA",
+    "lambada_openai": "LAMBADA-OpenAI",
+    "lambada_standard": "LAMBADA-Standard",
+    "wikitext": "WikiText-2",
+    "text_perplexity": "Text file",
 }
 
 
@@ -44,11 +52,14 @@ def card_markdown(results: dict[str, Any]) -> str:
     headline = []
     for task, row in sorted(results["results"].items()):
         acc, norm = _metric(row, "acc"), _metric(row, "acc_norm")
-        perplexities = [f"{name.split('_')[0]} {value[0]:.2f}" if name != "perplexity" else f"{value[0]:.2f}"
-                        for name in ("perplexity", "word_perplexity", "byte_perplexity")
-                        if (value := _metric(row, name)) is not None]
-        lines.append(f"| {DISPLAY.get(task, task)} | {_percent(acc)} | {_percent(norm)} | "
-                     f"{', '.join(perplexities) or '–'} |")
+        perplexities = [
+            f"{name.split('_')[0]} {value[0]:.2f}" if name != "perplexity" else f"{value[0]:.2f}"
+            for name in ("perplexity", "word_perplexity", "byte_perplexity")
+            if (value := _metric(row, name)) is not None
+        ]
+        lines.append(
+            f"| {DISPLAY.get(task, task)} | {_percent(acc)} | {_percent(norm)} | {', '.join(perplexities) or '–'} |"
+        )
         if norm or acc:
             headline.append((norm or acc)[0])
     if headline:
@@ -61,8 +72,12 @@ def to_json(results: dict[str, Any]) -> str:
     """The results in lm-eval's own schema (`results[task]["acc,none"]`, …), per-document samples left out."""
     from lm_eval.utils import handle_non_serializable
 
-    return json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2,
-                      default=handle_non_serializable, ensure_ascii=False)
+    return json.dumps(
+        {k: v for k, v in results.items() if k != "samples"},
+        indent=2,
+        default=handle_non_serializable,
+        ensure_ascii=False,
+    )
 
 
 def write(path: str, results: dict[str, Any]) -> None:

@@ -22,6 +22,12 @@ import yaml
 
 from trainer import storage
 from trainer.config import Config
+from trainer.data.bos import run_adds_bos
+from trainer.eval.report import card_markdown
+from trainer.export.model_index import model_index
+from trainer.export.tokenizer import chat_template
+from trainer.model import rope
+from trainer.run_folder import pinned_base
 
 LIBRARY = {"hf": "transformers", "gguf": "gguf", "mlx": "mlx", "onnx": "onnx"}
 RUNTIME_TAG = {"hf": "safetensors", "gguf": "llama.cpp", "mlx": "mlx-lm", "onnx": "onnxruntime"}
@@ -57,16 +63,28 @@ class CardFacts:
     eval_shots: dict[str, int] = dataclasses.field(default_factory=dict)  # task → few-shot count of its result
 
 
-def facts(args: argparse.Namespace, run_dir: str, config: Config, params: dict[str, Any], step: int, tokenizer: Any,
-          tokenizer_source: str, summary: dict[str, Any]) -> CardFacts:
+def facts(
+    args: argparse.Namespace,
+    run_dir: str,
+    config: Config,
+    params: dict[str, Any],
+    step: int,
+    tokenizer: Any,
+    tokenizer_source: str,
+    summary: dict[str, Any],
+) -> CardFacts:
     """The card's facts for an export the command just wrote (`summary` is the command's own)."""
     import jax
 
-    from trainer.data.bos import run_adds_bos
-    from trainer.export.tokenizer import chat_template
-
-    variant = {"gguf": args.gguf_type, "mlx": f"{args.mlx_bits}-bit" if args.mlx_bits else None,
-               "onnx": args.dtype or "float32"}.get(args.format) or args.dtype or config.model.param_dtype
+    variant = (
+        {
+            "gguf": args.gguf_type,
+            "mlx": f"{args.mlx_bits}-bit" if args.mlx_bits else None,
+            "onnx": args.dtype or "float32",
+        }.get(args.format)
+        or args.dtype
+        or config.model.param_dtype
+    )
     sources = _data_folders(config)
     manifests = [_manifest(path) for path in sources]
     loss_curve = storage.join(run_dir, "loss.png")
@@ -131,7 +149,7 @@ def dataset_names(source: str) -> list[str]:
         return ["python-stdlib"]
     if not source.startswith("inputs: "):
         return []
-    specs = re.sub(r" \(\d+ items\)$", "", source[len("inputs: "):]).split(", ")
+    specs = re.sub(r" \(\d+ items\)$", "", source[len("inputs: ") :]).split(", ")
     names = []
     for spec in specs:
         scheme, sep, rest = spec.partition(":")
@@ -160,8 +178,11 @@ def _eval_results(run_dir: str, step: int) -> dict[str, Any]:
     step, each task's newest: {"eval_results", "eval_step", "eval_shots"} ({}, None and {} when there are none).
     `eval_step` is the newest step a result comes from; `eval_shots` each task's few-shot count (0 unless recorded)."""
     folder = storage.join(run_dir, "eval")
-    steps = sorted(int(m.group(1)) for name in storage.listdir(folder)
-                   if (m := re.fullmatch(r"step_(\d+)\.json", name)) and int(m.group(1)) <= step)
+    steps = sorted(
+        int(m.group(1))
+        for name in storage.listdir(folder)
+        if (m := re.fullmatch(r"step_(\d+)\.json", name)) and int(m.group(1)) <= step
+    )
     rows: dict[str, Any] = {}
     shots: dict[str, int] = {}
     newest = None
@@ -193,8 +214,6 @@ def _n_shot(data: dict[str, Any], task: str) -> int:
 def _base_model(run_dir: str, config: Config) -> str | None:
     """The base a fine-tune or context extension started from: the RUN:STEP it pinned (base.json), else
     checkpoint.restore_from as written; None for a run trained from scratch."""
-    from trainer.run.finetune import pinned_base
-
     return pinned_base(run_dir, config) or None
 
 
@@ -220,19 +239,29 @@ def _piece(tokenizer: Any, token_id: int | None) -> str | None:
 
 def render(card: CardFacts) -> str:
     """The card's Markdown, YAML header first."""
-    header = {"license": card.license, "language": card.languages, "library_name": LIBRARY[card.format],
-              "pipeline_tag": "text-generation",
-              "tags": ["llama", "causal-lm", "jax", RUNTIME_TAG[card.format]] + (
-                  ["gguf"] if card.format == "gguf" else []),
-              "datasets": card.datasets, "base_model": card.base_model}
+    header = {
+        "license": card.license,
+        "language": card.languages,
+        "library_name": LIBRARY[card.format],
+        "pipeline_tag": "text-generation",
+        "tags": ["llama", "causal-lm", "jax", RUNTIME_TAG[card.format]] + (["gguf"] if card.format == "gguf" else []),
+        "datasets": card.datasets,
+        "base_model": card.base_model,
+    }
     header = {k: v for k, v in header.items() if v}
     if card.eval_results:
-        from trainer.export.model_index import model_index
-
         header["model-index"] = model_index(card.name, card.eval_results["results"], card.eval_shots)
-    parts = ["---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n",
-             f"# {card.name}\n", _summary(card), _architecture(card), _training(card), _evaluation(card),
-             _chat(card), _export(card), _usage(card)]
+    parts = [
+        "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n",
+        f"# {card.name}\n",
+        _summary(card),
+        _architecture(card),
+        _training(card),
+        _evaluation(card),
+        _chat(card),
+        _export(card),
+        _usage(card),
+    ]
     return "\n".join(p for p in parts if p)
 
 
@@ -240,13 +269,19 @@ def _summary(card: CardFacts) -> str:
     m = card.config.model
     start = card.config.checkpoint.restore_from
     origin = f"trained on from `{start}`" if start else "trained from scratch"
-    return (f"A {_count(card.params)}-parameter LLaMA-architecture decoder {origin} with this project's "
-            f"JAX trainer ({m.num_layers} layers, width {m.embed_dim}, context {m.max_seq_len}), exported at step "
-            f"{card.step:,} as {_FORMAT_NAME[card.format]} ({card.variant}).\n")
+    return (
+        f"A {_count(card.params)}-parameter LLaMA-architecture decoder {origin} with this project's "
+        f"JAX trainer ({m.num_layers} layers, width {m.embed_dim}, context {m.max_seq_len}), exported at step "
+        f"{card.step:,} as {_FORMAT_NAME[card.format]} ({card.variant}).\n"
+    )
 
 
-_FORMAT_NAME = {"hf": "a Hugging Face transformers folder", "gguf": "a llama.cpp GGUF file",
-                "mlx": "an MLX folder for mlx-lm", "onnx": "an ONNX decoder with a KV cache for onnxruntime"}
+_FORMAT_NAME = {
+    "hf": "a Hugging Face transformers folder",
+    "gguf": "a llama.cpp GGUF file",
+    "mlx": "an MLX folder for mlx-lm",
+    "onnx": "an ONNX decoder with a KV cache for onnxruntime",
+}
 
 
 def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> str:
@@ -257,18 +292,26 @@ def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> str
 
 def _architecture(card: CardFacts) -> str:
     m = card.config.model
-    rows = [("parameters", f"{card.params:,}"), ("layers", m.num_layers), ("hidden size", m.embed_dim),
-            ("attention heads", m.num_heads), ("key/value heads", m.num_kv_heads), ("head dim", m.resolved_head_dim),
-            ("MLP (SwiGLU)", m.mlp_dim), ("vocabulary", f"{m.vocab_size:,}"), ("context length", m.max_seq_len),
-            ("RoPE θ", f"{m.rope_theta:g}"), ("RoPE scaling", _rope_scaling(m)), ("RMSNorm ε", f"{m.norm_eps:g}"),
-            ("embeddings", "tied" if m.tie_embeddings else "untied")]
+    rows = [
+        ("parameters", f"{card.params:,}"),
+        ("layers", m.num_layers),
+        ("hidden size", m.embed_dim),
+        ("attention heads", m.num_heads),
+        ("key/value heads", m.num_kv_heads),
+        ("head dim", m.resolved_head_dim),
+        ("MLP (SwiGLU)", m.mlp_dim),
+        ("vocabulary", f"{m.vocab_size:,}"),
+        ("context length", m.max_seq_len),
+        ("RoPE θ", f"{m.rope_theta:g}"),
+        ("RoPE scaling", _rope_scaling(m)),
+        ("RMSNorm ε", f"{m.norm_eps:g}"),
+        ("embeddings", "tied" if m.tie_embeddings else "untied"),
+    ]
     return "## Architecture\n\n" + _table(rows, ("", "value"))
 
 
 def _rope_scaling(m: Any) -> str:
     """How the context was extended, e.g. 'yarn × 2 (pretrained at 1,024 tokens)'; empty when it wasn't."""
-    from trainer.model import rope
-
     r = m.rope_scaling
     if r.type == "none":
         return ""
@@ -294,12 +337,20 @@ def _training(card: CardFacts) -> str:
         ("peak learning rate", f"{card.config.optimizer.learning_rate:g}"),
         ("training data", "; ".join(card.data_sources) or None),
         ("hardware", hardware),
-        ("throughput", f"{statistics.median(r['tokens_per_s'] for r in speed_rows):,.0f} tokens/s (median)"
-         if speed_rows else None),
+        (
+            "throughput",
+            f"{statistics.median(r['tokens_per_s'] for r in speed_rows):,.0f} tokens/s (median)"
+            if speed_rows
+            else None,
+        ),
         ("MFU", f"{100 * statistics.median(mfu):.1f} % (median)" if mfu else None),
         ("final training loss", f"{train_rows[-1]['loss']:.4f}" if train_rows else None),
-        ("final validation loss", f"{eval_rows[-1]['eval_loss']:.4f} (perplexity "
-         f"{math.exp(eval_rows[-1]['eval_loss']):.2f})" if eval_rows else None),
+        (
+            "final validation loss",
+            f"{eval_rows[-1]['eval_loss']:.4f} (perplexity {math.exp(eval_rows[-1]['eval_loss']):.2f})"
+            if eval_rows
+            else None,
+        ),
     ]
     text = "## Training\n\n" + _table(rows, ("", "value"))
     if card.loss_curve is not None:
@@ -310,32 +361,47 @@ def _training(card: CardFacts) -> str:
 def _evaluation(card: CardFacts) -> str:
     if not card.eval_results:
         return ""
-    from trainer.eval.report import card_markdown
-
     at = "" if card.eval_step == card.step else f" (measured at step {card.eval_step:,})"
-    return (f"## Evaluation\n\nZero-shot, scored by lm-evaluation-harness's rules (`python -m trainer.eval`){at}:\n\n"
-            + card_markdown(card.eval_results) + "\n")
+    return (
+        f"## Evaluation\n\nZero-shot, scored by lm-evaluation-harness's rules (`python -m trainer.eval`){at}:\n\n"
+        + card_markdown(card.eval_results)
+        + "\n"
+    )
 
 
 def _chat(card: CardFacts) -> str:
     lines = ["## Tokens\n"]
     if card.eos_token is not None:
-        ended = ("the end-of-turn token that ended every reply in fine-tuning" if card.chat_template else
-                 "the end-of-sequence token that ended every training document")
+        ended = (
+            "the end-of-turn token that ended every reply in fine-tuning"
+            if card.chat_template
+            else "the end-of-sequence token that ended every training document"
+        )
         if card.stop_strings:  # replies ended with plain text: the stop strings (see Usage) end them
             ended = "and at the text " + ", ".join(f"`{s}`" for s in card.stop_strings) + " that ended every reply"
-        lines.append(f"Generation stops at `{card.eos_token}` (id {card.eos_id}), {ended}. " + ("Prompts start with BOS, as the training documents did."
-                                                    if card.adds_bos else "Prompts get no BOS: the training documents "
-                                                                          "had none."))
+        lines.append(
+            f"Generation stops at `{card.eos_token}` (id {card.eos_id}), {ended}. "
+            + (
+                "Prompts start with BOS, as the training documents did."
+                if card.adds_bos
+                else "Prompts get no BOS: the training documents had none."
+            )
+        )
     if card.chat_template:
-        lines.append("\nChat template (as the tokenizer applies it with `apply_chat_template`):\n\n```jinja\n"
-                     + card.chat_template.strip() + "\n```")
+        lines.append(
+            "\nChat template (as the tokenizer applies it with `apply_chat_template`):\n\n```jinja\n"
+            + card.chat_template.strip()
+            + "\n```"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _export(card: CardFacts) -> str:
-    text = (f"## This export\n\n{_FORMAT_NAME[card.format][0].upper()}{_FORMAT_NAME[card.format][1:]}, {card.variant}: "
-            + ", ".join(f"`{f}`" for f in card.files) + ".\n")
+    text = (
+        f"## This export\n\n{_FORMAT_NAME[card.format][0].upper()}{_FORMAT_NAME[card.format][1:]}, {card.variant}: "
+        + ", ".join(f"`{f}`" for f in card.files)
+        + ".\n"
+    )
     if card.parity:
         text += f"\nChecked against the training code's own forward pass after writing: {card.parity}.\n"
     return text
@@ -344,56 +410,73 @@ def _export(card: CardFacts) -> str:
 def _usage(card: CardFacts) -> str:
     name = card.name
     if card.format == "hf":
-        code = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
-                f'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
-                'inputs = tokenizer("def fibonacci(n):", return_tensors="pt")\n'
-                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64, do_sample=False"
-                + (", tokenizer=tokenizer" if card.stop_strings else "") + ")[0]))\n```")
+        code = (
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
+            f'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
+            'inputs = tokenizer("def fibonacci(n):", return_tensors="pt")\n'
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64, do_sample=False"
+            + (", tokenizer=tokenizer" if card.stop_strings else "")
+            + ")[0]))\n```"
+        )
     elif card.format == "gguf":
         gguf_file = card.files[0]
-        code = (f'```bash\nllama-cli -m {name}/{gguf_file} -p "def fibonacci(n):" -n 64 --temp 0\n```\n\n'
-                "```python\nfrom llama_cpp import Llama\n\n"
-                f'llm = Llama(model_path="{name}/{gguf_file}")\n'
-                'print(llm("def fibonacci(n):", max_tokens=64, temperature=0)["choices"][0]["text"])\n```')
+        code = (
+            f'```bash\nllama-cli -m {name}/{gguf_file} -p "def fibonacci(n):" -n 64 --temp 0\n```\n\n'
+            "```python\nfrom llama_cpp import Llama\n\n"
+            f'llm = Llama(model_path="{name}/{gguf_file}")\n'
+            'print(llm("def fibonacci(n):", max_tokens=64, temperature=0)["choices"][0]["text"])\n```'
+        )
         stops = ", ".join(f"`{s}`" for s in dict.fromkeys([card.eos_token, *card.stop_strings]) if s)
-        code += (f"\n\nOllama: `ollama create {name} -f {name}/Modelfile` (the Modelfile beside the GGUF holds the "
-                 f"chat template, if any, and the stops{': ' + stops if stops else ''}).")
+        code += (
+            f"\n\nOllama: `ollama create {name} -f {name}/Modelfile` (the Modelfile beside the GGUF holds the "
+            f"chat template, if any, and the stops{': ' + stops if stops else ''})."
+        )
         if card.stop_strings:  # GGUF has no key for a plain-text end of turn
-            code += (" LM Studio: add " + ", ".join(f"`{s}`" for s in card.stop_strings)
-                     + " as stop strings in the model's prompt settings.")
+            code += (
+                " LM Studio: add "
+                + ", ".join(f"`{s}`" for s in card.stop_strings)
+                + " as stop strings in the model's prompt settings."
+            )
     elif card.format == "mlx":
-        code = (f'```bash\nmlx_lm.generate --model {name} --prompt "def fibonacci(n):" --max-tokens 64\n```\n\n'
-                "```python\nfrom mlx_lm import generate, load\n\n"
-                f'model, tokenizer = load("{name}")\n'
-                'print(generate(model, tokenizer, prompt="def fibonacci(n):", max_tokens=64))\n```')
+        code = (
+            f'```bash\nmlx_lm.generate --model {name} --prompt "def fibonacci(n):" --max-tokens 64\n```\n\n'
+            "```python\nfrom mlx_lm import generate, load\n\n"
+            f'model, tokenizer = load("{name}")\n'
+            'print(generate(model, tokenizer, prompt="def fibonacci(n):", max_tokens=64))\n```'
+        )
     else:
         m = card.config.model
-        code = ("```python\nimport numpy as np\nimport onnxruntime as ort\nfrom transformers import AutoTokenizer\n\n"
-                f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
-                f'session = ort.InferenceSession("{name}/model.onnx")\n'
-                'ids = tokenizer("def fibonacci(n):")["input_ids"]\n'
-                f"past = {{f\"past_key_values.{{i}}.{{kv}}\": np.zeros((1, {m.num_kv_heads}, 0, "
-                f"{m.resolved_head_dim}), np.float32)\n"
-                f"        for i in range({m.num_layers}) for kv in (\"key\", \"value\")}}\n"
-                "tokens, step_ids = list(ids), list(ids)\n"
-                "for _ in range(64):  # greedy, one token per call through the KV cache\n"
-                "    start = len(tokens) - len(step_ids)\n"
-                "    outputs = session.run(None, {\"input_ids\": np.array([step_ids]),\n"
-                "                                 \"attention_mask\": np.ones((1, len(tokens)), np.int64),\n"
-                "                                 \"position_ids\": np.arange(start, len(tokens))[None], **past})\n"
-                "    past = {f\"past_key_values.{i // 2}.{('key', 'value')[i % 2]}\": a "
-                "for i, a in enumerate(outputs[1:])}\n"
-                "    step_ids = [int(outputs[0][0, -1].argmax())]\n"
-                "    tokens += step_ids\n"
-                "print(tokenizer.decode(tokens))\n```")
+        code = (
+            "```python\nimport numpy as np\nimport onnxruntime as ort\nfrom transformers import AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
+            f'session = ort.InferenceSession("{name}/model.onnx")\n'
+            'ids = tokenizer("def fibonacci(n):")["input_ids"]\n'
+            f'past = {{f"past_key_values.{{i}}.{{kv}}": np.zeros((1, {m.num_kv_heads}, 0, '
+            f"{m.resolved_head_dim}), np.float32)\n"
+            f'        for i in range({m.num_layers}) for kv in ("key", "value")}}\n'
+            "tokens, step_ids = list(ids), list(ids)\n"
+            "for _ in range(64):  # greedy, one token per call through the KV cache\n"
+            "    start = len(tokens) - len(step_ids)\n"
+            '    outputs = session.run(None, {"input_ids": np.array([step_ids]),\n'
+            '                                 "attention_mask": np.ones((1, len(tokens)), np.int64),\n'
+            '                                 "position_ids": np.arange(start, len(tokens))[None], **past})\n'
+            "    past = {f\"past_key_values.{i // 2}.{('key', 'value')[i % 2]}\": a "
+            "for i, a in enumerate(outputs[1:])}\n"
+            "    step_ids = [int(outputs[0][0, -1].argmax())]\n"
+            "    tokens += step_ids\n"
+            "print(tokenizer.decode(tokens))\n```"
+        )
     return f"## Usage ({RUNTIME_TAG[card.format]})\n\n{code}\n" + _stops(card)
 
 
-_STOP_HOW = {"hf": "`generation_config.json` carries them as `stop_strings`, which `generate` applies when given "
-                   "`tokenizer=tokenizer`",
-             "gguf": "GGUF has no key for them: pass them as `stop=[...]` to llama-cpp-python",
-             "mlx": "cut the generated text at them", "onnx": "cut the generated text at them"}
+_STOP_HOW = {
+    "hf": "`generation_config.json` carries them as `stop_strings`, which `generate` applies when given "
+    "`tokenizer=tokenizer`",
+    "gguf": "GGUF has no key for them: pass them as `stop=[...]` to llama-cpp-python",
+    "mlx": "cut the generated text at them",
+    "onnx": "cut the generated text at them",
+}
 
 
 def _stops(card: CardFacts) -> str:
@@ -401,8 +484,10 @@ def _stops(card: CardFacts) -> str:
     if not card.stop_strings:
         return ""
     listed = ", ".join(f"`{s}`" for s in card.stop_strings)
-    return (f"\nStop strings: {listed}. Replies end with this text, several tokens, not one token id: stop generation "
-            f"there ({_STOP_HOW[card.format]}).\n")
+    return (
+        f"\nStop strings: {listed}. Replies end with this text, several tokens, not one token id: stop generation "
+        f"there ({_STOP_HOW[card.format]}).\n"
+    )
 
 
 def _count(n: int) -> str:

@@ -1,6 +1,6 @@
 """The export formats other than the Hugging Face folder: GGUF (llama.cpp), MLX (mlx-lm) and ONNX (onnxruntime).
 
-`trainer.export.hf` owns the command; this module checks a format's options before the checkpoint is loaded, then
+`trainer.export.command` owns the command; this module checks a format's options before the checkpoint is loaded, then
 writes the format's files into the output folder and checks them in the format's own runtime.
 """
 
@@ -12,9 +12,11 @@ import tempfile
 import time
 from typing import Any
 
+from trainer.checkpoint import parse_reference
 from trainer.config import Config
-from trainer.errors import ConversionError
 from trainer.data.bos import run_adds_bos
+from trainer.errors import ConversionError
+from trainer.export import gguf, gguf_quantize, hf, mlx, modelfile, onnx
 from trainer.export.tokenizer import write_tokenizer
 
 SIXTEEN_BIT = ("bfloat16", "float16")
@@ -25,20 +27,14 @@ def check_args(args: argparse.Namespace) -> None:
     if args.mlx_bits is not None and args.format != "mlx":
         raise ConversionError("--mlx-bits applies to --format mlx only")
     if args.format == "mlx":
-        from trainer.export import mlx
-
         mlx.check_installed()
     if args.format == "onnx":
-        from trainer.export import onnx
-
         if args.dtype not in (None, *onnx.DTYPES):
             raise ConversionError(f"--dtype {args.dtype} is not available for --format onnx: use float32 or float16")
         onnx.check_installed()
     if args.format == "gguf" and args.dtype is not None:
         raise ConversionError("--dtype does not apply to --format gguf: choose the file type with --gguf-type")
     if args.format == "gguf":
-        from trainer.export import gguf_quantize
-
         gguf_quantize.check_installed(args.gguf_type)  # a K-quant needs llama.cpp's quantizer
 
 
@@ -56,13 +52,12 @@ def load_dtype(args: argparse.Namespace) -> str | None:
 
 def adds_bos(args: argparse.Namespace, config: Config) -> bool:
     """Whether the exported tokenizer (and llama.cpp's add_bos_token) starts prompts with BOS: the run's record."""
-    from trainer.checkpoint import parse_reference
-
     return run_adds_bos(parse_reference(args.checkpoint)[0], config)
 
 
-def export_format(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
-                  source: str) -> dict[str, Any]:
+def export_format(
+    args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any, source: str
+) -> dict[str, Any]:
     """Write `args.format` into `out` (and check it unless --no-verify); returns the summary's entries."""
     write = {"gguf": _gguf, "mlx": _mlx, "onnx": _onnx}[args.format]
     summary = write(args, out, config, params, tokenizer, source)
@@ -70,17 +65,15 @@ def export_format(args: argparse.Namespace, out: str, config: Config, params: di
     return summary
 
 
-def _gguf(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
-          source: str) -> dict[str, Any]:
-    from trainer.export import gguf, modelfile
-
+def _gguf(
+    args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any, source: str
+) -> dict[str, Any]:
     model, add_bos = config.model, adds_bos(args, config)
     filename = f"model-{args.gguf_type}.gguf"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tok_dir:
         write_tokenizer(tokenizer, source, tok_dir, add_bos)
-        gguf.write_gguf(os.path.join(out, filename), model, params, tok_dir, tokenizer, args.gguf_type,
-                        add_bos=add_bos)
+        gguf.write_gguf(os.path.join(out, filename), model, params, tok_dir, tokenizer, args.gguf_type, add_bos=add_bos)
     files = [filename, modelfile.write_modelfile(out, filename, tokenizer)]  # Ollama: template and stop strings
     summary: dict[str, Any] = {"files": files, "write_s": time.perf_counter() - started}
     if not args.no_verify:
@@ -88,15 +81,15 @@ def _gguf(args: argparse.Namespace, out: str, config: Config, params: dict[str, 
     return summary
 
 
-def _mlx(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
-         source: str) -> dict[str, Any]:
-    from trainer.export import hf, mlx
-
+def _mlx(
+    args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any, source: str
+) -> dict[str, Any]:
     model = config.model
     dtype = args.dtype or model.param_dtype
     started = time.perf_counter()
-    files = hf.write_folder(out, model, params, dtype, hf.parse_size(args.max_shard_size), tokenizer, source,
-                            adds_bos(args, config))
+    files = hf.write_folder(
+        out, model, params, dtype, hf.parse_size(args.max_shard_size), tokenizer, source, adds_bos(args, config)
+    )
     if args.mlx_bits is not None:
         files = mlx.quantize_folder(out, args.mlx_bits)
     summary: dict[str, Any] = {"files": files, "write_s": time.perf_counter() - started}
@@ -105,10 +98,9 @@ def _mlx(args: argparse.Namespace, out: str, config: Config, params: dict[str, A
     return summary
 
 
-def _onnx(args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any,
-          source: str) -> dict[str, Any]:
-    from trainer.export import hf, onnx
-
+def _onnx(
+    args: argparse.Namespace, out: str, config: Config, params: dict[str, Any], tokenizer: Any, source: str
+) -> dict[str, Any]:
     model = config.model
     dtype = args.dtype or "float32"
     started = time.perf_counter()

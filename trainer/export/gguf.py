@@ -84,8 +84,16 @@ def _nbytes(shape: tuple[int, ...], qtype: Any) -> int:
     return math.prod(gguf.quant_shape_to_byte_shape(shape, qtype))
 
 
-def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_dir: str, tokenizer: Any,
-               gguf_type: str, name: str = "model", add_bos: bool = True) -> int:
+def write_gguf(
+    path: str,
+    model: ModelConfig,
+    params: dict[str, Any],
+    tokenizer_dir: str,
+    tokenizer: Any,
+    gguf_type: str,
+    name: str = "model",
+    add_bos: bool = True,
+) -> int:
     """Write the GGUF of `gguf_type` (a K-quant: an F16 file beside it, quantised by llama.cpp, then removed);
     returns the file's bytes."""
     if gguf_type not in gguf_quantize.K_QUANTS:
@@ -101,8 +109,16 @@ def write_gguf(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_
     return os.path.getsize(path)
 
 
-def _write(path: str, model: ModelConfig, params: dict[str, Any], tokenizer_dir: str, tokenizer: Any,
-           gguf_type: str, name: str, add_bos: bool) -> int:
+def _write(
+    path: str,
+    model: ModelConfig,
+    params: dict[str, Any],
+    tokenizer_dir: str,
+    tokenizer: Any,
+    gguf_type: str,
+    name: str,
+    add_bos: bool,
+) -> int:
     """Write a GGUF our own writer makes (F16/BF16/Q8_0/Q4_0) tensor by tensor: tensor infos first, then each
     converted tensor; returns the file's bytes."""
     gguf = _gguf()
@@ -179,15 +195,24 @@ def check_gguf_weights(path: str, model: ModelConfig, params: dict[str, Any], gg
     return mapping.from_hf(tensors.__getitem__, dataclasses.replace(model, scan_layers="layers" in params))
 
 
-def verify_gguf(folder: str, filename: str, model: ModelConfig, params: dict[str, Any], gguf_type: str,
-                tokenizer: Any = None, add_bos: bool = True) -> str:
+def verify_gguf(
+    folder: str,
+    filename: str,
+    model: ModelConfig,
+    params: dict[str, Any],
+    gguf_type: str,
+    tokenizer: Any = None,
+    add_bos: bool = True,
+) -> str:
     """The weights and RoPE read back, then transformers' GGUF loader against ours on the stored weights (fp32), then
     — when llama-cpp-python is installed and `tokenizer` given — llama.cpp itself: tokenization, logits, greedy."""
     path = os.path.join(folder, filename)
     stored = check_gguf_weights(path, model, params, gguf_type)
     if importlib.util.find_spec("accelerate") is None:
-        raise ConversionError("the GGUF parity check loads the file with transformers, which needs accelerate: "
-                          "pip install accelerate (or pass --no-verify)")
+        raise ConversionError(
+            "the GGUF parity check loads the file with transformers, which needs accelerate: "
+            "pip install accelerate (or pass --no-verify)"
+        )
     tokens = parity.sample_tokens(model.vocab_size, length=min(64, model.max_seq_len))
     ours_stored = parity.jax_logits(model, stored, tokens)
     ours = parity.jax_logits(model, params, tokens)
@@ -207,5 +232,6 @@ def verify_gguf(folder: str, filename: str, model: ModelConfig, params: dict[str
         return report
     if not gguf_llama_cpp.available():
         return f"{report}; {gguf_llama_cpp.not_run()}"
-    return f"{report}; " + gguf_llama_cpp.check_model(path, model, stored, ours_stored, tokens, tokenizer, add_bos,
-                                                      gguf_type)
+    return f"{report}; " + gguf_llama_cpp.check_model(
+        path, model, stored, ours_stored, tokens, tokenizer, add_bos, gguf_type
+    )

@@ -47,8 +47,14 @@ def load(path: str, n_ctx: int, vocab_only: bool = False) -> Any:
     import llama_cpp
 
     try:
-        return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, logits_all=True, n_threads=os.cpu_count() or 1,
-                               vocab_only=vocab_only, verbose=False)
+        return llama_cpp.Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            logits_all=True,
+            n_threads=os.cpu_count() or 1,
+            vocab_only=vocab_only,
+            verbose=False,
+        )
     except ValueError as e:
         raise ParityError(f"llama.cpp (llama-cpp-python {llama_cpp.__version__}) cannot load {path}: {e}") from None
     finally:
@@ -96,8 +102,16 @@ def check_tokenizer(llm: Any, tokenizer: Any, add_bos: bool) -> int:
     return len(texts)
 
 
-def check_model(path: str, model: ModelConfig, stored: dict[str, Any], ours: np.ndarray, tokens: np.ndarray,
-                tokenizer: Any, add_bos: bool, gguf_type: str) -> str:
+def check_model(
+    path: str,
+    model: ModelConfig,
+    stored: dict[str, Any],
+    ours: np.ndarray,
+    tokens: np.ndarray,
+    tokenizer: Any,
+    add_bos: bool,
+    gguf_type: str,
+) -> str:
     """Load the GGUF in llama.cpp: tokenization, logits on `tokens` [batch, length] against `ours` (our logits on the
     weights as stored) and greedy tokens against our argmax; returns the report's clause (ParityError on failure)."""
     llm = load(path, n_ctx=min(model.max_seq_len, max(tokens.shape[1], 8 + GREEDY_STEPS)))
@@ -107,29 +121,42 @@ def check_model(path: str, model: ModelConfig, stored: dict[str, Any], ours: np.
         llm.close()
 
 
-def _check_loaded(llm: Any, model: ModelConfig, stored: dict[str, Any], ours: np.ndarray, tokens: np.ndarray,
-                  tokenizer: Any, add_bos: bool, gguf_type: str) -> str:
+def _check_loaded(
+    llm: Any,
+    model: ModelConfig,
+    stored: dict[str, Any],
+    ours: np.ndarray,
+    tokens: np.ndarray,
+    tokenizer: Any,
+    add_bos: bool,
+    gguf_type: str,
+) -> str:
     count = check_tokenizer(llm, tokenizer, add_bos)
     theirs = np.stack([logits(llm, row.tolist()) for row in tokens])
     comparison = parity.compare(ours, theirs)
     limit = TOLERANCE[gguf_type]
     if not comparison.relative <= limit:
-        raise ParityError(f"llama.cpp's logits differ from ours by {comparison.relative:.3g} × the logit scale "
-                          f"{comparison.scale:.3g} (tolerance {limit:g} for {gguf_type})")
+        raise ParityError(
+            f"llama.cpp's logits differ from ours by {comparison.relative:.3g} × the logit scale "
+            f"{comparison.scale:.3g} (tolerance {limit:g} for {gguf_type})"
+        )
     prompt = tokens[0, :8].tolist()
     produced = greedy(llm, prompt, min(GREEDY_STEPS, llm.n_ctx() - len(prompt)))
-    ours_greedy = parity.jax_logits(model, stored, np.array([prompt + produced[:-1]]))[0, len(prompt) - 1:]
+    ours_greedy = parity.jax_logits(model, stored, np.array([prompt + produced[:-1]]))[0, len(prompt) - 1 :]
     margin = ours_greedy.max(-1) - ours_greedy[np.arange(len(produced)), produced]
     if not np.all(margin <= 2 * limit * comparison.scale):
         step = int(np.argmax(margin > 2 * limit * comparison.scale))
-        raise ParityError(f"llama.cpp's greedy token {step} ({produced[step]}) is not ours "
-                          f"({int(ours_greedy[step].argmax())}), by {margin[step]:.3g}")
+        raise ParityError(
+            f"llama.cpp's greedy token {step} ({produced[step]}) is not ours "
+            f"({int(ours_greedy[step].argmax())}), by {margin[step]:.3g}"
+        )
     agree = float(np.mean(np.argmax(ours, -1) == np.argmax(theirs, -1)))
-    return (f"llama.cpp: {count} texts tokenized as in training, max |Δlogit| {comparison.relative:.2g} × scale "
-            f"(tolerance {limit:g}), argmax agreement {agree:.3f}, {len(produced)} greedy tokens ours")
+    return (
+        f"llama.cpp: {count} texts tokenized as in training, max |Δlogit| {comparison.relative:.2g} × scale "
+        f"(tolerance {limit:g}), argmax agreement {agree:.3f}, {len(produced)} greedy tokens ours"
+    )
 
 
 def not_run() -> str:
     """The report's clause when llama-cpp-python is not installed."""
     return 'llama.cpp not run (pip install -e ".[llama]" to check the file in it)'
-

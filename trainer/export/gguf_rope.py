@@ -29,12 +29,16 @@ FREQ_RTOL = 1e-5  # llama.cpp computes the frequencies in float32; ours are floa
 def check_supported(model: ModelConfig) -> None:
     """Refuse, in one line and before anything is written, a scaling GGUF cannot carry exactly."""
     r = model.rope_scaling
-    if r.type == "yarn" and r.attention_factor is not None and not math.isclose(
-            r.attention_factor, _default_yarn_attention(r.factor), rel_tol=1e-6):
+    if (
+        r.type == "yarn"
+        and r.attention_factor is not None
+        and not math.isclose(r.attention_factor, _default_yarn_attention(r.factor), rel_tol=1e-6)
+    ):
         raise ConversionError(
             f"GGUF cannot carry yarn's attention_factor={r.attention_factor:g}: llama.cpp derives "
             f"0.1·ln(factor) + 1 = {_default_yarn_attention(r.factor):.6g} itself (and its versions read an override "
-            "differently); unset model.rope_scaling.attention_factor or export --format hf")
+            "differently); unset model.rope_scaling.attention_factor or export --format hf"
+        )
 
 
 def _default_yarn_attention(factor: float) -> float:
@@ -100,7 +104,7 @@ def llama_cpp_frequencies(fields: dict[str, Any], freqs: np.ndarray | None, head
 def read_fields(reader: Any, arch: str = "llama") -> dict[str, Any]:
     """The architecture's keys of a `gguf.GGUFReader` as plain values, without the `llama.` prefix."""
     prefix = arch + "."
-    return {name[len(prefix):]: field.contents() for name, field in reader.fields.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: field.contents() for name, field in reader.fields.items() if name.startswith(prefix)}
 
 
 def check_rope(path: str, model: ModelConfig) -> None:
@@ -112,13 +116,17 @@ def check_rope(path: str, model: ModelConfig) -> None:
     fields = read_fields(reader)
     freqs = next((np.asarray(t.data, np.float32) for t in reader.tensors if t.name == ROPE_FREQS), None)
     if fields.get("context_length") != model.max_seq_len:
-        raise ParityError(f"the GGUF's llama.context_length is {fields.get('context_length')}, "
-                          f"not model.max_seq_len={model.max_seq_len}")
+        raise ParityError(
+            f"the GGUF's llama.context_length is {fields.get('context_length')}, "
+            f"not model.max_seq_len={model.max_seq_len}"
+        )
     theirs, scale = llama_cpp_frequencies(fields, freqs, model.resolved_head_dim)
     ours = rope.inverse_frequencies(model, np.float64)
     worst = float(np.max(np.abs(theirs - ours) / ours))
     if not worst <= FREQ_RTOL:
-        raise ParityError(f"llama.cpp would rotate with other RoPE frequencies than ours (worst relative "
-                          f"difference {worst:.3g}; rope_scaling.type={model.rope_scaling.type})")
+        raise ParityError(
+            f"llama.cpp would rotate with other RoPE frequencies than ours (worst relative "
+            f"difference {worst:.3g}; rope_scaling.type={model.rope_scaling.type})"
+        )
     if not math.isclose(scale, rope.attention_factor(model), rel_tol=1e-6):
         raise ParityError(f"llama.cpp would scale cos/sin by {scale:.6g}, ours by {rope.attention_factor(model):.6g}")

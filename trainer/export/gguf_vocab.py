@@ -23,8 +23,10 @@ from trainer.errors import ConversionError
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # LLaMA 3's Split regex (its tokenizer.json), llama.cpp's `llama-bpe` rules, which also use whole-word vocabulary
 # matches before merges (`ignore_merges`).
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _BYTES = ("byte_level",)
 _DIGITS = ("digits",)
 
@@ -57,11 +59,14 @@ def _steps(pre: dict[str, Any] | None) -> tuple[tuple[str, ...], ...]:
 
 def describe(tokenizer_json: dict[str, Any]) -> str:
     """The pre-tokenization of a tokenizer.json in a few words (what a refusal names)."""
-    names = [f"Split({step[1][:30]}...)" if step[0] == "split" else step[-1]
-             for step in _steps(tokenizer_json.get("pre_tokenizer"))]
+    names = [
+        f"Split({step[1][:30]}...)" if step[0] == "split" else step[-1]
+        for step in _steps(tokenizer_json.get("pre_tokenizer"))
+    ]
     normalizer = tokenizer_json.get("normalizer")
-    return ((f"normalizer {normalizer.get('type')}, " if normalizer else "")
-            + ("pre-tokenizer " + " + ".join(names) if names else "no pre-tokenizer"))
+    return (f"normalizer {normalizer.get('type')}, " if normalizer else "") + (
+        "pre-tokenizer " + " + ".join(names) if names else "no pre-tokenizer"
+    )
 
 
 def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
@@ -69,16 +74,22 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     a ConversionError naming `--format hf` when llama.cpp has no rules that reproduce them."""
     model = tokenizer_json.get("model", {})
     steps = _steps(tokenizer_json.get("pre_tokenizer"))
-    exotic_model = (model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
-                    or model.get("byte_fallback"))
+    exotic_model = (
+        model.get("dropout")
+        or model.get("continuing_subword_prefix")
+        or model.get("end_of_word_suffix")
+        or model.get("byte_fallback")
+    )
     normalizer = tokenizer_json.get("normalizer")
     if not normalizer or (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")):
         for name, (expected, ignore_merges) in PRE_TOKENIZERS.items():
             if steps == expected and bool(model.get("ignore_merges", False)) == ignore_merges and not exotic_model:
                 return name
-    raise ConversionError(f"llama.cpp cannot tokenize like this tokenizer ({describe(tokenizer_json)}; it knows "
-                          f"{', '.join(PRE_TOKENIZERS)}-style byte-level BPE and SentencePiece): export it with "
-                          "--format hf")
+    raise ConversionError(
+        f"llama.cpp cannot tokenize like this tokenizer ({describe(tokenizer_json)}; it knows "
+        f"{', '.join(PRE_TOKENIZERS)}-style byte-level BPE and SentencePiece): export it with "
+        "--format hf"
+    )
 
 
 def is_byte_level_bpe(tokenizer_json: dict[str, Any]) -> bool:
@@ -86,8 +97,11 @@ def is_byte_level_bpe(tokenizer_json: dict[str, Any]) -> bool:
     model = tokenizer_json.get("model", {})
     decoder = tokenizer_json.get("decoder") or {}
     decoders = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
-    return (model.get("type") == "BPE" and not model.get("byte_fallback", False)
-            and any(d.get("type") == "ByteLevel" for d in decoders))
+    return (
+        model.get("type") == "BPE"
+        and not model.get("byte_fallback", False)
+        and any(d.get("type") == "ByteLevel" for d in decoders)
+    )
 
 
 def _bpe_tokens(tokenizer_json: dict[str, Any]) -> tuple[list[bytes], list[Any]]:
@@ -99,13 +113,17 @@ def _bpe_tokens(tokenizer_json: dict[str, Any]) -> tuple[list[bytes], list[Any]]
     types: dict[int, Any] = {i: TokenType.NORMAL for i in texts}
     for added in tokenizer_json.get("added_tokens", []):
         if added.get("lstrip") or added.get("rstrip") or added.get("single_word"):
-            raise ConversionError(f"llama.cpp cannot reproduce the added token {added['content']!r}'s lstrip/rstrip/"
-                                  "single_word matching: export with --format hf")
+            raise ConversionError(
+                f"llama.cpp cannot reproduce the added token {added['content']!r}'s lstrip/rstrip/"
+                "single_word matching: export with --format hf"
+            )
         texts[int(added["id"])] = added["content"]
         types[int(added["id"])] = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
     size = max(texts) + 1
-    return ([texts.get(i, f"[PAD{i}]").encode() for i in range(size)],
-            [types.get(i, TokenType.UNUSED) for i in range(size)])
+    return (
+        [texts.get(i, f"[PAD{i}]").encode() for i in range(size)],
+        [types.get(i, TokenType.UNUSED) for i in range(size)],
+    )
 
 
 def _sentencepiece_tokens(path: Path) -> tuple[str, list[bytes], list[float], list[Any]]:
@@ -123,8 +141,9 @@ def _sentencepiece_tokens(path: Path) -> tuple[str, list[bytes], list[float], li
             scores.append(score)
             types.append(kind)
         return vocab.tokenizer_model, tokens, scores, types
-    raise ConversionError("GGUF export supports SentencePiece and byte-level BPE tokenizers only; use --format hf "
-                          "for this tokenizer")
+    raise ConversionError(
+        "GGUF export supports SentencePiece and byte-level BPE tokenizers only; use --format hf for this tokenizer"
+    )
 
 
 def add_tokenizer(writer: Any, tokenizer_dir: str, tokenizer: Any, vocab_size: int, add_bos: bool) -> str | None:

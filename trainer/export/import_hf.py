@@ -18,17 +18,24 @@ from typing import Any
 
 import numpy as np
 
+from trainer import storage
+from trainer.checkpoint import save_params
 from trainer.config import Config, RunConfig, load_config, validate
+from trainer.data.bos import BOS_FILE, record_bos
+from trainer.data.hf_tokenizer import read_hf_folder
 from trainer.errors import ConfigError, ExitCode, cli
 from trainer.export import mapping, parity
+from trainer.export.safetensors import SafetensorsFolder
 
 BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.yml")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.convert_from_hf",
-                                description="Import a Hugging Face LLaMA folder as a run folder (params checkpoint).")
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.convert_from_hf",
+        description="Import a Hugging Face LLaMA folder as a run folder (params checkpoint).",
+    )
     p.add_argument("--hf", required=True, help="folder holding config.json and model*.safetensors")
     p.add_argument("--out", required=True, help="run folder to write (local or gs://)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check (huge models)")
@@ -45,8 +52,7 @@ def read_hf_config(folder: str) -> dict[str, Any]:
         with open(path) as f:
             config = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is damaged (not valid JSON: {e}): re-download or re-save the model folder") \
-            from None
+        raise ConfigError(f"{path} is damaged (not valid JSON: {e}): re-download or re-save the model folder") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} is damaged (not a JSON object): re-download or re-save the model folder")
     return config
@@ -64,11 +70,11 @@ def resolved_config(hf_config: dict[str, Any], run_dir: str) -> Config:
 
 def read_params(folder: str, config: Config) -> dict[str, Any]:
     """Our params (numpy, the config's layout and param dtype) from the folder's safetensors files."""
-    from trainer.export.safetensors import SafetensorsFolder
-
     if not any(name.endswith(".safetensors") for name in os.listdir(folder)):
-        raise ConfigError(f"{folder} has no .safetensors weights (pytorch_model.bin is not read: re-save with "
-                          "save_pretrained(..., safe_serialization=True))")
+        raise ConfigError(
+            f"{folder} has no .safetensors weights (pytorch_model.bin is not read: re-save with "
+            "save_pretrained(..., safe_serialization=True))"
+        )
     import jax
 
     files = SafetensorsFolder(folder)
@@ -80,9 +86,6 @@ def read_params(folder: str, config: Config) -> dict[str, Any]:
 def copy_tokenizer(folder: str, run_dir: str) -> str | None:
     """The folder's tokenizer into RUN_DIR/tokenizer/, and whether it puts BOS first (its `add_bos_token`, else its
     post-processor) as the run's BOS record (trainer.data.bos); None when the folder has no tokenizer."""
-    from trainer.data.bos import record_bos
-    from trainer.data.hf_tokenizer import read_hf_folder
-
     names = set(os.listdir(folder))
     if not names & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"}:
         return None
@@ -94,9 +97,6 @@ def copy_tokenizer(folder: str, run_dir: str) -> str | None:
 
 def prepare_run_dir(run_dir: str, force: bool) -> None:
     """Refuse an existing run folder without --force; with it, remove its checkpoints and tokenizer first."""
-    from trainer import storage
-    from trainer.data.bos import BOS_FILE
-
     if storage.exists(run_dir) and storage.listdir(run_dir):
         if not force:
             raise ConfigError(f"run folder {run_dir} already exists: pass --force to replace its checkpoint and config")
@@ -119,8 +119,6 @@ def verify(folder: str, config: Config, params: dict[str, Any]) -> str:
 
 def convert(args: argparse.Namespace) -> str:
     """Run the import; returns the report line."""
-    from trainer.checkpoint import save_params
-
     folder = os.path.abspath(args.hf)
     if not os.path.isdir(folder):
         raise ConfigError(f"--hf {args.hf} is not a folder")
@@ -129,8 +127,10 @@ def convert(args: argparse.Namespace) -> str:
     params = read_params(folder, config)
     save_params(args.out, config, params, step=0)
     tokenizer = copy_tokenizer(folder, args.out)
-    lines = [f"wrote {args.out}: step 0 params ({sum(x.size for x in _leaves(params)):,} parameters), config.yaml"
-             + (", tokenizer/" if tokenizer else " (no tokenizer found in --hf)")]
+    lines = [
+        f"wrote {args.out}: step 0 params ({sum(x.size for x in _leaves(params)):,} parameters), config.yaml"
+        + (", tokenizer/" if tokenizer else " (no tokenizer found in --hf)")
+    ]
     if not args.no_verify:
         lines.append(verify(folder, config, params))
     return "\n".join(lines)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,9 @@ _LAYER_TENSORS = (
 # ---------------------------------------------------------------------------------------------- configs
 
 
-def llama_config(model: ModelConfig, *, bos_id: int | None, eos_id: int | None, pad_id: int | None,
-                 dtype: str = "float32") -> Any:
+def llama_config(
+    model: ModelConfig, *, bos_id: int | None, eos_id: int | None, pad_id: int | None, dtype: str = "float32"
+) -> Any:
     """The `LlamaConfig` that describes `model` (every architecture field explicit, so no HF default leaks in)."""
     from transformers import LlamaConfig
 
@@ -116,14 +118,18 @@ def rope_scaling_from_hf(params: dict[str, Any], max_position_embeddings: int) -
     an option whose frequencies we don't compute, naming it."""
     kind = params.get("rope_type") or params.get("type") or "default"
     if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise MappingError(f"partial_rotary_factor={params['partial_rotary_factor']} is not supported: "
-                           "trainer.model rotates the whole head")
+        raise MappingError(
+            f"partial_rotary_factor={params['partial_rotary_factor']} is not supported: "
+            "trainer.model rotates the whole head"
+        )
     if kind == "default":
         return RopeScalingConfig()
     if kind not in ("linear", "yarn", "llama3"):
-        why = (" (it changes the frequencies with the input length at run time)" if kind == "dynamic" else "")
-        raise MappingError(f"RoPE scaling {kind!r} is not supported{why}: trainer.model computes none, linear, "
-                           "yarn and llama3 (and static NTK as a plain rope_theta)")
+        why = " (it changes the frequencies with the input length at run time)" if kind == "dynamic" else ""
+        raise MappingError(
+            f"RoPE scaling {kind!r} is not supported{why}: trainer.model computes none, linear, "
+            "yarn and llama3 (and static NTK as a plain rope_theta)"
+        )
     original = params.get("original_max_position_embeddings") or max_position_embeddings
     factor = params.get("factor")
     if factor is None and kind == "yarn":  # transformers: the ratio of the contexts
@@ -135,21 +141,33 @@ def rope_scaling_from_hf(params: dict[str, Any], max_position_embeddings: int) -
     if kind == "llama3":
         low, high = params.get("low_freq_factor"), params.get("high_freq_factor")
         if low is None or high is None:
-            raise MappingError("RoPE scaling 'llama3' needs low_freq_factor and high_freq_factor: config.json is "
-                               "incomplete")
-        return RopeScalingConfig(type="llama3", factor=float(factor), original_max_seq_len=int(original),
-                                 low_freq_factor=float(low), high_freq_factor=float(high))
+            raise MappingError(
+                "RoPE scaling 'llama3' needs low_freq_factor and high_freq_factor: config.json is incomplete"
+            )
+        return RopeScalingConfig(
+            type="llama3",
+            factor=float(factor),
+            original_max_seq_len=int(original),
+            low_freq_factor=float(low),
+            high_freq_factor=float(high),
+        )
     if params.get("truncate", True) is False:
-        raise MappingError("yarn with truncate=false is not supported: trainer.model rounds the ramp's bounds to "
-                           "whole dimensions (transformers' default)")
+        raise MappingError(
+            "yarn with truncate=false is not supported: trainer.model rounds the ramp's bounds to "
+            "whole dimensions (transformers' default)"
+        )
     attention = params.get("attention_factor")
     mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
     if attention is None and mscale and mscale_all_dim and factor > 1:  # transformers' DeepSeek form, made explicit
         attention = (0.1 * mscale * math.log(factor) + 1) / (0.1 * mscale_all_dim * math.log(factor) + 1)
-    return RopeScalingConfig(type="yarn", factor=float(factor), original_max_seq_len=int(original),
-                             beta_fast=float(params.get("beta_fast") or 32.0),
-                             beta_slow=float(params.get("beta_slow") or 1.0),
-                             attention_factor=None if attention is None else float(attention))
+    return RopeScalingConfig(
+        type="yarn",
+        factor=float(factor),
+        original_max_seq_len=int(original),
+        beta_fast=float(params.get("beta_fast") or 32.0),
+        beta_slow=float(params.get("beta_slow") or 1.0),
+        attention_factor=None if attention is None else float(attention),
+    )
 
 
 def model_config(hf: Any, base: ModelConfig | None = None) -> ModelConfig:
@@ -196,10 +214,15 @@ def hf_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     e, v, m, hd = model.embed_dim, model.vocab_size, model.mlp_dim, model.resolved_head_dim
     q, kv = model.num_heads * hd, model.num_kv_heads * hd
     per_layer = {
-        "input_layernorm.weight": (e,), "post_attention_layernorm.weight": (e,),
-        "self_attn.q_proj.weight": (q, e), "self_attn.k_proj.weight": (kv, e), "self_attn.v_proj.weight": (kv, e),
+        "input_layernorm.weight": (e,),
+        "post_attention_layernorm.weight": (e,),
+        "self_attn.q_proj.weight": (q, e),
+        "self_attn.k_proj.weight": (kv, e),
+        "self_attn.v_proj.weight": (kv, e),
         "self_attn.o_proj.weight": (e, q),
-        "mlp.gate_proj.weight": (m, e), "mlp.up_proj.weight": (m, e), "mlp.down_proj.weight": (e, m),
+        "mlp.gate_proj.weight": (m, e),
+        "mlp.up_proj.weight": (m, e),
+        "mlp.down_proj.weight": (e, m),
     }
     shapes = {"model.embed_tokens.weight": (v, e)}
     for i in range(model.num_layers):
@@ -213,15 +236,21 @@ def hf_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
 def our_shapes(model: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Every parameter path of one (unrolled) layer's worth plus the globals, with the shape the config implies."""
     e, hd, h, kv = model.embed_dim, model.resolved_head_dim, model.num_heads, model.num_kv_heads
-    shapes: dict[tuple[str, ...], tuple[int, ...]] = {("embed", "embedding"): (model.vocab_size, e),
-                                                       ("final_norm", "scale"): (e,)}
+    shapes: dict[tuple[str, ...], tuple[int, ...]] = {
+        ("embed", "embedding"): (model.vocab_size, e),
+        ("final_norm", "scale"): (e,),
+    }
     if not model.tie_embeddings:
         shapes[("lm_head", "kernel")] = (e, model.vocab_size)
     layer = {
-        ("attention_norm", "scale"): (e,), ("mlp_norm", "scale"): (e,),
-        ("attention", "query", "kernel"): (e, h, hd), ("attention", "key", "kernel"): (e, kv, hd),
-        ("attention", "value", "kernel"): (e, kv, hd), ("attention", "out", "kernel"): (h, hd, e),
-        ("mlp", "gate", "kernel"): (e, model.mlp_dim), ("mlp", "up", "kernel"): (e, model.mlp_dim),
+        ("attention_norm", "scale"): (e,),
+        ("mlp_norm", "scale"): (e,),
+        ("attention", "query", "kernel"): (e, h, hd),
+        ("attention", "key", "kernel"): (e, kv, hd),
+        ("attention", "value", "kernel"): (e, kv, hd),
+        ("attention", "out", "kernel"): (h, hd, e),
+        ("mlp", "gate", "kernel"): (e, model.mlp_dim),
+        ("mlp", "up", "kernel"): (e, model.mlp_dim),
         ("mlp", "down", "kernel"): (model.mlp_dim, e),
     }
     for path, shape in layer.items():
@@ -236,9 +265,11 @@ def check_params(params: dict[str, Any], model: ModelConfig) -> None:
     expected_top = {"embed", "final_norm"} | layers | (set() if model.tie_embeddings else {"lm_head"})
     extra = sorted(set(params) - expected_top)
     if extra:
-        raise MappingError(f"the checkpoint holds {', '.join(extra)}, which its config does not describe "
-                           f"(num_layers={model.num_layers}, tie_embeddings={model.tie_embeddings}): "
-                           "the checkpoint's config does not match its params")
+        raise MappingError(
+            f"the checkpoint holds {', '.join(extra)}, which its config does not describe "
+            f"(num_layers={model.num_layers}, tie_embeddings={model.tie_embeddings}): "
+            "the checkpoint's config does not match its params"
+        )
     for path, shape in our_shapes(model).items():
         if path[0] == "layers":
             if scanned:
@@ -250,11 +281,15 @@ def check_params(params: dict[str, Any], model: ModelConfig) -> None:
         for where, want in candidates:
             got = _lookup(params, where)
             if got is None:
-                raise MappingError(f"the checkpoint has no parameter {'/'.join(where)}: it was not written by this "
-                                   "model (or its config's tie_embeddings / num_layers differ)")
+                raise MappingError(
+                    f"the checkpoint has no parameter {'/'.join(where)}: it was not written by this "
+                    "model (or its config's tie_embeddings / num_layers differ)"
+                )
             if tuple(got.shape) != tuple(want):
-                raise MappingError(f"parameter {'/'.join(where)} has shape {tuple(got.shape)} but the config implies "
-                                   f"{tuple(want)}: the checkpoint's config does not match its params")
+                raise MappingError(
+                    f"parameter {'/'.join(where)} has shape {tuple(got.shape)} but the config implies "
+                    f"{tuple(want)}: the checkpoint's config does not match its params"
+                )
 
 
 def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -306,8 +341,10 @@ def from_hf(get: Callable[[str], np.ndarray], model: ModelConfig) -> dict[str, A
             raise MappingError(f"tensor {name} has shape {tuple(w.shape)} but config.json implies {expected[name]}")
         return w
 
-    params: dict[str, Any] = {"embed": {"embedding": np.ascontiguousarray(fetch("model.embed_tokens.weight"))},
-                              "final_norm": {"scale": np.ascontiguousarray(fetch("model.norm.weight"))}}
+    params: dict[str, Any] = {
+        "embed": {"embedding": np.ascontiguousarray(fetch("model.embed_tokens.weight"))},
+        "final_norm": {"scale": np.ascontiguousarray(fetch("model.norm.weight"))},
+    }
     if not model.tie_embeddings:
         params["lm_head"] = {"kernel": np.ascontiguousarray(fetch("lm_head.weight").T)}
     for i in range(model.num_layers):

@@ -32,8 +32,10 @@ def _mlx_lm() -> Any:
         import mlx.core  # noqa: F401
         import mlx_lm.utils
     except ImportError:
-        raise ConversionError('the MLX export needs mlx-lm: pip install "mlx-lm[cpu]" on Linux, mlx-lm on a Mac '
-                              '(or the mlx extra: pip install -e ".[mlx]")') from None
+        raise ConversionError(
+            'the MLX export needs mlx-lm: pip install "mlx-lm[cpu]" on Linux, mlx-lm on a Mac '
+            '(or the mlx extra: pip install -e ".[mlx]")'
+        ) from None
     return mlx_lm
 
 
@@ -88,8 +90,9 @@ def greedy(model: Any, prompt: list[int], steps: int) -> list[int]:
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
-    stream = generate_step(mx.array(prompt, mx.uint32), model, max_tokens=steps,
-                           sampler=lambda lp: mx.argmax(lp, axis=-1))
+    stream = generate_step(
+        mx.array(prompt, mx.uint32), model, max_tokens=steps, sampler=lambda lp: mx.argmax(lp, axis=-1)
+    )
     return [int(token) for token, _ in stream]
 
 
@@ -125,7 +128,11 @@ def verify_mlx(folder: str, model: ModelConfig, params: dict[str, Any], dtype: s
     drift = parity.compare(ours, ours_stored)
     limit = QUANTISED_TOLERANCE[bits]
     if not drift.relative <= limit:
-        raise parity.ParityError(f"parity failed: {bits}-bit quantisation moves the logits by {drift.relative:.3g} × "
-                                 f"the logit scale {drift.scale:.3g} (tolerance {limit:g}); quantise to 8 bits")
-    return (f"{report}; quantising the weights to {bits} bits (groups of {GROUP_SIZE}) changes our own logits by "
-            f"{drift.relative:.2g} × scale (tolerance {limit:g})")
+        raise parity.ParityError(
+            f"parity failed: {bits}-bit quantisation moves the logits by {drift.relative:.3g} × "
+            f"the logit scale {drift.scale:.3g} (tolerance {limit:g}); quantise to 8 bits"
+        )
+    return (
+        f"{report}; quantising the weights to {bits} bits (groups of {GROUP_SIZE}) changes our own logits by "
+        f"{drift.relative:.2g} × scale (tolerance {limit:g})"
+    )

@@ -25,21 +25,29 @@ def model_index(name: str, results: dict[str, Any], shots: dict[str, int]) -> li
         metrics = []
         for key, value in row.items():
             metric, _, filt = key.partition(",")
-            if filt != "none" or metric.endswith("_stderr") or isinstance(value, bool) \
-                    or not isinstance(value, (int, float)):
+            if (
+                filt != "none"
+                or metric.endswith("_stderr")
+                or isinstance(value, bool)
+                or not isinstance(value, (int, float))
+            ):
                 continue
             raw = any(r in metric for r in _RAW)
-            metrics.append({"type": metric, "value": round(float(value) if raw else 100 * float(value), 4),
-                            "name": f"{metric} ({shots.get(task, 0)}-shot)"})
+            metrics.append(
+                {
+                    "type": metric,
+                    "value": round(float(value) if raw else 100 * float(value), 4),
+                    "name": f"{metric} ({shots.get(task, 0)}-shot)",
+                }
+            )
         if not metrics:
             continue
-        dataset = {"name": DISPLAY.get(task, task), **_dataset(task),
-                   "args": {"num_few_shot": shots.get(task, 0)}}
+        dataset = {"name": DISPLAY.get(task, task), **_dataset(task), "args": {"num_few_shot": shots.get(task, 0)}}
         entries.append({"task": dict(TASK), "dataset": dataset, "metrics": metrics})
     return [{"name": name, "results": entries}] if entries else []
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dataset(task: str) -> dict[str, str]:
     """The Hub dataset (type, config, split) lm-eval's built-in `task` scores, from its task YAML; the task's own
     name when the harness (the eval extra) is not installed or has no such task."""

@@ -21,11 +21,19 @@ _SENTINEL = "\u2063CONTENT\u2063"
 _ROLES = ("system", "user", "assistant")
 # Conversations the pieces must reproduce exactly (distinct contents, so no piece can hide in one).
 _CHECKS = (
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
-     {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3 + 3?"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!\nHow can I help?"},
-     {"role": "user", "content": "Sort [3, 1]."}, {"role": "assistant", "content": "[1, 3]"},
-     {"role": "user", "content": "Thanks"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3 + 3?"},
+    ],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!\nHow can I help?"},
+        {"role": "user", "content": "Sort [3, 1]."},
+        {"role": "assistant", "content": "[1, 3]"},
+        {"role": "user", "content": "Thanks"},
+    ],
 )
 
 
@@ -56,7 +64,7 @@ def go_template(tokenizer: Any) -> str | None:
         if text is None or text.count(_SENTINEL) != 1 or not text.endswith(generation):
             return None
         prefix, rest = text.split(_SENTINEL)
-        pieces[role] = (prefix, rest[:len(rest) - len(generation)])
+        pieces[role] = (prefix, rest[: len(rest) - len(generation)])
     for conversation in _CHECKS:
         rebuilt = "".join(pieces[m["role"]][0] + m["content"] + pieces[m["role"]][1] for m in conversation)
         if _render(tokenizer, conversation) != rebuilt + generation:
@@ -65,9 +73,11 @@ def go_template(tokenizer: Any) -> str | None:
     if any("{{" in p or "}}" in p or '"""' in p for p in literal):
         return None
     (sys_pre, sys_suf), (user_pre, user_suf), (bot_pre, bot_suf) = (pieces[r] for r in _ROLES)
-    return (f'{{{{ range .Messages }}}}{{{{ if eq .Role "system" }}}}{sys_pre}{{{{ .Content }}}}{sys_suf}'
-            f'{{{{ else if eq .Role "user" }}}}{user_pre}{{{{ .Content }}}}{user_suf}'
-            f"{{{{ else }}}}{bot_pre}{{{{ .Content }}}}{bot_suf}{{{{ end }}}}{{{{ end }}}}{generation}")
+    return (
+        f'{{{{ range .Messages }}}}{{{{ if eq .Role "system" }}}}{sys_pre}{{{{ .Content }}}}{sys_suf}'
+        f'{{{{ else if eq .Role "user" }}}}{user_pre}{{{{ .Content }}}}{user_suf}'
+        f"{{{{ else }}}}{bot_pre}{{{{ .Content }}}}{bot_suf}{{{{ end }}}}{{{{ end }}}}{generation}"
+    )
 
 
 def modelfile_text(gguf_file: str, tokenizer: Any) -> str:
@@ -77,8 +87,10 @@ def modelfile_text(gguf_file: str, tokenizer: Any) -> str:
     if template is not None:
         lines.append(f'TEMPLATE """{template}"""')
     elif tokenizer.chat is not None:
-        lines.append(f"# the chat format {tokenizer.chat.get('template', 'jinja')!r} has no Go template here: write "
-                     "prompts in its format (see the chat template in the GGUF / README.md)")
+        lines.append(
+            f"# the chat format {tokenizer.chat.get('template', 'jinja')!r} has no Go template here: write "
+            "prompts in its format (see the chat template in the GGUF / README.md)"
+        )
     lines += [f"PARAMETER stop {json.dumps(text, ensure_ascii=False)}" for text in stop_texts(tokenizer)]
     return "\n".join(lines) + "\n"
 

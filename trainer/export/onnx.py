@@ -41,7 +41,7 @@ def check_installed() -> None:
         import onnxruntime  # noqa: F401
         import torch  # noqa: F401
     except ImportError:
-        raise ConversionError("the ONNX export needs torch, onnx and onnxruntime: pip install -e \".[onnx]\"") from None
+        raise ConversionError('the ONNX export needs torch, onnx and onnxruntime: pip install -e ".[onnx]"') from None
 
 
 def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
@@ -66,7 +66,7 @@ def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + model.norm_eps) * scale
 
     def rotate(x: Any, cos: Any, sin: Any) -> Any:  # halves, as trainer.model and HF
-        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
     class Decoder(nn.Module):
@@ -102,7 +102,7 @@ def _decoder(model: ModelConfig, params: dict[str, Any]) -> Any:
                 present += [k, v]
                 k = k.repeat_interleave(heads // kv_heads, dim=1)
                 v = v.repeat_interleave(heads // kv_heads, dim=1)
-                scores = (q @ k.transpose(2, 3)) * hd ** -0.5 + bias
+                scores = (q @ k.transpose(2, 3)) * hd**-0.5 + bias
                 attn = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, heads * hd)
                 x = x + attn @ self.w(p + "self_attn.o_proj.weight")
                 h = rms_norm(x, self.w(p + "post_attention_layernorm.weight"))
@@ -132,26 +132,50 @@ def write_onnx(out: str, model: ModelConfig, params: dict[str, Any], dtype: str)
     decoder = _decoder(model, params)
     inputs, outputs = io_names(model)
     batch, seq, past_len = 1, 3, 2  # any sizes: every axis below is dynamic
-    example = (torch.zeros((batch, seq), dtype=torch.int64), torch.ones((batch, past_len + seq), dtype=torch.int64),
-               torch.arange(past_len, past_len + seq)[None],
-               *[torch.zeros((batch, model.num_kv_heads, past_len, model.resolved_head_dim))
-                 for _ in range(2 * model.num_layers)])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    example = (
+        torch.zeros((batch, seq), dtype=torch.int64),
+        torch.ones((batch, past_len + seq), dtype=torch.int64),
+        torch.arange(past_len, past_len + seq)[None],
+        *[
+            torch.zeros((batch, model.num_kv_heads, past_len, model.resolved_head_dim))
+            for _ in range(2 * model.num_layers)
+        ],
+    )
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+    }
     axes.update({name: {0: "batch", 2: "past_sequence"} for name in inputs[3:]})
     axes.update({name: {0: "batch", 2: "total_sequence"} for name in outputs[1:]})
     with tempfile.TemporaryDirectory(dir=out) as tmp, torch.no_grad():
         traced = os.path.join(tmp, FILENAME)  # the tracer's own file (and weight files, past 2 GB)
-        torch.onnx.export(decoder, example, traced, input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            decoder,
+            example,
+            traced,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
         del decoder
         graph = onnx.load(traced)
     if dtype == "float16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         graph = convert_float_to_float16(graph, keep_io_types=True, disable_shape_infer=True)
-    onnx.save_model(graph, os.path.join(out, FILENAME), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=DATA_FILENAME, size_threshold=1024)
+    onnx.save_model(
+        graph,
+        os.path.join(out, FILENAME),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILENAME,
+        size_threshold=1024,
+    )
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(os.path.join(out, DATA_FILENAME), 0o666 & ~umask)  # onnx creates it private (0600)
@@ -177,18 +201,25 @@ def empty_past(sess: Any, batch: int) -> dict[str, np.ndarray]:
     return past
 
 
-def run(sess: Any, tokens: np.ndarray, past: dict[str, np.ndarray] | None = None,
-        past_len: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def run(
+    sess: Any, tokens: np.ndarray, past: dict[str, np.ndarray] | None = None, past_len: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One call of the graph on `tokens` [batch, seq] after `past_len` cached positions: (logits, the new past)."""
     tokens = np.asarray(tokens, np.int64)
     batch, seq = tokens.shape
-    feed = {"input_ids": tokens, "attention_mask": np.ones((batch, past_len + seq), np.int64),
-            "position_ids": np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)).copy(),
-            **(past if past is not None else empty_past(sess, batch))}
+    feed = {
+        "input_ids": tokens,
+        "attention_mask": np.ones((batch, past_len + seq), np.int64),
+        "position_ids": np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)).copy(),
+        **(past if past is not None else empty_past(sess, batch)),
+    }
     names = [o.name for o in sess.get_outputs()]
     results = dict(zip(names, sess.run(names, feed)))
-    new_past = {name.replace("present.", "past_key_values."): value for name, value in results.items()
-                if name.startswith("present.")}
+    new_past = {
+        name.replace("present.", "past_key_values."): value
+        for name, value in results.items()
+        if name.startswith("present.")
+    }
     return results["logits"], new_past
 
 
@@ -215,8 +246,12 @@ def verify_onnx(folder: str, model: ModelConfig, params: dict[str, Any], dtype: 
         return parity.check_logits(comparison)
     limit = parity.DRIFT_TOLERANCE[dtype]
     if not comparison.relative <= limit:
-        raise parity.ParityError(f"parity failed: onnxruntime's float16 logits differ from ours by "
-                                 f"{comparison.relative:.3g} × the logit scale {comparison.scale:.3g} "
-                                 f"(tolerance {limit:g})")
-    return (f"parity ok: onnxruntime's float16 logits differ from ours by {comparison.relative:.2g} × logit scale "
-            f"{comparison.scale:.3g} (tolerance {limit:g})")
+        raise parity.ParityError(
+            f"parity failed: onnxruntime's float16 logits differ from ours by "
+            f"{comparison.relative:.3g} × the logit scale {comparison.scale:.3g} "
+            f"(tolerance {limit:g})"
+        )
+    return (
+        f"parity ok: onnxruntime's float16 logits differ from ours by {comparison.relative:.2g} × logit scale "
+        f"{comparison.scale:.3g} (tolerance {limit:g})"
+    )

@@ -12,17 +12,26 @@ The converters check three things after writing (see docs/convert.md, "What pari
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import jax
 import numpy as np
 
 from trainer.config import ModelConfig
 from trainer.errors import ParityError
+from trainer.model.transformer import Transformer
 
 TOLERANCE = 1e-4  # |Δlogit| / max|logit| between two fp32 programs running the same weights
-DRIFT_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2,
-                   "q4_0": 0.5}
-
+DRIFT_TOLERANCE = {
+    "float32": 1e-4,
+    "float16": 1e-2,
+    "bfloat16": 5e-2,
+    "f16": 1e-2,
+    "bf16": 5e-2,
+    "q8_0": 5e-2,
+    "q4_0": 0.5,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,16 +54,18 @@ def sample_tokens(vocab_size: int, batch: int = 3, length: int = 64, seed: int =
 
 def fp32_model(model: ModelConfig, params: dict[str, Any]) -> ModelConfig:
     """`model` set up for a reference forward pass: fp32 everywhere, no remat, plain attention, the params' layout."""
-    return dataclasses.replace(model, compute_dtype="float32", param_dtype="float32", remat_policy="none",
-                               attention="dot_product", scan_layers="layers" in params)
+    return dataclasses.replace(
+        model,
+        compute_dtype="float32",
+        param_dtype="float32",
+        remat_policy="none",
+        attention="dot_product",
+        scan_layers="layers" in params,
+    )
 
 
 def jax_logits(model: ModelConfig, params: dict[str, Any], tokens: np.ndarray) -> np.ndarray:
     """Our `trainer.model.Transformer` in fp32 on `tokens` [batch, length] → logits [batch, length, vocab]."""
-    import jax
-
-    from trainer.model.transformer import Transformer
-
     as_fp32 = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     module = Transformer(fp32_model(model, params))
     return np.asarray(jax.jit(module.apply)({"params": as_fp32}, np.asarray(tokens, np.int32)), np.float32)
@@ -113,8 +124,9 @@ def rounding_bound(x: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown export type {kind}")
 
 
-def check_weights(source: Iterable[tuple[str, np.ndarray]], read_back: Callable[[str], np.ndarray],
-                  kinds: Callable[[str], str]) -> float:
+def check_weights(
+    source: Iterable[tuple[str, np.ndarray]], read_back: Callable[[str], np.ndarray], kinds: Callable[[str], str]
+) -> float:
     """Compare every source tensor with the one read back from the written files; returns the worst error ratio.
 
     Raises ParityError naming the first tensor whose error exceeds its export type's rounding bound.
@@ -134,8 +146,10 @@ def check_weights(source: Iterable[tuple[str, np.ndarray]], read_back: Callable[
             continue
         ratio = float(np.max(error / bound))
         if not ratio <= 1.0:  # also catches NaN
-            raise ParityError(f"tensor {name} differs from ours by more than {kind} rounding allows "
-                              f"(max |Δ| {error.max():.3g}, {ratio:.2f}× the bound)")
+            raise ParityError(
+                f"tensor {name} differs from ours by more than {kind} rounding allows "
+                f"(max |Δ| {error.max():.3g}, {ratio:.2f}× the bound)"
+            )
         worst = max(worst, ratio)
     return worst
 
@@ -147,15 +161,23 @@ def check_logits(exported: Comparison, drift: Comparison | None = None, kind: st
     ours on the original ones (None when the weights are the originals).
     """
     if not exported.relative <= TOLERANCE:
-        raise ParityError(f"parity failed: the exported model's logits differ from ours by {exported.relative:.3g} × "
-                          f"the logit scale {exported.scale:.3g} (tolerance {TOLERANCE:g})")
-    report = (f"parity ok: max |Δlogit| {exported.max_abs_diff:.3g} = {exported.relative:.2g} × logit scale "
-              f"{exported.scale:.3g} (tolerance {TOLERANCE:g})")
+        raise ParityError(
+            f"parity failed: the exported model's logits differ from ours by {exported.relative:.3g} × "
+            f"the logit scale {exported.scale:.3g} (tolerance {TOLERANCE:g})"
+        )
+    report = (
+        f"parity ok: max |Δlogit| {exported.max_abs_diff:.3g} = {exported.relative:.2g} × logit scale "
+        f"{exported.scale:.3g} (tolerance {TOLERANCE:g})"
+    )
     if drift is None or kind == "float32":  # float32 weights are ours bit for bit: nothing to report
         return report
     limit = DRIFT_TOLERANCE[kind]
     if not drift.relative <= limit:
-        raise ParityError(f"parity failed: {kind} rounding moves the logits by {drift.relative:.3g} × the logit scale "
-                          f"{drift.scale:.3g} (tolerance {limit:g}); export a wider dtype")
-    return (f"{report}; rounding the weights to {kind} changes our own logits by {drift.relative:.2g} × scale "
-            f"(tolerance {limit:g})")
+        raise ParityError(
+            f"parity failed: {kind} rounding moves the logits by {drift.relative:.3g} × the logit scale "
+            f"{drift.scale:.3g} (tolerance {limit:g}); export a wider dtype"
+        )
+    return (
+        f"{report}; rounding the weights to {kind} changes our own logits by {drift.relative:.2g} × scale "
+        f"(tolerance {limit:g})"
+    )

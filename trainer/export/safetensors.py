@@ -10,14 +10,14 @@ import json
 import math
 import os
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from trainer.errors import ConversionError, MappingError
 
 SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-
 
 
 def converted(array: np.ndarray, dtype: str) -> np.ndarray:
@@ -28,8 +28,9 @@ def converted(array: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float16":
         peak = float(np.max(np.abs(array))) if array.size else 0.0
         if peak > np.finfo(np.float16).max:
-            raise ConversionError(f"a weight of magnitude {peak:.3g} exceeds the float16 range: export "
-                                  "--dtype bfloat16 or float32")
+            raise ConversionError(
+                f"a weight of magnitude {peak:.3g} exceeds the float16 range: export --dtype bfloat16 or float32"
+            )
     return np.ascontiguousarray(array, dtype=target)
 
 
@@ -47,8 +48,9 @@ def plan_shards(shapes: dict[str, tuple[int, ...]], itemsize: int, max_bytes: in
     return shards
 
 
-def write_safetensors(path: str, shapes: dict[str, tuple[int, ...]], tensors: Iterable[tuple[str, np.ndarray]],
-                      dtype: str) -> int:
+def write_safetensors(
+    path: str, shapes: dict[str, tuple[int, ...]], tensors: Iterable[tuple[str, np.ndarray]], dtype: str
+) -> int:
     """Write one .safetensors file tensor by tensor; returns its byte count.
 
     safetensors' own writers take every tensor of a file at once (a second copy of the weights in memory); this
@@ -60,8 +62,11 @@ def write_safetensors(path: str, shapes: dict[str, tuple[int, ...]], tensors: It
     offset = 0
     for name, shape in shapes.items():
         nbytes = math.prod(shape) * itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPE[dtype], "shape": list(shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPE[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -84,8 +89,9 @@ class SafetensorsFolder:
                 with open(index) as f:
                     weight_map = json.load(f)["weight_map"]
             except (ValueError, KeyError, TypeError) as e:
-                raise ConversionError(f"{index} is damaged ({type(e).__name__}: {e}): re-download or re-save the "
-                                      "model folder") from None
+                raise ConversionError(
+                    f"{index} is damaged ({type(e).__name__}: {e}): re-download or re-save the model folder"
+                ) from None
         else:
             with _open(os.path.join(folder, "model.safetensors")) as handle:
                 weight_map = {name: "model.safetensors" for name in handle.keys()}
@@ -107,8 +113,9 @@ class SafetensorsFolder:
         try:
             return self._files[file].get_tensor(name)
         except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
-            raise ConversionError(f"tensor {name} of {file} can't be read ({e}): re-download or re-save the "
-                                  "model folder") from None
+            raise ConversionError(
+                f"tensor {name} of {file} can't be read ({e}): re-download or re-save the model folder"
+            ) from None
 
 
 def _open(path: str) -> Any:
@@ -120,5 +127,6 @@ def _open(path: str) -> Any:
     try:
         return safe_open(path, framework="numpy")
     except SafetensorError as e:
-        raise ConversionError(f"{path} is damaged or truncated ({e}): re-download or re-save the model folder") \
-            from None
+        raise ConversionError(
+            f"{path} is damaged or truncated ({e}): re-download or re-save the model folder"
+        ) from None

@@ -16,6 +16,7 @@ from typing import Any
 
 from trainer import storage
 from trainer.config import Config
+from trainer.data.tokenizer import load_tokenizer
 from trainer.errors import ConversionError, ParityError
 
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "chat_template")
@@ -31,11 +32,8 @@ SAMPLE_TEXTS = (
 )
 
 
-
 def find_tokenizer(run_dir: str, config: Config, override: str | None) -> tuple[Any, str]:
     """The run's tokenizer and the folder/file it came from: --tokenizer, else RUN_DIR/tokenizer, else data.path."""
-    from trainer.data.tokenizer import load_tokenizer
-
     if override:
         return load_tokenizer(override), override
     candidates = [storage.join(run_dir, "tokenizer")]
@@ -44,8 +42,11 @@ def find_tokenizer(run_dir: str, config: Config, override: str | None) -> tuple[
     for path in candidates:
         if storage.exists(path):
             return load_tokenizer(path), path
-    raise ConversionError(f"no tokenizer in {candidates[0]}" + (f" nor at data.path {config.data.path}"
-                          if config.data.path else "") + ": pass --tokenizer PATH (SentencePiece .model or HF folder)")
+    raise ConversionError(
+        f"no tokenizer in {candidates[0]}"
+        + (f" nor at data.path {config.data.path}" if config.data.path else "")
+        + ": pass --tokenizer PATH (SentencePiece .model or HF folder)"
+    )
 
 
 def chat_template(source: str) -> str | None:
@@ -78,7 +79,10 @@ def write_tokenizer(tokenizer: Any, source: str, out: str, add_bos: bool) -> Non
         with open(os.path.join(tmp, "tokenizer.model"), "wb") as f:
             f.write(tokenizer.model_proto)
         hf_tok = LlamaTokenizerFast.from_pretrained(
-            tmp, local_files_only=True, add_bos_token=add_bos, add_prefix_space=False,
+            tmp,
+            local_files_only=True,
+            add_bos_token=add_bos,
+            add_prefix_space=False,
             **{key: sp.id_to_piece(i) for key, i in special.items() if i >= 0},
         )
     template = chat_template(source)
@@ -105,8 +109,11 @@ def hf_files(tokenizer: Any, add_bos: bool) -> dict[str, bytes]:
     bos_id = tokenizer.bos_id
     if bos_id is not None and (backend.encode("a", add_special_tokens=True).ids[:1] == [bos_id]) != add_bos:
         bos = tokenizer.token_text(bos_id)
-        template = (dict(single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, bos_id)]) if add_bos
-                    else dict(single="$A", pair="$A $B:1", special_tokens=[]))
+        template = (
+            dict(single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, bos_id)])
+            if add_bos
+            else dict(single="$A", pair="$A $B:1", special_tokens=[])
+        )
         backend.post_processor = processors.TemplateProcessing(**template)
         files["tokenizer.json"] = backend.to_str().encode()
     return files
@@ -122,18 +129,23 @@ def check_tokenizer(tokenizer: Any, out: str) -> None:
     for text in (*SAMPLE_TEXTS, literal):
         ours, theirs = tokenizer.encode_with_offsets(text)[0], exported.encode(text, add_special_tokens=False)
         if ours != theirs:
-            raise ParityError(f"the exported tokenizer encodes {text!r} as {theirs[:12]}..., "
-                              f"ours as {ours[:12]}...")
+            raise ParityError(f"the exported tokenizer encodes {text!r} as {theirs[:12]}..., ours as {ours[:12]}...")
     wants = json.loads(open(os.path.join(out, "tokenizer_config.json")).read()).get("add_bos_token")
     if wants is not None and tokenizer.bos_id is not None and (exported.encode("x")[:1] == [tokenizer.bos_id]) != wants:
-        raise ParityError(f"transformers {'omits' if wants else 'adds'} BOS on the exported tokenizer; the run's "
-                          f"documents {'began' if wants else 'did not begin'} with it")
+        raise ParityError(
+            f"transformers {'omits' if wants else 'adds'} BOS on the exported tokenizer; the run's "
+            f"documents {'began' if wants else 'did not begin'} with it"
+        )
     if tokenizer.chat is not None:
         check_chat_template(tokenizer, exported)
 
 
-CHAT_SAMPLE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
-               {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3 + 3?"}]
+CHAT_SAMPLE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4."},
+    {"role": "user", "content": "And 3 + 3?"},
+]
 
 
 def check_chat_template(tokenizer: Any, exported: Any) -> None:

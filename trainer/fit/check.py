@@ -20,10 +20,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer import sharding
-from trainer.config import Config
+from trainer.config import Config, RematPolicy
+from trainer.errors import ConfigError
 from trainer.fit import padding
-from trainer.fit.gpu_targets import GpuTarget, gpu_devices, missing_tool
-from trainer.fit.targets import GiB, Target, topology_devices
+from trainer.fit.gpu_targets import (
+    GpuTarget,
+    gpu_devices,
+    is_gpu_target,
+    missing_tool,
+    parse_gpu_target,
+    require_cuda_plugin,
+)
+from trainer.fit.targets import Target, parse_target, require_libtpu, topology_devices
+from trainer.hardware import GiB
+from trainer.model import flops
+from trainer.step import BATCH_KEYS, make_step_functions
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -64,13 +75,23 @@ class Fit:
     def record(self) -> dict[str, Any]:
         """The machine-readable result (the last JSON line of `--dry-run --target`)."""
         return {
-            "target": self.target.name, "slices": self.target.slices, "chips": self.target.chips,
-            "topology": self.target.topology, "mesh": self.mesh, "changes": list(self.changes),
-            "params_bytes": self.params_bytes, "optimizer_bytes": self.optimizer_bytes,
-            "batch_bytes": self.batch_bytes, "temp_bytes": self.temp_bytes,
-            "train_peak_bytes": self.peak_bytes, "eval_peak_bytes": self.eval_peak_bytes,
-            "hbm_peak_bytes": self.worst_bytes, "hbm_capacity_bytes": self.capacity_bytes, "fits": self.fits,
-            "compile_s": round(self.compile_s, 1), "compile_cpu_s": round(self.compile_cpu_s, 1),
+            "target": self.target.name,
+            "slices": self.target.slices,
+            "chips": self.target.chips,
+            "topology": self.target.topology,
+            "mesh": self.mesh,
+            "changes": list(self.changes),
+            "params_bytes": self.params_bytes,
+            "optimizer_bytes": self.optimizer_bytes,
+            "batch_bytes": self.batch_bytes,
+            "temp_bytes": self.temp_bytes,
+            "train_peak_bytes": self.peak_bytes,
+            "eval_peak_bytes": self.eval_peak_bytes,
+            "hbm_peak_bytes": self.worst_bytes,
+            "hbm_capacity_bytes": self.capacity_bytes,
+            "fits": self.fits,
+            "compile_s": round(self.compile_s, 1),
+            "compile_cpu_s": round(self.compile_cpu_s, 1),
         }
 
 
@@ -96,9 +117,6 @@ def _oom_bytes(message: str) -> int | None:
 def resolve_target(name: str, slices: int = 1) -> Target | GpuTarget:
     """`--target NAME` → a TPU slice (`v4-32`) or GPUs (`2xl40s`), once its compiler is known to be installed; a bad
     name or a missing compiler is a one-line ConfigError."""
-    from trainer.fit.gpu_targets import is_gpu_target, parse_gpu_target, require_cuda_plugin
-    from trainer.fit.targets import parse_target, require_libtpu
-
     if is_gpu_target(name):
         target: Target | GpuTarget = parse_gpu_target(name, slices)
         require_cuda_plugin()
@@ -115,15 +133,20 @@ def target_devices(target: Target | GpuTarget) -> list[Any]:
 
 def abstract_batch(step_fns: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """A global batch of ShapeDtypeStructs laid out as the steps expect (no memory)."""
-    from trainer.step import BATCH_KEYS
-
     t = step_fns.config.train
-    return {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.float32 if k == "loss_mask" else jnp.int32,
-                                    sharding=step_fns.batch_sharding) for k in BATCH_KEYS}
+    return {
+        k: jax.ShapeDtypeStruct(
+            (t.global_batch_size, t.seq_len),
+            jnp.float32 if k == "loss_mask" else jnp.int32,
+            sharding=step_fns.batch_sharding,
+        )
+        for k in BATCH_KEYS
+    }
 
 
-def compile_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | None = None,
-                changes: tuple[str, ...] = ()) -> Fit:
+def compile_fit(
+    config: Config, target: Target | GpuTarget, devices: list[Any] | None = None, changes: tuple[str, ...] = ()
+) -> Fit:
     """Compile train and eval steps of `config` for `target` and measure them per chip (a refusal is a non-fit); a
     GPU compile that fails for want of a CUDA tool (ptxas, cuDNN) is one line naming the extra to install."""
     try:
@@ -135,10 +158,9 @@ def compile_fit(config: Config, target: Target | GpuTarget, devices: list[Any] |
         raise missing from None
 
 
-def _compile_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | None,
-                 changes: tuple[str, ...]) -> Fit:
-    from trainer.step import make_step_functions
-
+def _compile_fit(
+    config: Config, target: Target | GpuTarget, devices: list[Any] | None, changes: tuple[str, ...]
+) -> Fit:
     devices = devices if devices is not None else target_devices(target)
     mesh_shape = sharding.resolve_mesh_shape(config.mesh, len(devices))
     sharding.check_batch_divisible(config, mesh_shape)
@@ -151,15 +173,20 @@ def _compile_fit(config: Config, target: Target | GpuTarget, devices: list[Any] 
     wall, cpu = time.perf_counter(), time.process_time()
     temp = peak = eval_peak = None
     error = None
-    cache = jax.config.jax_enable_compilation_cache
+    cache = jax.config.jax_enable_compilation_cache  # type: ignore[attr-defined]  # set per flag at run time
     jax.config.update("jax_enable_compilation_cache", False)  # executables for absent devices can't be cached
     try:
         train = step_fns.train_step.lower(state, batch).compile().memory_analysis()
         temp = train.temp_size_in_bytes
         peak = train.argument_size_in_bytes + train.output_size_in_bytes - train.alias_size_in_bytes + temp
         ev = step_fns.eval_step.lower(state.params, batch).compile().memory_analysis()
-        eval_peak = (ev.argument_size_in_bytes + ev.output_size_in_bytes - ev.alias_size_in_bytes
-                     + ev.temp_size_in_bytes + opt_bytes)
+        eval_peak = (
+            ev.argument_size_in_bytes
+            + ev.output_size_in_bytes
+            - ev.alias_size_in_bytes
+            + ev.temp_size_in_bytes
+            + opt_bytes
+        )
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -172,10 +199,20 @@ def _compile_fit(config: Config, target: Target | GpuTarget, devices: list[Any] 
             eval_peak = None if wanted is None else params_bytes + opt_bytes + batch_bytes + wanted
     finally:
         jax.config.update("jax_enable_compilation_cache", cache)
-    return Fit(target=target, mesh=mesh_shape, changes=changes, params_bytes=params_bytes,
-               optimizer_bytes=opt_bytes, batch_bytes=batch_bytes, temp_bytes=temp, peak_bytes=peak,
-               eval_peak_bytes=eval_peak, compile_s=time.perf_counter() - wall,
-               compile_cpu_s=time.process_time() - cpu, error=error)
+    return Fit(
+        target=target,
+        mesh=mesh_shape,
+        changes=changes,
+        params_bytes=params_bytes,
+        optimizer_bytes=opt_bytes,
+        batch_bytes=batch_bytes,
+        temp_bytes=temp,
+        peak_bytes=peak,
+        eval_peak_bytes=eval_peak,
+        compile_s=time.perf_counter() - wall,
+        compile_cpu_s=time.process_time() - cpu,
+        error=error,
+    )
 
 
 def candidates(config: Config) -> Iterator[tuple[tuple[str, ...], Config]]:
@@ -183,11 +220,18 @@ def candidates(config: Config) -> Iterator[tuple[tuple[str, ...], Config]]:
     splits over the data-parallel devices), then `model.remat_policy=full`, alone and with more microbatches."""
     t, m = config.train, config.model
 
-    def with_(micro: int, remat: str) -> tuple[tuple[str, ...], Config]:
-        changes = tuple(c for c, keep in ((f"train.microbatches={micro}", micro != t.microbatches),
-                                          (f"model.remat_policy={remat}", remat != m.remat_policy)) if keep)
-        return changes, dataclasses.replace(config, train=dataclasses.replace(t, microbatches=micro),
-                                            model=dataclasses.replace(m, remat_policy=remat))
+    def with_(micro: int, remat: RematPolicy) -> tuple[tuple[str, ...], Config]:
+        changes = tuple(
+            c
+            for c, keep in (
+                (f"train.microbatches={micro}", micro != t.microbatches),
+                (f"model.remat_policy={remat}", remat != m.remat_policy),
+            )
+            if keep
+        )
+        return changes, dataclasses.replace(
+            config, train=dataclasses.replace(t, microbatches=micro), model=dataclasses.replace(m, remat_policy=remat)
+        )
 
     micros = []
     micro = t.microbatches * 2
@@ -201,11 +245,10 @@ def candidates(config: Config) -> Iterator[tuple[tuple[str, ...], Config]]:
             yield with_(micro, "full")
 
 
-def find_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | None = None,
-             say: Any = None) -> Fit | None:
+def find_fit(
+    config: Config, target: Target | GpuTarget, devices: list[Any] | None = None, say: Any = None
+) -> Fit | None:
     """The first candidate change (see `candidates`) whose compiled steps fit, or None; each try is one compile."""
-    from trainer.errors import ConfigError
-
     devices = devices if devices is not None else target_devices(target)
     for changes, candidate in candidates(config):
         try:
@@ -213,8 +256,10 @@ def find_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | No
         except ConfigError:  # e.g. a microbatch that no longer splits over the data-parallel devices
             continue
         if say:
-            say(f"tried      {' '.join(changes)}: {'fits' if fit.fits else 'does not fit'}, peak "
-                f"{_gib(fit.worst_bytes)} ({fit.compile_s:.0f} s)")
+            say(
+                f"tried      {' '.join(changes)}: {'fits' if fit.fits else 'does not fit'}, peak "
+                f"{_gib(fit.worst_bytes)} ({fit.compile_s:.0f} s)"
+            )
         if fit.fits:
             return fit
     return None
@@ -223,9 +268,15 @@ def find_fit(config: Config, target: Target | GpuTarget, devices: list[Any] | No
 def describe(fit: Fit) -> list[str]:
     """The per-chip report for a person."""
     t = fit.target
-    head = 100 * (t.hbm_bytes - fit.worst_bytes) / t.hbm_bytes if fit.worst_bytes is not None else None
-    evaluation = ("eval step not compiled" if fit.eval_peak_bytes is None
-                  else f"eval peak {_gib(fit.eval_peak_bytes)} (optimizer state resident)")
+    headroom = "?"
+    if fit.worst_bytes is not None:
+        free = t.hbm_bytes - fit.worst_bytes
+        headroom = f"{_gib(free)} ({100 * free / t.hbm_bytes:.0f}%)"
+    evaluation = (
+        "eval step not compiled"
+        if fit.eval_peak_bytes is None
+        else f"eval peak {_gib(fit.eval_peak_bytes)} (optimizer state resident)"
+    )
     lines = [
         f"target     {t.describe()}, mesh " + " × ".join(f"{k}={v}" for k, v in fit.mesh.items()),
         f"compiled   train and eval steps with the {t.compiler} in {fit.compile_s:.1f} s "
@@ -234,8 +285,7 @@ def describe(fit: Fit) -> list[str]:
         f"batch {_gib(fit.batch_bytes)} + temporaries {_gib(fit.temp_bytes)} = train peak {_gib(fit.peak_bytes)}; "
         f"{evaluation}",
         f"{'HBM' if t.unit == 'chip' else 'memory':<10} {_gib(t.hbm_bytes)} per {t.unit}; peak "
-        f"{_gib(fit.worst_bytes)}; headroom "
-        + (f"{_gib(t.hbm_bytes - fit.worst_bytes)} ({head:.0f}%)" if head is not None else "?"),
+        f"{_gib(fit.worst_bytes)}; headroom {headroom}",
     ]
     if fit.error:
         lines.append(f"compiler   {fit.error}")
@@ -255,15 +305,14 @@ def verdict(fit: Fit) -> str:
 def with_slices(config: Config, slices: int) -> tuple[Config, tuple[str, ...]]:
     """A multi-slice target needs the mesh's `dcn_*` axes to span the slices: data parallelism across them unless
     the config says otherwise."""
-    from trainer.errors import ConfigError
-
     dcn = config.mesh.dcn_data * config.mesh.dcn_fsdp
     if dcn == slices:
         return config, ()
     if dcn != 1:
         raise ConfigError(f"--slices {slices} but mesh.dcn_data × mesh.dcn_fsdp = {dcn}; make them equal")
     return dataclasses.replace(config, mesh=dataclasses.replace(config.mesh, dcn_data=slices)), (
-        f"mesh.dcn_data={slices}",)
+        f"mesh.dcn_data={slices}",
+    )
 
 
 def dry_run_target(config: Config, name: str, slices: int = 1, say: Any = print) -> int:
@@ -271,15 +320,15 @@ def dry_run_target(config: Config, name: str, slices: int = 1, say: Any = print)
     verdict (with the smallest change that fits when it doesn't) and one JSON line; exit 0 when it fits, 1 when not."""
     import json
 
-    from trainer.model import flops
-
     target = resolve_target(name, slices)
     config, implied = with_slices(config, slices)
     devices = target_devices(target)
     m = config.model
-    say(f"model      {flops.param_count(m):,} parameters; attention {m.attention}, remat {m.remat_policy}, "
+    say(
+        f"model      {flops.param_count(m):,} parameters; attention {m.attention}, remat {m.remat_policy}, "
         f"scan_layers {m.scan_layers}; batch {config.train.global_batch_size} × {config.train.seq_len}, "
-        f"{config.train.microbatches} microbatch(es)" + (f"; with {' '.join(implied)}" if implied else ""))
+        f"{config.train.microbatches} microbatch(es)" + (f"; with {' '.join(implied)}" if implied else "")
+    )
     fit = compile_fit(config, target, devices, implied)
     for u in padding.uneven_axes(config, fit.mesh):
         say(f"uneven     {u.describe()}")
@@ -291,11 +340,16 @@ def dry_run_target(config: Config, name: str, slices: int = 1, say: Any = print)
     else:
         better = find_fit(config, target, devices, say=say)
         if better is None:
-            say(f"{verdict(fit)}; no change tried fits (more microbatches, model.remat_policy=full): "
-                + ("use more or bigger GPUs" if target.unit == "GPU" else "use a bigger slice or more chips"))
+            say(
+                f"{verdict(fit)}; no change tried fits (more microbatches, model.remat_policy=full): "
+                + ("use more or bigger GPUs" if target.unit == "GPU" else "use a bigger slice or more chips")
+            )
         else:
             say(f"{verdict(fit)}; fits with {' '.join(implied + better.changes)} ({_gib(better.worst_bytes)})")
-        record["suggestion"] = None if better is None else {
-            "changes": list(implied + better.changes), "hbm_peak_bytes": better.worst_bytes}
+        record["suggestion"] = (
+            None
+            if better is None
+            else {"changes": list(implied + better.changes), "hbm_peak_bytes": better.worst_bytes}
+        )
     say(json.dumps(record))
     return 0 if fit.fits else 1

@@ -25,10 +25,13 @@ from trainer.errors import ConfigError
 from trainer.hardware import MiB
 
 GPU_EXTRA_HINT = 'compiling for NVIDIA GPUs needs the CUDA plugin: pip install -e ".[gpu-compile]"'
-PTXAS_HINT = ('compiling for NVIDIA GPUs needs CUDA\'s ptxas: pip install -e ".[gpu-compile]" '
-              '(or put a CUDA 12 ptxas on PATH)')
-CUDNN_HINT = ('model.attention=cudnn compiled for GPUs needs cuDNN: pip install -e ".[gpu]" '
-              '(or check the fit with model.attention=dot_product)')
+PTXAS_HINT = (
+    'compiling for NVIDIA GPUs needs CUDA\'s ptxas: pip install -e ".[gpu-compile]" (or put a CUDA 12 ptxas on PATH)'
+)
+CUDNN_HINT = (
+    'model.attention=cudnn compiled for GPUs needs cuDNN: pip install -e ".[gpu]" '
+    "(or check the fit with model.attention=dot_product)"
+)
 DEFAULT_MEM_FRACTION = 0.75  # JAX's default XLA_PYTHON_CLIENT_MEM_FRACTION
 
 
@@ -52,7 +55,8 @@ class GpuModel:
     def target_config(self, dnn_version: tuple[int, int, int]) -> str:
         """The device as a text GpuTargetConfigProto, the form the CUDA plugin's topology takes."""
         major, minor = self.compute_capability
-        dnn = "{ major: %d minor: %d patch: %d }" % dnn_version
+        dnn_major, dnn_minor, dnn_patch = dnn_version
+        dnn = f"{{ major: {dnn_major} minor: {dnn_minor} patch: {dnn_patch} }}"
         return f"""gpu_device_info {{
   threads_per_block_limit: 1024
   threads_per_warp: 32
@@ -85,16 +89,48 @@ _XLA_SPECS = "XLA's device description (xla/backends/gpu/target_config/specs/{}.
 _DESCRIPTIONS: dict[str, tuple[tuple[int, int], int, int, int, float, int, int, int, int, str]] = {
     # Ada Lovelace AD102: NVIDIA's L40S datasheet (142 SMs = 18,176 CUDA cores / 128, 864 GB/s, 96 MB L2, 2.52 GHz
     # boost), CUDA's table for compute capability 8.9 (100 KB shared memory and 1,536 threads per SM).
-    "l40s": ((8, 9), 142, 864 * 10**9, 96 * MiB, 2.52, 102400, 101376, 1536, 128,
-             "NVIDIA L40S datasheet; memory as nvidia-smi reports it (ECC on)"),
-    "rtx-pro-6000": ((12, 0), 188, 1792 * 10**9, 128 * MiB, 2.6, 131072, 101376, 1536, 128,
-                     _XLA_SPECS.format("rtx6000pro")),
+    "l40s": (
+        (8, 9),
+        142,
+        864 * 10**9,
+        96 * MiB,
+        2.52,
+        102400,
+        101376,
+        1536,
+        128,
+        "NVIDIA L40S datasheet; memory as nvidia-smi reports it (ECC on)",
+    ),
+    "rtx-pro-6000": (
+        (12, 0),
+        188,
+        1792 * 10**9,
+        128 * MiB,
+        2.6,
+        131072,
+        101376,
+        1536,
+        128,
+        _XLA_SPECS.format("rtx6000pro"),
+    ),
     "h100": ((9, 0), 132, 3352320000000, 50 * MiB, 1.98, 233472, 232448, 2048, 128, _XLA_SPECS.format("h100_sxm")),
     "a100": ((8, 0), 108, 2039040000000, 40 * MiB, 1.41, 167936, 166912, 2048, 64, _XLA_SPECS.format("a100_sxm_80")),
 }
 GPUS: dict[str, GpuModel] = {
-    name: GpuModel(hardware.CHIPS[name].device, cc, sms, hardware.CHIPS[name].memory_bytes, bandwidth, l2, clock,
-                   smem, smem_optin, threads, fp32, source)
+    name: GpuModel(
+        hardware.CHIPS[name].device,
+        cc,
+        sms,
+        hardware.CHIPS[name].memory_bytes,
+        bandwidth,
+        l2,
+        clock,
+        smem,
+        smem_optin,
+        threads,
+        fp32,
+        source,
+    )
     for name, (cc, sms, bandwidth, l2, clock, smem, smem_optin, threads, fp32, source) in _DESCRIPTIONS.items()
 }
 
@@ -144,8 +180,10 @@ class GpuTarget:
 
     def describe(self) -> str:
         """e.g. '2 × NVIDIA L40S (45.0 GiB each, JAX may use 75%)'."""
-        return (f"{self.chips} × {self.model.device} ({self.model.memory_bytes / 2**30:.1f} GiB each, JAX may use "
-                f"{self.fraction:.0%}: XLA_PYTHON_CLIENT_MEM_FRACTION)")
+        return (
+            f"{self.chips} × {self.model.device} ({self.model.memory_bytes / 2**30:.1f} GiB each, JAX may use "
+            f"{self.fraction:.0%}: XLA_PYTHON_CLIENT_MEM_FRACTION)"
+        )
 
 
 def parse_gpu_target(name: str, slices: int = 1) -> GpuTarget:
@@ -189,6 +227,7 @@ def gpu_devices(target: GpuTarget) -> list[Any]:
     require_cuda_plugin()
     from jax.experimental import topologies
 
-    topology = topologies.get_topology_desc(platform="cuda", target_config=target.model.target_config(_dnn_version()),
-                                            topology=target.topology)
+    topology = topologies.get_topology_desc(
+        platform="cuda", target_config=target.model.target_config(_dnn_version()), topology=target.topology
+    )
     return list(topology.devices)

@@ -16,9 +16,16 @@ from trainer.errors import ConfigError
 
 # What each logical axis sizes, for the line that names the cost.
 _WHAT = {
-    "batch": "rows of each microbatch", "length": "positions", "embed": "width", "heads": "attention heads",
-    "kv_heads": "kv heads", "head_dim": "head dims", "mlp": "MLP width", "vocab": "vocabulary (embedding and logits)",
-    "layers": "layers", "norm": "norm scales",
+    "batch": "rows of each microbatch",
+    "length": "positions",
+    "embed": "width",
+    "heads": "attention heads",
+    "kv_heads": "kv heads",
+    "head_dim": "head dims",
+    "mlp": "MLP width",
+    "vocab": "vocabulary (embedding and logits)",
+    "layers": "layers",
+    "norm": "norm scales",
 }
 
 
@@ -44,17 +51,26 @@ class Uneven:
     def describe(self) -> str:
         """e.g. 'heads 14 over tensor=4 → 16: 12.5% of the attention heads per device is padding'."""
         over = "×".join(self.axes)
-        return (f"{self.logical} {self.size} over {over}={self.shards} → {self.padded}: "
-                f"{self.waste * 100:.2g}% of the {_WHAT.get(self.logical, self.logical)} per device is padding")
+        return (
+            f"{self.logical} {self.size} over {over}={self.shards} → {self.padded}: "
+            f"{self.waste * 100:.2g}% of the {_WHAT.get(self.logical, self.logical)} per device is padding"
+        )
 
 
 def axis_sizes(config: Config) -> dict[str, int]:
     """The size of every logical axis the model and the step name."""
     m, t = config.model, config.train
     return {
-        "batch": t.global_batch_size // t.microbatches, "length": t.seq_len, "embed": m.embed_dim,
-        "heads": m.num_heads, "kv_heads": m.num_kv_heads, "head_dim": m.resolved_head_dim, "mlp": m.mlp_dim,
-        "vocab": m.vocab_size, "layers": m.num_layers, "norm": m.embed_dim,
+        "batch": t.global_batch_size // t.microbatches,
+        "length": t.seq_len,
+        "embed": m.embed_dim,
+        "heads": m.num_heads,
+        "kv_heads": m.num_kv_heads,
+        "head_dim": m.resolved_head_dim,
+        "mlp": m.mlp_dim,
+        "vocab": m.vocab_size,
+        "layers": m.num_layers,
+        "norm": m.embed_dim,
     }
 
 
@@ -78,5 +94,6 @@ def check(config: Config, mesh_shape: dict[str, int]) -> list[Uneven]:
             raise ConfigError(
                 f"{u.logical} ({u.size}) is split over {u.shards} devices ({sizes}): {u.shards - u.size} of them "
                 f"would hold only padding; use mesh sizes whose product along mesh.rules.{u.logical} divides "
-                f"{u.size}, or set mesh.rules.{u.logical}=null to replicate it")
+                f"{u.size}, or set mesh.rules.{u.logical}=null to replicate it"
+            )
     return uneven

@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 from trainer import hardware
 from trainer.errors import ConfigError
-from trainer.hardware import GiB
 
 TPU_EXTRA_HINT = 'compiling for a TPU slice needs libtpu: pip install -e ".[tpu]"'
 
@@ -73,9 +72,15 @@ def parse_target(name: str, slices: int = 1) -> Target:
     g = hardware.TPU_GENERATIONS[tpu.generation]
     grid = chip_grid(tpu.chips, g.torus_dims)
     # v4 and v5p chips are two TensorCores driven as one "megacore" device; v5e and v6e chips have one core
-    return Target(name=tpu.name, generation=tpu.generation, chips_per_slice=tpu.chips, slices=slices,
-                  topology=f"{g.libtpu_name}:{'x'.join(map(str, grid))}",
-                  chip_config="megacore" if g.cores_per_chip == 2 else "default", hbm_bytes=g.compiler_hbm_bytes)
+    return Target(
+        name=tpu.name,
+        generation=tpu.generation,
+        chips_per_slice=tpu.chips,
+        slices=slices,
+        topology=f"{g.libtpu_name}:{'x'.join(map(str, grid))}",
+        chip_config="megacore" if g.cores_per_chip == 2 else "default",
+        hbm_bytes=g.compiler_hbm_bytes,
+    )
 
 
 def require_libtpu() -> None:
@@ -99,7 +104,10 @@ def topology_devices(target: Target) -> list[Any]:
 
     bounds = (1, 1, 1) if target.chips_per_slice == 1 else (2, 2, 1)
     topology = topologies.get_topology_desc(
-        platform="tpu", topology_name=target.topology, chip_config_name=target.chip_config,
-        chips_per_host_bounds=bounds, num_slices=target.slices,
+        platform="tpu",
+        topology_name=target.topology,
+        chip_config_name=target.chip_config,
+        chips_per_host_bounds=bounds,
+        num_slices=target.slices,
     )
     return list(topology.devices)

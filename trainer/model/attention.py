@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer.errors import ConfigError
+
 IMPLEMENTATIONS = ("dot_product", "cudnn", "splash")
 
 
@@ -30,12 +32,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | No
 
 def check_available(implementation: str) -> None:
     """Refuse, in one line, a kernel that this run's backend can't execute (cuDNN off GPUs, Splash off TPUs)."""
-    from trainer.errors import ConfigError
-
     needed, actual = PLATFORM[implementation], jax.devices()[0].platform
     if needed is not None and actual != needed:
-        raise ConfigError(f"model.attention={implementation} needs a {needed.upper()} but this run is on {actual}; "
-                          "use model.attention=dot_product")
+        raise ConfigError(
+            f"model.attention={implementation} needs a {needed.upper()} but this run is on {actual}; "
+            "use model.attention=dot_product"
+        )
 
 
 def causal_segment_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
@@ -73,8 +75,9 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.A
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None,
-                     interpret: bool = False) -> jax.Array:
+def splash_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, interpret: bool = False
+) -> jax.Array:
     """Splash attention (Pallas TPU kernel), run per shard with shard_map over the batch and head axes.
 
     The kernel takes one example's [heads, length, head_dim] (grouped kv heads natively) and a pre-scaled query.
@@ -107,11 +110,18 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
         if block is None:
             raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, got {length}")
         sizes = kernel.BlockSizes(
-            block_q=block, block_kv_compute=block, block_kv=block, block_q_dkv=block,
-            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
+            block_q=block,
+            block_kv_compute=block,
+            block_kv=block,
+            block_q_dkv=block,
+            block_kv_dkv=block,
+            block_kv_dkv_compute=block,
+            block_q_dq=block,
+            block_kv_dq=block,
         )
-        splash = kernel.make_splash_mha(mask=mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
-                                        interpret=interpret)
+        splash = kernel.make_splash_mha(
+            mask=mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret
+        )
         q = jnp.swapaxes(q, 1, 2) / np.sqrt(head_dim).astype(q.dtype)
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         seg = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
@@ -135,7 +145,8 @@ def _dividing_axes(logical: str, size: int, mesh: jax.sharding.AbstractMesh) -> 
 
     if mesh.empty:
         return None
-    axes = nn.logical_to_mesh_axes((logical,))[0]
+    spec = nn.logical_to_mesh_axes((logical,))  # None only when given no names
+    axes = None if spec is None else spec[0]
     axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
     axes = tuple(a for a in axes if a in mesh.shape)
     return axes if axes and size % _size(axes, mesh) == 0 else None

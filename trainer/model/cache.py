@@ -43,8 +43,9 @@ class KVCache(nn.Module):
         at = (zero, zero, start, zero)
         for cached, new_slots in ((keys, k), (values, v)):
             new_slots = jnp.swapaxes(new_slots, 1, 2).astype(cached.value.dtype)
-            cached.value = nn.with_logical_constraint(jax.lax.dynamic_update_slice(cached.value, new_slots, at),
-                                                      CACHE_AXES)
+            cached.value = nn.with_logical_constraint(
+                jax.lax.dynamic_update_slice(cached.value, new_slots, at), CACHE_AXES
+            )
         segments.value = jax.lax.dynamic_update_slice(segments.value, segment_ids.astype(jnp.int32), (zero, start))
         index.value = start + new
 

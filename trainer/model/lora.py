@@ -47,8 +47,9 @@ def scale(lora: LoraConfig) -> float:
     return lora.alpha / lora.rank
 
 
-def adapter(module: nn.Module, config: ModelConfig, x: jax.Array, in_dims: int, features: tuple[int, ...],
-            axes: tuple[str, ...]) -> jax.Array | None:
+def adapter(
+    module: nn.Module, config: ModelConfig, x: jax.Array, in_dims: int, features: tuple[int, ...], axes: tuple[str, ...]
+) -> jax.Array | None:
     """Inside a projection named in the targets: its adapters' contribution (alpha/rank)·B(A(dropout(x))), in the
     compute dtype; None for other projections. Dropout runs only when a 'dropout' rng is given (training)."""
     lora = config.lora
@@ -56,10 +57,19 @@ def adapter(module: nn.Module, config: ModelConfig, x: jax.Array, in_dims: int, 
         return None
     in_shape = tuple(x.shape[-in_dims:])
     dtype = jnp.dtype(config.param_dtype)
-    a = module.param("lora_a", nn.with_logical_partitioning(nn.initializers.normal(1.0 / lora.rank),
-                                                            axes[:in_dims] + (None,)), in_shape + (lora.rank,), dtype)
-    b = module.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, (None,) + axes[in_dims:]),
-                     (lora.rank,) + tuple(features), dtype)
+    # flax types `param` as the boxed initializer it was given; inside the module it is the unboxed array
+    a: jax.Array = module.param(  # type: ignore[assignment]
+        "lora_a",
+        nn.with_logical_partitioning(nn.initializers.normal(1.0 / lora.rank), axes[:in_dims] + (None,)),
+        in_shape + (lora.rank,),
+        dtype,
+    )
+    b: jax.Array = module.param(  # type: ignore[assignment]
+        "lora_b",
+        nn.with_logical_partitioning(nn.initializers.zeros, (None,) + axes[in_dims:]),
+        (lora.rank,) + tuple(features),
+        dtype,
+    )
     if lora.dropout > 0 and module.has_rng("dropout"):
         x = nn.Dropout(lora.dropout, name="lora_dropout")(x, deterministic=False)
     compute = jnp.dtype(config.compute_dtype)
@@ -67,10 +77,6 @@ def adapter(module: nn.Module, config: ModelConfig, x: jax.Array, in_dims: int, 
     low = jax.lax.dot_general(x.astype(compute), a.astype(compute), (contract, ((), ())))
     up = jax.lax.dot_general(low, b.astype(compute), (((low.ndim - 1,), (0,)), ((), ())))
     return (up * scale(lora)).astype(compute)
-
-
-def _is_adapter(path: tuple[Any, ...]) -> bool:
-    return str(getattr(path[-1], "key", path[-1])) in ADAPTER_NAMES
 
 
 def split(params: Any) -> tuple[Any, Any]:
@@ -101,10 +107,6 @@ def combine(base: Any, adapters: Any) -> Any:
 def count(tree: Any) -> int:
     """Number of scalars in a tree."""
     return sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree))
-
-
-def _in_dims(name: str) -> int:
-    return 2 if name == "out" else 1
 
 
 def _layer_blocks(params: dict[str, Any]) -> Iterator[tuple[dict[str, Any], bool]]:
@@ -179,9 +181,18 @@ def peft_tensors(params: dict[str, Any], lora: LoraConfig) -> dict[str, np.ndarr
 def peft_config(lora: LoraConfig, base_model: str) -> dict[str, Any]:
     """adapter_config.json of a PEFT LoRA adapter for these adapters."""
     return {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "bias": "none",
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "bias": "none",
         "target_modules": sorted(TARGETS[name][1].split(".")[-1] for name in lora.targets),
-        "fan_in_fan_out": False, "inference_mode": True, "use_rslora": False, "use_dora": False,
-        "init_lora_weights": True, "modules_to_save": None,
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
     }

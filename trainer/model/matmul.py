@@ -43,8 +43,9 @@ def _cpu_backward(x: jax.Array, kernel: jax.Array, dy: jax.Array, in_dims: int) 
     contract = (((1,), (0,)), ((), ()))
     d_kernel = jax.lax.dot_general(_row_major_transpose(rows), dy_rows, contract)
     out_dims = dy.ndim - (x.ndim - in_dims)
-    d_x = jax.lax.dot_general(dy, kernel, ((tuple(range(dy.ndim - out_dims, dy.ndim)),
-                                            tuple(range(in_dims, kernel.ndim))), ((), ())))
+    d_x = jax.lax.dot_general(
+        dy, kernel, ((tuple(range(dy.ndim - out_dims, dy.ndim)), tuple(range(in_dims, kernel.ndim))), ((), ()))
+    )
     return d_x.astype(x.dtype), d_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -64,9 +65,11 @@ def _contract_fwd(x: jax.Array, kernel: jax.Array, in_dims: int) -> tuple[jax.Ar
 def _contract_bwd(in_dims: int, residuals: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
     return jax.lax.platform_dependent(
-        x, kernel, dy,
-        cpu=lambda *a: _cpu_backward(*a, in_dims),
-        default=lambda *a: _autodiff_backward(*a, in_dims),
+        x,
+        kernel,
+        dy,
+        cpu=partial(_cpu_backward, in_dims=in_dims),
+        default=partial(_autodiff_backward, in_dims=in_dims),
     )
 
 

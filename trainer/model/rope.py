@@ -57,7 +57,7 @@ def _yarn(inv_freq: np.ndarray, model: ModelConfig) -> np.ndarray:
         return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
     low = max(math.floor(dimension(r.beta_fast)), 0)
-    high = min(math.ceil(dimension(r.beta_slow)), dim - 1)
+    high: float = min(math.ceil(dimension(r.beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # as transformers: no division by zero
     ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)

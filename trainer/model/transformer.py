@@ -27,9 +27,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from trainer.config import ModelConfig
+from trainer.model import lora
 from trainer.model.attention import attend
 from trainer.model.cache import KVCache, cached_attention
-from trainer.model import lora
 from trainer.model.matmul import contract
 from trainer.model.rope import apply_rope
 
@@ -62,7 +62,7 @@ class Projection(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        shape = tuple(x.shape[-self.in_dims:]) + tuple(self.features)
+        shape = tuple(x.shape[-self.in_dims :]) + tuple(self.features)
         kernel = self.param("kernel", _init(c, self.axes), shape, _dtype(c.param_dtype))
         dtype = _dtype(c.compute_dtype)
         y = contract(x.astype(dtype), kernel.astype(dtype), self.in_dims)
@@ -77,8 +77,9 @@ class Embed(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        self.embedding = self.param("embedding", _init(c, ("vocab", "embed")), (c.vocab_size, c.embed_dim),
-                                    _dtype(c.param_dtype))
+        self.embedding = self.param(
+            "embedding", _init(c, ("vocab", "embed")), (c.vocab_size, c.embed_dim), _dtype(c.param_dtype)
+        )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         # Gather from a table whole along `embed` (FSDP gathers weights before use anyway): a lookup into an
@@ -98,9 +99,12 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-            (x.shape[-1],), _dtype(self.config.param_dtype),
+        # flax types param() as its initializer's LogicallyPartitioned box; linen returns the unboxed array
+        scale: jax.Array = self.param(  # type: ignore[assignment]
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            _dtype(self.config.param_dtype),
         )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.config.norm_eps)
@@ -125,6 +129,7 @@ class Attention(nn.Module):
         k = nn.with_logical_constraint(apply_rope(k, positions, c), ("batch", "length", "kv_heads", "head_dim"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
         if self.decode:
+            assert segment_ids is not None  # Transformer refuses to decode without them
             keys, values, mask = KVCache(self.cache_length, name="cache")(k, v, segment_ids)
             out = cached_attention(q, keys, values, mask)
         else:
@@ -190,8 +195,11 @@ class Transformer(nn.Module):
             layer = nn.remat(layer, prevent_cse=not c.scan_layers, policy=REMAT_POLICIES[c.remat_policy])
         if c.scan_layers:
             stack = nn.scan(
-                layer, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+                layer,
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, _ = stack(c, self.decode, cache_length, name="layers")(x, positions, segment_ids)
@@ -205,4 +213,3 @@ class Transformer(nn.Module):
         else:
             logits = Projection(c, (c.vocab_size,), ("embed", "vocab"), name="lm_head")(x)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-
