@@ -115,6 +115,8 @@ def test_the_chat_data_keeps_the_vocabulary_and_ends_turns_with_its_own_token(sf
     with open(os.path.join(hf_export[0], "generation_config.json")) as f:
         assert json.load(f)["eos_token_id"] == tok.eos_id
     assert hf_export[1].eos_token_id == tok.eos_id and len(hf_export[1]) == 512
+    with open(os.path.join(hf_export[0], "README.md")) as f:  # the card names the stop token as text
+        assert f"Generation stops at `{EOT}` (id {tok.eos_id})" in f.read()
 
 
 def test_transformers_tokenizes_like_training(sft_run, hf_export):

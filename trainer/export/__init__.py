@@ -6,7 +6,8 @@
 - `formats`: GGUF, MLX and ONNX through their own modules: `gguf` (+ `gguf_vocab`, `gguf_rope`, `gguf_quantize`,
   `gguf_llama_cpp`: llama.cpp's vocabulary, RoPE, quantizer and runtime), `modelfile` (Ollama), `mlx`, `onnx`
 - `peft`: a LoRA run's adapters as a PEFT folder
-- `card` (README.md model card) and `model_index` (its evaluation results as Papers-with-Code `model-index`)
+- `card` (the README.md model card: its facts gathered from the run), `card_text` (their Markdown) and
+  `model_index` (the evaluation results as Papers-with-Code `model-index`)
 - `parity`: the checks every export passes (weights, logits, tokenizer)
 - `import_hf`: the way back (`python -m trainer.convert_from_hf`)
 """
