@@ -55,6 +55,7 @@ setup(
         "ml-dtypes>=0.4",
         "portpicker>=1.6",  # launch/local.py
         "jinja2>=3.1",  # chat templates (trainer.data.chat), rendered as transformers renders them
+        "zstandard>=0.22",  # prepare reads .zst inputs as a stream (trainer.data.compressed)
     ],
     extras_require={
         "hf": HF,

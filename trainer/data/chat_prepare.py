@@ -12,23 +12,35 @@ special tokens added when it lacks them (`--markers`: which markers are special)
 the rendered conversations with those tokens as user-defined symbols. `chat_template.json` beside it names the
 template, the end-of-turn id and the stop strings (a plain-text marker); the manifest says `kind: chat`.
 Conversations go to the validation split by a seeded hash of where they came from.
+
+Preparation runs on text's work-unit engine (trainer.data.units): units over the input files (compressed ones
+streamed, one unit each) and byte ranges of large JSONL files, worker processes, a sidecar per finished unit so a
+re-run skips it, memory bounded whatever the input size, the manifest written last. A file of flat OpenAssistant
+rows is one unit (its trees need the whole file). A bad record fails in one line naming its file and line; the units
+already finished stay, so the fixed input resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from trainer import storage
-from trainer.data import DataError, chat, conversations
+from trainer.data import DataError, chat, conversations, records, sources
 from trainer.data import shards as shards_lib
 from trainer.data import tokenizer as tokenizer_lib
+from trainer.data import units as units_lib
+from trainer.data.documents import Item
 from trainer.data.folder import claim_folder
-from trainer.data.shards import Manifest, ShardWriter
-from trainer.data.units import is_validation
+from trainer.data.shards import Manifest, ShardInfo
+from trainer.data.units import WorkUnit
 
 CORPORA = ("stdlib_qa",)
-_PER_SHARD = 50_000  # conversations per shard
+TOKENIZER_SAMPLE_CHARS = 16_000_000  # rendered conversations a new tokenizer is trained on
+_CHECKED_FIRST = 64  # conversations encoded before anything is written
 
 
 def prepare_chat(
@@ -47,12 +59,21 @@ def prepare_chat(
     limit: int | None = None,
     verbose: bool = True,
     command: str = "",
+    workers: int | None = None,
+    unit_bytes: int | None = None,
+    fields: Sequence[str] = (),
+    row_template: str = "",
+    stream: bool = False,
+    split: str = "train",
+    progress: bool = False,
 ) -> Manifest:
-    """Prepare conversations from JSONL `inputs` (or `corpus='stdlib_qa'`) into `out`; returns the manifest.
+    """Prepare conversations from JSONL / Parquet / hf: `inputs` (or `corpus='stdlib_qa'`) into `out`; returns the
+    manifest.
 
     Raises DataError with one line on bad input: an unknown shape, a template that hides the assistant turns, a
     conversation whose mask is all zero, a special end-of-turn marker that is not one token. `markers`: see
-    `chat.resolve_template`.
+    `chat.resolve_template`. `fields` / `row_template`: a field map or Jinja row template making each record's
+    exchange (trainer.data.records); `workers`, `unit_bytes`, `stream`: as for text (trainer.data.text_prepare).
     """
     started = time.perf_counter()
     if not out:
@@ -61,42 +82,64 @@ def prepare_chat(
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     storage.check_writable(out, "--out")
     spec = chat.resolve_template(template, end_of_turn, markers)
-    convs = list(_conversations(inputs, corpus, limit))
-    if not convs:
-        raise DataError("no conversations in the input")
-    tok = _tokenizer(tokenizer, out, spec, convs, vocab_size, verbose)
+    records.check_format(tuple(fields), row_template, chat=True)
+    items = _items(inputs, corpus, limit, tuple(fields), row_template, stream, split)
+    workers = max(1, workers or os.cpu_count() or 1)
+    tok = _tokenizer(tokenizer, out, spec, items, vocab_size, verbose)
     if bos and tok.bos_id is None:
         raise DataError("--bos was given but the tokenizer has no BOS token")
     dtype = shards_lib.choose_dtype(tok.vocab_size)
-    # Every conversation is rendered and masked before anything is written: a bad one costs nothing on disk.
-    encoded = [
-        (key, *chat.encode(spec, chat.normalize(messages, key), tok, bos=bos, where=key)) for key, messages in convs
-    ]
+    config = chat.chat_config(spec, tok)  # checks the end-of-turn marker before any work
+    _check_first(items, spec, tok, bos)
     tokenizer_file = claim_folder(out, tok)  # one rule for every kind of folder: one tokenizer per folder
-    config = chat.chat_config(spec, tok)
     storage.write_json_atomic(storage.join(out, tokenizer_lib.CHAT_CONFIG_FILE), config)
 
-    writers: dict[str, ShardWriter] = {}
-    infos = []
-    counts = {"train": 0, "val": 0}
-    masked = total = 0
-    try:
-        for key, ids, mask in encoded:
-            split = "val" if is_validation(key, seed, val_fraction) else "train"
-            if split not in writers:
-                writers[split] = ShardWriter(
-                    out, f"{split}-{counts[split] // _PER_SHARD:05d}-chat{shards_lib.SHARD_SUFFIX}", split, dtype
-                )
-            writers[split].write(ids, mask)
-            counts[split] += 1
-            masked, total = masked + sum(mask), total + len(ids)
-            if counts[split] % _PER_SHARD == 0:
-                infos.append(writers.pop(split).close())
-        infos += [w.close() for w in writers.values()]
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
+    total_bytes = sum(item.size for item in items)
+    target = unit_bytes or min(128 << 20, max(256 << 10, total_bytes // 16))
+    units = [items] if limit is not None else sources.group(items, target, _whole_files(items, target))
+    settings = {
+        "format": shards_lib.FORMAT_VERSION,
+        "kind": "chat",
+        "tokenizer": tok.sha256,
+        "template": dataclasses.asdict(spec),
+        "dtype": dtype,
+        "bos": bos,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "limit": limit or 0,
+    }
+    bos_id = tok.bos_id if bos else None
+    template_fields = dataclasses.asdict(spec)
+    tasks = [
+        WorkUnit(
+            i,
+            unit,
+            out,
+            units_lib.unit_key(unit, settings),
+            dtype,
+            bos_id,
+            tok.eos_id,
+            seed,
+            val_fraction,
+            chat=template_fields,
+            limit=limit or 0,
+        )
+        for i, unit in enumerate(units)
+    ]
+    done: dict[int, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        record = shards_lib.read_verified_sidecar(out, task.index, task.key)
+        if record is None:
+            todo.append(task)
+        else:
+            done[task.index] = record
+    if verbose and done:
+        print(f"resuming: {len(done)} of {len(tasks)} work units already complete and verified in {out}")
+    for record in units_lib.run_units(todo, tok, workers, progress, 0):
+        done[record["unit"]] = record
+
+    infos = [ShardInfo(**shard) for task in tasks for shard in done[task.index]["shards"]]
     manifest = Manifest(
         tokenizer={
             "kind": tok.kind,
@@ -108,7 +151,7 @@ def prepare_chat(
             "sha256": tok.sha256,
         },
         dtype=dtype,
-        shards=tuple(sorted((i for i in infos if i is not None), key=lambda s: (s.split, s.file))),
+        shards=tuple(sorted(infos, key=lambda s: (s.split, s.file))),
         bos=bos,
         seed=seed,
         val_fraction=val_fraction,
@@ -118,10 +161,16 @@ def prepare_chat(
         chat=config,
         location=out,
     )
+    totals = manifest.totals()
+    if totals["all"]["documents"] == 0:
+        raise DataError("no conversations in the input")
     shards_lib.write_manifest(out, manifest)
     if verbose:
+        masked = sum(done[t.index].get("masked", 0) for t in tasks)
+        total = totals["all"]["tokens"]
         print(
-            f"prepared {len(convs):,} conversations (train {counts['train']:,}, val {counts['val']:,}), "
+            f"prepared {totals['all']['documents']:,} conversations (train {totals['train']['documents']:,}, "
+            f"val {totals['val']['documents']:,}), "
             f"{total:,} tokens of which {masked:,} ({100 * masked / max(total, 1):.0f}%) are trained on, "
             f"template {spec.name}, end of turn {_stop_description(config)}, "
             f"in {out} ({time.perf_counter() - started:.1f} s)"
@@ -136,33 +185,74 @@ def _stop_description(config: dict) -> str:
     return f"{config['end_of_turn']!r} = id {config['end_of_turn_id']}"
 
 
-def _conversations(inputs: Sequence[str], corpus: str | None, limit: int | None) -> Iterable:
+def _items(
+    inputs: Sequence[str],
+    corpus: str | None,
+    limit: int | None,
+    fields: tuple[str, ...],
+    row_template: str,
+    stream: bool,
+    split: str,
+) -> list[Item]:
+    """The items to read: the built-in corpus as one item, or the inputs' files (any name read as JSONL) and hf:
+    items."""
     if corpus is not None:
+        if inputs:
+            raise DataError("give either --input or --corpus, not both")
         if corpus not in CORPORA:
             raise DataError(f"--corpus {corpus!r} is not a chat corpus; use one of {', '.join(CORPORA)}")
-        yield from conversations.stdlib_instructions(limit)
-        return
-    paths = []
+        return [Item("stdlib_qa", corpus, name=corpus, rows=limit or 0)]
+    if not inputs:
+        raise DataError("nothing to prepare: give --input PATH_OR_GLOB (repeatable) or --corpus stdlib_qa")
     for spec in inputs:
         storage.check_reachable(spec, "--input")
-        found = _glob(spec) if any(c in spec for c in "*?[") else [spec]
-        if not found or not all(storage.exists(p) for p in found):
-            raise DataError(f"--input {spec} matches no file")
-        paths += found
-    for count, conversation in enumerate(conversations.read_jsonl(paths)):
-        if limit is not None and count >= limit:
+    found, _ = sources.resolve(inputs, None, "", split=split, fields=fields, template=row_template, stream=stream)
+    items = [dataclasses.replace(i, kind="jsonl") if i.kind == "text" else i for i in found]
+    if any(i.kind == "tfds" for i in items):
+        raise DataError("--format chat reads JSONL, Parquet and hf: inputs, not tfds:")
+    return items
+
+
+def _whole_files(items: list[Item], target: int) -> frozenset[str]:
+    """Files that would be cut into byte ranges but hold flat OpenAssistant rows (first record): one unit each."""
+    whole = set()
+    for item in items:
+        if item.size > target and sources.splittable(item) and not (item.fields or item.template):
+            first = next(iter(sources.jsonl_rows(dataclasses.replace(item, byte_end=1), "is not JSON")), None)
+            if first is not None and conversations.is_flat_oasst(first.value):
+                whole.add(item.path)
+    return frozenset(whole)
+
+
+def _check_first(items: list[Item], spec: chat.ChatTemplate, tok: tokenizer_lib.Tokenizer, bos: bool) -> None:
+    """Render and mask the first conversations before anything is written: an input of the wrong shape, or a template
+    that hides the replies, is refused with an untouched --out."""
+    for count, (row, messages) in enumerate(
+        (row, m) for item in items if item.kind != "stdlib_qa" for row, m in conversations.read_item(item)
+    ):
+        chat.encode(spec, chat.normalize(messages, row.where()), tok, bos=bos, where=row.where())
+        if count + 1 >= _CHECKED_FIRST:
             return
-        yield conversation
 
 
-def _glob(pattern: str) -> list[str]:
-    fs, path = storage.filesystem(pattern)
-    scheme = pattern.split("://", 1)[0] + "://" if storage.is_remote(pattern) else ""
-    return sorted(scheme + p if scheme and not p.startswith(scheme) else p for p in fs.glob(path))
+def _sample_conversations(items: list[Item], spec: chat.ChatTemplate, max_chars: int) -> Iterator[str]:
+    """Rendered conversations from the items, in order, up to `max_chars`: a new tokenizer's training text."""
+    total = 0
+    for item in items:
+        if item.kind == "stdlib_qa":
+            found: Any = ((key, m) for key, m in conversations.stdlib_instructions(item.rows or None))
+        else:
+            found = ((row.key, m) for row, m in conversations.read_item(item))
+        for key, messages in found:
+            text = chat.render(spec, chat.normalize(messages, key))
+            yield text
+            total += len(text)
+            if total >= max_chars:
+                return
 
 
 def _tokenizer(
-    path: str | None, out: str, spec: chat.ChatTemplate, convs: list, vocab_size: int, verbose: bool
+    path: str | None, out: str, spec: chat.ChatTemplate, items: list[Item], vocab_size: int, verbose: bool
 ) -> tokenizer_lib.Tokenizer:
     """The given tokenizer (+ the template's missing special tokens), the one already in `out`, or a new BPE."""
     if path is None:
@@ -183,7 +273,9 @@ def _tokenizer(
         return tok
     if vocab_size < 300:
         raise DataError(f"--vocab-size {vocab_size} is too small: byte fallback alone needs 260 ids; use at least 300")
-    texts = [chat.render(spec, chat.normalize(m, key)) for key, m in convs]
+    texts = list(_sample_conversations(items, spec, TOKENIZER_SAMPLE_CHARS))
+    if not texts:
+        raise DataError("no conversations in the input")
     if verbose:
         print(
             f"training a SentencePiece BPE tokenizer (vocab {vocab_size:,}) on {sum(map(len, texts)):,} characters "

@@ -4,26 +4,31 @@ Shapes read, one JSON object per line (detected per line):
 - `{"messages": [{"role", "content"}, ...]}` (also `conversations` with ShareGPT's `from`/`value`);
 - Alpaca `{"instruction", "input"?, "output"}` and Dolly `{"instruction", "context"?, "response"}`: one user turn
   (the instruction, then a blank line and the input/context when there is one) and one assistant reply;
+- `{"prompt", "completion"}`, `{"problem", "solution"}` (or OpenMathInstruct's `generated_solution`) and
+  OpenCodeInstruct's `{"input", "output"}`: the first the user turn, the second the reply;
 - OpenAssistant trees, nested (`{"prompt": {"text", "role", "replies": [...]}}` or a message with `replies`) or as
   flat message rows (`message_id`, `parent_id`, `role`, `text`, `rank`). The flattening rule: **one conversation per
   tree**, from the root prompt down, taking at every turn the best-ranked reply (lowest `rank`; unranked replies after
   ranked ones, in file order) until a message has no replies; a trailing user turn is dropped. Deleted messages
   (`deleted: true`) are skipped with their subtrees.
 Roles `prompter`, `human`, `user` become `user`; `gpt`, `bot`, `assistant` become `assistant`.
+Any other record is refused in one line naming the keys it has (a field map or row template, trainer.data.records,
+reads it instead). Flat OpenAssistant rows are grouped into trees across their whole file: such a file is read as
+one work unit (`read_item` refuses flat rows in a file cut into byte ranges).
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import os
 import sysconfig
 from collections.abc import Iterator
 from typing import Any
 
-from trainer import storage
-from trainer.data import DataError
+from trainer.data import DataError, records, sources
 from trainer.data.chat import Message
+from trainer.data.documents import Item
+from trainer.data.records import Row
 
 _ROLES = {
     "prompter": "user",
@@ -38,25 +43,59 @@ _ROLES = {
 Conversation = tuple[str, list[Message]]  # (key: where it came from, messages)
 
 
+# Two-field shapes: (prompt key, reply keys), tried in this order after messages / instruction / OASST.
+_PAIRS = (
+    ("prompt", ("completion",)),
+    ("problem", ("solution", "generated_solution")),
+    ("input", ("output",)),
+)
+
+
 def read_jsonl(paths: list[str]) -> Iterator[Conversation]:
-    """Every conversation of the JSONL files (local or gs://), in file order; flat OASST rows after each file."""
+    """Every conversation of the JSONL files (local or gs://, compressed or not), in file order, keyed `path:line`;
+    flat OASST rows after each file."""
     for path in paths:
-        flat: list[tuple[str, dict[str, Any]]] = []
-        for number, line in enumerate(storage.read_bytes(path).decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{where} is not JSON ({e})") from None
-            if isinstance(record, dict) and "message_id" in record and "replies" not in record:
-                flat.append((where, record))
-                continue
-            messages = from_record(record, where)
-            if messages:
-                yield where, messages
-        yield from _flat_trees(flat)
+        for row, messages in read_item(Item("jsonl", path)):
+            yield row.where(), messages
+
+
+def is_flat_oasst(record: Any) -> bool:
+    """Whether a record is a flat OpenAssistant message row (grouped into trees per file)."""
+    return isinstance(record, dict) and "message_id" in record and "replies" not in record
+
+
+def read_item(item: Item) -> Iterator[tuple[Row, list[Message]]]:
+    """The conversations of one item (a JSONL file or its byte range, a Parquet file, an hf: item) with the row each
+    came from; through the item's field map / row template when it has one, else by the record's shape."""
+    shaped = bool(item.fields or item.template)
+    rows = sources.jsonl_rows(item, "is not JSON") if item.kind == "jsonl" else sources.read_rows(item)
+    flat: list[tuple[Row, dict[str, Any]]] = []
+    for row in rows:
+        if shaped:
+            yield row, records.record_messages(row, item.fields, item.template)
+            continue
+        if is_flat_oasst(row.value):
+            if item.parts > 1:
+                raise DataError(
+                    f"{row.where()}: a flat OpenAssistant row in a file cut into parts; its trees need the whole file"
+                )
+            flat.append((row, row.value))
+            continue
+        messages = _located(row, from_record)
+        if messages:
+            yield row, messages
+    yield from _flat_trees(flat)
+
+
+def _located(row: Row, convert: Any) -> Any:
+    """`convert(record, where)`, naming the row by its key first and by `path:line` only when it fails (a line
+    number in the middle of a file part costs a count of the lines before it)."""
+    if row.line:
+        return convert(row.value, row.where())
+    try:
+        return convert(row.value, row.key)
+    except DataError as e:
+        raise DataError(str(e).replace(row.key, row.where(), 1)) from None
 
 
 def from_record(record: Any, where: str) -> list[Message]:
@@ -77,9 +116,19 @@ def from_record(record: Any, where: str) -> list[Message]:
     root = record.get("prompt") if isinstance(record.get("prompt"), dict) else record
     if "replies" in root:
         return _best_path(root, lambda m: m.get("replies") or [], where)
+    for prompt_key, reply_keys in _PAIRS:
+        reply_key = next((k for k in reply_keys if k in record), None)
+        if prompt_key in record and reply_key is not None:
+            prompt, reply = record[prompt_key], record[reply_key]
+            if not isinstance(prompt, str) or not isinstance(reply, str):
+                raise DataError(f"{where}: `{prompt_key}` and `{reply_key}` must be text")
+            system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+            return system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
     raise DataError(
         f"{where}: not a conversation: expected `messages`, `conversations`, `instruction` + "
-        f"`output`/`response`, or an OpenAssistant tree (keys found: {', '.join(sorted(record))[:120]})"
+        f"`output`/`response`, `prompt` + `completion`, `problem` + `solution`, `input` + `output`, or an "
+        f"OpenAssistant tree (keys found: {', '.join(sorted(record))[:120]}); "
+        "map other fields with --fields or --template"
     )
 
 
@@ -110,7 +159,7 @@ def _best_path(root: dict[str, Any], replies: Any, where: str) -> list[Message]:
     return path
 
 
-def _flat_trees(rows: list[tuple[str, dict[str, Any]]]) -> Iterator[Conversation]:
+def _flat_trees(rows: list[tuple[Row, dict[str, Any]]]) -> Iterator[tuple[Row, list[Message]]]:
     children: dict[Any, list[dict[str, Any]]] = {}
     roots = []
     for where, row in rows:
@@ -122,7 +171,7 @@ def _flat_trees(rows: list[tuple[str, dict[str, Any]]]) -> Iterator[Conversation
         else:
             children.setdefault(row["parent_id"], []).append(row)
     for root in roots:
-        messages = _best_path(root, lambda m: children.get(m["message_id"], []), root["_where"])
+        messages = _best_path(root, lambda m: children.get(m["message_id"], []), root["_where"].where())
         if messages:
             yield root["_where"], messages
 

@@ -13,7 +13,7 @@ from trainer.data import DataError
 class Item:
     """One unit of reading: a file (text, JSONL or Parquet) or a range of rows of a TFDS / HF dataset split."""
 
-    kind: str  # 'text' | 'jsonl' | 'parquet' | 'tfds' | 'hf'
+    kind: str  # 'text' | 'jsonl' | 'parquet' | 'tfds' | 'hf' | 'hf_stream' (one data file of a streamed dataset)
     path: str  # file path / URL; tfds: the prepared dataset's folder; hf: what follows `hf:`
     size: int = 0  # bytes on disk (0: unknown), for grouping and the progress estimate
     field: str = "text"  # JSONL key / Parquet column / dataset feature
@@ -25,6 +25,10 @@ class Item:
     start: int = 0  # tfds / hf: the first row (of the split) to read
     rows: int = 0  # tfds / hf: how many rows
     fingerprint: str = ""  # tfds / hf: identity of the dataset's content (resume redoes a unit when it changes)
+    byte_start: int = 0  # an uncompressed JSONL file cut into parts: the byte range [byte_start, byte_end) of this
+    byte_end: int = 0  # part (the lines that start in it, trainer.data.lines); byte_end 0: the whole file
+    fields: tuple[str, ...] = ()  # JSONL / Parquet / hf records: the fields joined into one text (--fields)
+    template: str = ""  # ... or a Jinja row template rendering a record into one text (--template)
 
     @property
     def key(self) -> str:

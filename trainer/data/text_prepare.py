@@ -18,6 +18,7 @@ from typing import Any
 
 from trainer import storage
 from trainer.data import DataError, sources
+from trainer.data import records as records_lib
 from trainer.data import shards as shards_lib
 from trainer.data import tokenizer as tokenizer_lib
 from trainer.data import units as units_lib
@@ -51,13 +52,18 @@ def prepare(
     progress: bool = True,
     verbose: bool = True,
     command: str | None = None,
+    fields: Sequence[str] = (),
+    template: str = "",
+    stream: bool = False,
 ) -> Manifest:
     """Tokenize `inputs` (or the built-in `corpus='stdlib'`) into `out` and return its manifest.
 
     The trainer calls this to prepare the stdlib corpus on a first run; the CLI is a thin wrapper. Raises DataError
     (one actionable line) on bad input; a half-done run leaves no manifest and resumes when called again.
     `unit_bytes` is the input size of one work unit (one train + one val shard); by default 1/16 of the input,
-    between 256 KiB and 128 MiB.
+    between 256 KiB and 128 MiB; an uncompressed JSONL file larger than that is cut into several units. `fields` /
+    `template`: a field map or Jinja row template making a record's text (trainer.data.records); `stream`: `hf:`
+    inputs read in streaming mode (trainer.data.hf_source).
     """
     started = time.perf_counter()
     if not out:
@@ -68,7 +74,18 @@ def prepare(
     for spec in inputs:
         storage.check_reachable(spec, "--input")
     workers = max(1, workers or os.cpu_count() or 1)
-    items, source = sources.resolve(inputs, corpus, text_field, tfds_data_dir, max_files, split)
+    records_lib.check_format(tuple(fields), template, chat=False)
+    items, source = sources.resolve(
+        inputs,
+        corpus,
+        text_field,
+        tfds_data_dir,
+        max_files,
+        split,
+        fields=tuple(fields),
+        template=template,
+        stream=stream,
+    )
     _check_decodable(items, seed)
     tok = _get_tokenizer(out, items, tokenizer, vocab_size, workers, seed, verbose)
     dtype = shards_lib.choose_dtype(tok.vocab_size, dtype)
