@@ -1,4 +1,5 @@
-"""lm-eval tasks during training: `eval.tasks` scored every `eval.tasks_every_steps` on the live params, logged
+"""lm-eval tasks during training: `eval.tasks` (task specs as `python -m trainer.eval --tasks` takes them:
+`arc_challenge:25`, `mmlu:5`, ...) scored every `eval.tasks_every_steps` on the live params, logged
 beside the loss (`hellaswag/acc_norm`, `lambada_openai/perplexity`, …) and written to run.dir/eval/step_<N>.json.
 
 Every process scores the same documents in the same order (the device calls are collective); only the main process
@@ -31,8 +32,10 @@ class TaskEvaluator:
             raise ConfigError(
                 "eval.tasks reads its documents from eval.tasks_data_dir (one file per task, docs/eval.md)"
             )
-        for task in e.tasks:
-            tasks.task_file(e.tasks_data_dir, task)
+        self.specs = tasks.check_tasks(e.tasks, e.tasks_data_dir)  # `name` or `name:shots`, files checked now
+        code = [s.name for s in self.specs if tasks.is_code_task(s)]
+        if code:
+            raise ConfigError(f"eval.tasks: {', '.join(code)} run programs; score them after training (docs/eval.md)")
         self.config, self.mesh = config, mesh
         self._lm: Any = None
 
@@ -54,7 +57,9 @@ class TaskEvaluator:
         from trainer.eval import report, tasks
 
         e = self.config.eval
-        results = tasks.evaluate(self._model(params), e.tasks, e.tasks_data_dir, limit=e.tasks_limit, bootstrap_iters=0)
+        results = tasks.evaluate(
+            self._model(params), self.specs, e.tasks_data_dir, limit=e.tasks_limit, bootstrap_iters=0
+        )
         if jax.process_index() == 0:
             path = storage.join(self.config.run.dir, "eval", f"step_{step}.json")
             report.write(path, report.merge_into(path, results))

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from trainer import storage
+from trainer.eval.groups import GROUPS
 
 DISPLAY = {
     "hellaswag": "HellaSwag",
@@ -20,7 +21,14 @@ DISPLAY = {
     "lambada_standard": "LAMBADA-Standard",
     "wikitext": "WikiText-2",
     "text_perplexity": "Text file",
+    "gsm8k": "GSM8K",
+    "humaneval": "HumanEval",
+    "mbpp": "MBPP",
+    "mmlu": "MMLU",
+    "truthfulqa_mc2": "TruthfulQA (mc2)",
+    "drop": "DROP",
 }
+RAW_METRICS = ("perplexity", "bits_per_byte")  # shown as they are; every other metric is a fraction, shown in %
 
 
 def harness_table(results: dict[str, Any]) -> str:
@@ -45,9 +53,88 @@ def _percent(metric: tuple[float, float] | None) -> str:
     return f"{100 * value:.2f}" + (f" ± {100 * stderr:.2f}" if math.isfinite(stderr) else "")
 
 
-def card_markdown(results: dict[str, Any]) -> str:
-    """A per-task breakdown for a model card: acc and acc_norm in %, perplexities, and the average of each task's
-    headline score (acc_norm where the task has it, else acc)."""
+def metric_value(row: dict[str, Any], metric: str) -> tuple[str, float] | None:
+    """(`metric,filter` key, value) of `metric` in a task's results row: the unfiltered one, else the first filter
+    (GSM8K's `strict-match`, HumanEval's `create_test`)."""
+    keys = [k for k in row if k.partition(",")[0] == metric and isinstance(row[k], (int, float))]
+    if not keys:
+        return None
+    key = f"{metric},none" if f"{metric},none" in keys else keys[0]
+    return key, float(row[key])
+
+
+def suite_markdown(results: dict[str, Any], metrics: dict[str, str]) -> str:
+    """A seed's table: one row per task with its few-shot count, the metric the seed reports and its value (accuracies
+    and pass rates in %, perplexities as they are)."""
+    lines = ["| Task | Shots | Metric | Value |", "|---|---:|---|---:|"]
+    for task, metric in metrics.items():
+        row = results["results"].get(task, {})
+        found = metric_value(row, metric)
+        shots = n_shot(results, task)
+        if found is None:
+            lines.append(f"| {DISPLAY.get(task, task)} | {shots} | {metric} | – |")
+            continue
+        key, value = found
+        shown = f"{value:.2f}" if any(r in metric for r in RAW_METRICS) else f"{100 * value:.2f}"
+        name, _, filt = key.partition(",")
+        name = name if filt == "none" else f"{name} ({filt})"
+        lines.append(f"| {DISPLAY.get(task, task)} | {shots} | {name} | {shown} |")
+    return "\n".join(lines)
+
+
+ZERO_SHOT_METRICS = {"acc", "acc_norm", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}
+
+
+def n_shot(results: dict[str, Any], task: str) -> int | str:
+    """A task's few-shot count in lm-eval's results (a group's: its first subtask's); '–' when not recorded."""
+    value = (results.get("n-shot") or {}).get(task)
+    if isinstance(value, int):
+        return value
+    subtasks = (results.get("group_subtasks") or {}).get(task) or []
+    return n_shot(results, subtasks[0]) if subtasks else "–"
+
+
+def _shots(results: dict[str, Any], shots: dict[str, int] | None, task: str) -> int:
+    if shots and task in shots:
+        return int(shots[task])
+    found = n_shot(results, task)
+    return found if isinstance(found, int) else 0
+
+
+def metrics_markdown(results: dict[str, Any], shots: dict[str, int] | None = None) -> str:
+    """Every task's every metric with its filter and few-shot count (a group's subtasks left out when the group is
+    there: MMLU's 57 subjects would drown the table)."""
+    rows = results["results"]
+    present = [g for g in GROUPS if g in rows]
+    lines = ["| Task | Shots | Metric | Value |", "|---|---:|---|---:|"]
+    for task, row in sorted(rows.items()):
+        if any(task.startswith(f"{g}_") for g in present):
+            continue
+        for key, value in row.items():
+            metric, _, filt = key.partition(",")
+            if not filt or metric.endswith("_stderr") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            raw = any(r in metric for r in RAW_METRICS)
+            shown = f"{value:.2f}" if raw else f"{100 * value:.2f}"
+            name = metric if filt == "none" else f"{metric} ({filt})"
+            lines.append(f"| {DISPLAY.get(task, task)} | {_shots(results, shots, task)} | {name} | {shown} |")
+    return "\n".join(lines)
+
+
+def card_markdown(
+    results: dict[str, Any], metrics: dict[str, str] | None = None, shots: dict[str, int] | None = None
+) -> str:
+    """With `metrics` (a suite's task → metric), the seed's table (`suite_markdown`). For zero-shot tasks scored by
+    acc / acc_norm / perplexities, a per-task breakdown: acc and acc_norm in %, perplexities, and the average of each
+    task's headline score (acc_norm where the task has it, else acc). Otherwise every metric with its shots
+    (`metrics_markdown`)."""
+    if metrics:
+        return suite_markdown(results, metrics)
+    keys = {k.partition(",") for row in results["results"].values() for k in row if "," in k}
+    if any(_shots(results, shots, t) for t in results["results"]) or any(
+        f != "none" or m.removesuffix("_stderr") not in ZERO_SHOT_METRICS for m, _, f in keys
+    ):
+        return metrics_markdown(results, shots)
     lines = ["| Task | acc (%) | acc_norm (%) | perplexity |", "|---|---:|---:|---:|"]
     headline = []
     for task, row in sorted(results["results"].items()):

@@ -1,5 +1,5 @@
-"""Our model as a scorer of token sequences: per-token log-probabilities (fp32) and greedy next tokens, on the
-params' mesh, in a few fixed padded shapes.
+"""Our model as a scorer of token sequences: per-token log-probabilities (fp32) and whether each token is the
+argmax, on the params' mesh, in a few fixed padded shapes.
 
 Rows are right-padded to a length bucket (powers of two up to the context length) and batches to a fixed number of
 rows, so a whole evaluation compiles at most one program per bucket: the model is causal, so padding after a row's
@@ -47,7 +47,7 @@ def scoring_config(config: Config) -> Config:
 
 
 class Scorer:
-    """Jitted forward passes of one model on one mesh: `token_logprobs` and `next_tokens` (see the module doc)."""
+    """Jitted forward passes of one model on one mesh: `token_logprobs` (see the module doc)."""
 
     def __init__(self, config: Config, mesh: Mesh, params: Any, batch_size: int = 32):
         self.config = scoring_config(config)
@@ -66,14 +66,8 @@ class Scorer:
             picked = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
             return picked, jnp.argmax(logits, axis=-1) == targets
 
-        def next_tokens(params: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-            logits = model.apply({"params": params}, tokens)
-            last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-            return jnp.argmax(last.astype(jnp.float32), axis=-1).astype(jnp.int32)
-
         with sharding.activate(mesh, self.config):
             self._token_logprobs = jax.jit(token_logprobs, out_shardings=self._replicated)
-            self._next_tokens = jax.jit(next_tokens, out_shardings=self._replicated)
 
     def _global(self, rows: np.ndarray) -> jax.Array:
         """A [batch, length] host array (the same on every process) as a global array split over the batch axes."""
@@ -101,19 +95,6 @@ class Scorer:
             )
         lp, greedy = _local(lp), _local(greedy)
         return [(lp[i, : len(r)], greedy[i, : len(r)]) for i, r in enumerate(inputs)]
-
-    def next_tokens(self, rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
-        """The greedy next token after each row (rows right-padded to the bucket `length`)."""
-        lengths = np.zeros(self.batch_size, np.int32)
-        lengths[: len(rows)] = [len(r) for r in rows]
-        lengths = np.maximum(lengths, 1)
-        with sharding.activate(self.mesh, self.config):
-            out = self._next_tokens(
-                self.params,
-                self._global(self._padded(rows, length)),
-                jax.make_array_from_callback(lengths.shape, self._replicated, lambda index: lengths[index]),
-            )
-        return _local(out)[: len(rows)]
 
 
 def _local(x: jax.Array) -> np.ndarray:

@@ -19,6 +19,8 @@ from trainer.config import Config
 from trainer.data.bos import run_adds_bos
 from trainer.export.card_text import CardFacts, render
 from trainer.export.tokenizer import chat_template
+from trainer.run.branch import cooldown
+from trainer.run.goodput import card_line
 from trainer.run_folder import pinned_base
 
 
@@ -69,7 +71,15 @@ def facts(
         adds_bos=run_adds_bos(run_dir, config) and tokenizer.bos_id is not None,
         loss_curve=loss_curve if storage.exists(loss_curve) else None,
         base_model=_base_model(run_dir, config),
+        goodput=card_line(run_dir),
+        cooldown=_cooldown(run_dir, config, step),
     )
+
+
+def _cooldown(run_dir: str, config: Config, step: int) -> str | None:
+    """For a cooldown branch: the stable step it left, its decay tokens and the losses beside the stable run's."""
+    found = cooldown(run_dir, config, step)
+    return found.line() if found is not None else None
 
 
 def write_card(out: str, card: CardFacts) -> str:
@@ -167,7 +177,8 @@ def _n_shot(data: dict[str, Any], task: str) -> int:
     for value in ((data.get("n-shot") or {}).get(task), config.get("num_fewshot")):
         if isinstance(value, int):
             return value
-    return 0
+    subtasks = (data.get("group_subtasks") or {}).get(task) or []  # a group (mmlu): its subtasks' count
+    return _n_shot(data, subtasks[0]) if subtasks else 0
 
 
 def _base_model(run_dir: str, config: Config) -> str | None:

@@ -53,6 +53,8 @@ class CardFacts:
     stop_strings: tuple[str, ...] = ()  # a chat format's end-of-turn marker kept as plain text (KodaLite's <|end|>)
     base_model: str | None = None  # the run a fine-tune or context extension started from (RUN:STEP)
     eval_shots: dict[str, int] = dataclasses.field(default_factory=dict)  # task → few-shot count of its result
+    goodput: str | None = None  # the run's goodput ledger in one line (trainer.run.goodput)
+    cooldown: str | None = None  # a cooldown branch: the stable step it left, decay tokens, losses (trainer.run.branch)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -156,6 +158,7 @@ def _training(card: CardFacts) -> str:
         ("tokens seen", f"{tokens:,} ({_count(tokens)})"),
         ("Chinchilla ratio", f"{ratio:.3g} (tokens ÷ 20·N; 1 = compute-optimal)"),
         ("peak learning rate", f"{card.config.optimizer.learning_rate:g}"),
+        ("learning-rate schedule", _schedule(card.config.optimizer)),
         ("training data", "; ".join(card.data_sources) or None),
         ("hardware", hardware),
         (
@@ -172,6 +175,8 @@ def _training(card: CardFacts) -> str:
             if eval_rows
             else None,
         ),
+        ("cooldown", card.cooldown),
+        ("goodput", card.goodput),
     ]
     text = "## Training\n\n" + _table(rows, ("", "value"))
     if card.loss_curve is not None:
@@ -179,13 +184,21 @@ def _training(card: CardFacts) -> str:
     return text
 
 
+def _schedule(o: Any) -> str:
+    if o.schedule != "wsd":
+        return f"{o.warmup_steps} warmup steps, then {o.schedule}"
+    decay = f"{o.decay_steps} steps" if o.decay_steps is not None else f"the last {100 * o.decay_fraction:g} %"
+    return f"WSD: {o.warmup_steps} warmup steps, stable, then a {o.decay_shape} decay over {decay}"
+
+
 def _evaluation(card: CardFacts) -> str:
     if not card.eval_results:
         return ""
     at = "" if card.eval_step == card.step else f" (measured at step {card.eval_step:,})"
     return (
-        f"## Evaluation\n\nZero-shot, scored by lm-evaluation-harness's rules (`python -m trainer.eval`){at}:\n\n"
-        + card_markdown(card.eval_results)
+        f"## Evaluation\n\n{'Few-shot as listed' if any(card.eval_shots.values()) else 'Zero-shot'}, scored by "
+        f"lm-evaluation-harness's rules (`python -m trainer.eval`){at}:\n\n"
+        + card_markdown(card.eval_results, shots=card.eval_shots)
         + "\n"
     )
 

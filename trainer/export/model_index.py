@@ -25,19 +25,15 @@ def model_index(name: str, results: dict[str, Any], shots: dict[str, int]) -> li
         metrics = []
         for key, value in row.items():
             metric, _, filt = key.partition(",")
-            if (
-                filt != "none"
-                or metric.endswith("_stderr")
-                or isinstance(value, bool)
-                or not isinstance(value, (int, float))
-            ):
+            if not filt or metric.endswith("_stderr") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             raw = any(r in metric for r in _RAW)
+            where = f"{shots.get(task, 0)}-shot" if filt == "none" else f"{filt}, {shots.get(task, 0)}-shot"
             metrics.append(
                 {
-                    "type": metric,
+                    "type": metric,  # a filtered metric (GSM8K's strict-match, HumanEval's create_test) names it
                     "value": round(float(value) if raw else 100 * float(value), 4),
-                    "name": f"{metric} ({shots.get(task, 0)}-shot)",
+                    "name": f"{metric} ({where})",
                 }
             )
         if not metrics:

@@ -167,13 +167,15 @@ class Generator:
         detokenize: Detokenize | None = None,
         on_text: Callable[[int, str], None] | None = None,
         chunk: int | None = None,
+        prompt_length: int | None = None,
     ) -> list[Completion]:
         """Complete each prompt (token ids) with up to `max_new_tokens` tokens, all rows in one batch.
 
         `rows`: the rows' numbers for their random streams (default 0..n-1; give a prompt's index in a larger set to
         make its tokens independent of how the set is batched). `stop` strings need `detokenize`; `on_text(row,
         text)` receives text as it becomes final (streaming). Tokens past the context (`model.max_seq_len`) are not
-        generated: such rows finish with "length". `self.timing` tells where the time went.
+        generated: such rows finish with "length". `self.timing` tells where the time went. `prompt_length`: pad the
+        prompts to at least this many tokens (a caller's coarser buckets: fewer shapes compile across calls).
         """
         sampling = sampling or sample.Sampling()
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -189,7 +191,7 @@ class Generator:
                 f"{self.context_length} (model.max_seq_len)"
             )
         max_new = min(max_new_tokens, self.context_length - longest)
-        length = min(_round_up(longest, PROMPT_BUCKET), self.context_length - max_new)
+        length = min(_round_up(max(longest, prompt_length or 0), PROMPT_BUCKET), self.context_length - max_new)
         cache_length = min(_round_up(length + max_new, CACHE_BUCKET), self.context_length)
         batch = len(prompts)
         rows = list(range(batch)) if rows is None else list(rows)
@@ -219,11 +221,16 @@ class Generator:
             host_done = np.zeros(batch, bool)
             start = time.perf_counter()
             runner = ("loop", batch, cache_length, max_new, sampling, eos, pad_id)
+            # the state keeps its shardings from chunk to chunk (else a batch split over the mesh comes back
+            # replicated, or the reverse, and the next chunk's call no longer matches its program)
+            state_shardings = jax.tree.map(lambda x: x.sharding, state)
             while True:
                 until = self._put(np.int32(min(max_new, int(_host(state.step)) + step_chunk)))
                 state = self._call(
                     runner,
-                    lambda: sample.make_runner(self.tokens_to_logits(cache_length), sampling, eos, pad_id),
+                    lambda: sample.make_runner(
+                        self.tokens_to_logits(cache_length), sampling, eos, pad_id, out_shardings=state_shardings
+                    ),
                     self.params,
                     state,
                     until,
