@@ -5,8 +5,10 @@ Layout of a run folder (local or gs://):
     checkpoints/<step>/state         params, optimizer state, step (Orbax, sharded arrays)
     checkpoints/<step>/data          JSON: the data iterator state of every process, merged (any host count resumes)
     checkpoints/<step>/meta          JSON: the config and the step
+    checkpoints/<step>/digest.json   size and SHA-256 of every file above (trainer/checkpoint_digest.py)
 Orbax writes a step into a temporary folder and renames (or, on GCS, marks) it only when complete, so a process
 killed mid-write leaves nothing that `latest_step` would pick up: the previous complete step is restored instead.
+A step damaged after it was committed (truncated, removed or altered files) fails its digest check before any read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import yaml
 
-from trainer import distributed, storage
+from trainer import checkpoint_digest, distributed, storage
 from trainer.config import CheckpointConfig, Config, from_dict
 from trainer.errors import CheckpointError, StorageError
 
@@ -37,31 +39,16 @@ class _StepMetadataElsewhere(logging.Filter):
         return not str(record.msg).startswith("Metadata file does not exist")
 
 
-logging.getLogger("absl").addFilter(_StepMetadataElsewhere())
-
-
-def _quiet_abandoned_reads(previous: Any) -> Any:
-    """When a restore fails (a damaged step), Orbax closes its event loop while tensorstore reads are still in
-    flight; each read that completes later reports 'Event loop is closed' as an unraisable exception, dozens of
-    tracebacks that say nothing about the failure (reported in one line). Those, and only those, are dropped."""
-
-    def hook(unraisable: Any) -> None:
-        tb = unraisable.exc_traceback
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if (
-            isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"
-            and tb is not None
-            and tb.tb_frame.f_code.co_name == "_check_closed"
-        ):
-            return
-        previous(unraisable)
-
-    return hook
-
-
-sys.unraisablehook = _quiet_abandoned_reads(sys.unraisablehook)
+@contextlib.contextmanager
+def _reading_one_item() -> Iterator[None]:
+    """While one item of a step is read directly, drop Orbax's warning about the step metadata (see above)."""
+    quiet = _StepMetadataElsewhere()
+    logger = logging.getLogger("absl")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 DAMAGED_DIR = "damaged_checkpoints"  # where steps that can't be restored are kept, beside checkpoints/
@@ -82,6 +69,17 @@ def _is_transient(error: BaseException) -> bool:
     return any(code in str(error)[:300] for code in _TRANSIENT) or isinstance(error, (ConnectionError, TimeoutError))
 
 
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def _damage(step_dir: str) -> str | None:
+    """What process 0 finds wrong with a step's files against their digest (None: intact, or no digest); every
+    process gets the same answer."""
+    found = checkpoint_digest.damage(step_dir) if _is_main() else None
+    return distributed.allgather_json(found)[0]
+
+
 def checkpoint_dir(run_dir: str) -> str:
     """Where a run keeps its checkpoints."""
     return storage.join(run_dir, "checkpoints")
@@ -94,7 +92,8 @@ def _absolute(path: str) -> str:
 class Checkpointer:
     """Saves and restores one run's checkpoints; saving returns as soon as the arrays are copied off the devices."""
 
-    def __init__(self, run_dir: str, options: CheckpointConfig):
+    def __init__(self, run_dir: str, options: CheckpointConfig, digest: bool = True):
+        """`digest=False` records no digests (bench/checkpoint.py measures what they cost the loop)."""
         self.directory = _absolute(checkpoint_dir(run_dir))
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -106,6 +105,14 @@ class Checkpointer:
             ),
             item_names=("state", "data", "meta"),
         )
+        # process 0 digests every step once committed (the files of all processes: the store is shared)
+        self._digests = (
+            checkpoint_digest.DigestWriter(self.manager.wait_until_finished) if digest and _is_main() else None
+        )
+
+    def step_dir(self, step: int) -> str:
+        """The folder of checkpoint `step`."""
+        return storage.join(self.directory, str(step))
 
     def latest_step(self) -> int | None:
         """The newest complete step, or None when the run has no checkpoint yet."""
@@ -114,25 +121,27 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, int] | None:
         """Restore the newest step that can be read; None when the run has no checkpoint yet.
 
-        A committed step whose files were damaged afterwards (truncated by a disk or a bad copy: Orbax's commit
-        marker can't tell) costs that step, not the run: when an older step restores, the damaged newer ones are
-        moved to `RUN/damaged_checkpoints/` (out of Orbax's view, never deleted) with one warning line each, and the
-        run continues from the older step exactly as if they had never been written. When no step restores (a
-        different optimizer or a store that can't be reached), nothing is moved: one CheckpointError.
+        A committed step whose files were damaged afterwards (truncated, removed or altered by a disk or a bad copy:
+        Orbax's commit marker can't tell) fails its digest check before any of it is read (a step from before
+        digests fails its read instead) and costs that step, not the run: when an older step restores, the damaged
+        newer ones are moved to `RUN/damaged_checkpoints/` (out of Orbax's view, never deleted) with one warning line
+        each, and the run continues from the older step exactly as if they had never been written. When no step
+        restores (all damaged, a different optimizer), nothing is moved: one CheckpointError.
         """
         steps = sorted(self.manager.all_steps(), reverse=True)
         failed: list[tuple[int, str]] = []
         for step in steps:
-            try:
-                state = self.restore(step, abstract_state, data_iterator)
-                error = None
-            except Exception as e:  # tensorstore / Orbax / JSON errors of a damaged step
-                if _is_transient(e):
-                    raise StorageError(
-                        f"can't read checkpoint {self.directory}/{step} ({_gist(e)}): the store "
-                        "is unreachable or refused; run again when it is back"
-                    ) from None
-                error = _gist(e)
+            error = _damage(self.step_dir(step))  # checked before any read: a damaged step never starts one
+            if error is None:
+                try:
+                    state = self.restore(step, abstract_state, data_iterator)
+                except Exception as e:  # tensorstore / Orbax / JSON errors of a damaged step
+                    if _is_transient(e):
+                        raise StorageError(
+                            f"can't read checkpoint {self.directory}/{step} ({_gist(e)}): the store "
+                            "is unreachable or refused; run again when it is back"
+                        ) from None
+                    error = _gist(e)
             if all(distributed.allgather_json(error is None)):  # every process restored this step
                 for bad, reason in failed:
                     aside = self._set_aside(bad)
@@ -176,7 +185,7 @@ class Checkpointer:
         from trainer.data.pipeline import merge_states  # only saving needs Grain (and the pipeline's exit hook)
 
         data_state = merge_states(distributed.allgather_json(data_iterator.get_state()))
-        return self.manager.save(
+        saved = self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -185,6 +194,9 @@ class Checkpointer:
             ),
             force=force,
         )
+        if saved and self._digests is not None:
+            self._digests.submit(self.step_dir(step))
+        return saved
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
         """Restore `step` into arrays with the shardings of `abstract_state` (any mesh, any number of hosts) and
@@ -197,12 +209,16 @@ class Checkpointer:
         return restored["state"]
 
     def wait(self) -> None:
-        """Block until every save in flight is written."""
+        """Block until every save in flight is written and digested."""
         self.manager.wait_until_finished()
+        if self._digests is not None:
+            self._digests.wait()
 
     def close(self) -> None:
-        """Finish pending writes and release the manager's threads."""
+        """Finish pending writes and digests, and release the manager's threads."""
         self.manager.wait_until_finished()
+        if self._digests is not None:
+            self._digests.close()
         self.manager.close()
 
 
@@ -253,6 +269,8 @@ def write_run_config(run_dir: str, config: Config) -> None:
 def restore_params_from(reference: str, abstract_params: Any) -> tuple[Any, int]:
     """Only the params of another run's checkpoint (`RUN_DIR[:STEP]`), into the shardings of `abstract_params`."""
     run_dir, step = parse_reference(reference)
+    directory, step = _find_step(run_dir, step)
+    _check_intact(run_dir, directory, step)
     return _restore_params(run_dir, step, abstract_params, lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding))
 
 
@@ -261,6 +279,7 @@ def restore_state_from(reference: str, abstract_state: Any) -> tuple[Any, int]:
     `abstract_state`; the data iterator is not restored (this run reads its own data from the start)."""
     run_dir, step = parse_reference(reference)
     directory, step = _find_step(run_dir, step)
+    _check_intact(run_dir, directory, step)
     with _explained(run_dir, directory, step), ocp.CheckpointManager(directory, item_names=("state",)) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], step
@@ -269,7 +288,7 @@ def restore_state_from(reference: str, abstract_state: Any) -> tuple[Any, int]:
 def _restore_params(run_dir: str, step: int | None, target: Any, restore_arg: Any) -> tuple[Any, int]:
     directory, step = _find_step(run_dir, step)
     item = {"params": target}
-    with _explained(run_dir, directory, step):
+    with _explained(run_dir, directory, step), _reading_one_item():
         restored = ocp.PyTreeCheckpointer().restore(
             storage.join(directory, str(step), "state"),
             args=ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(restore_arg, item), partial_restore=True),
@@ -290,9 +309,21 @@ def _explained(run_dir: str, directory: str, step: int) -> Iterator[None]:
                 f"can't read checkpoint {directory}/{step} ({_gist(e)}): the store is unreachable "
                 "or refused; try again when it is back"
             ) from None
-        older = [s for s in sorted(ocp.utils.checkpoint_steps(directory)) if s < step]
-        instead = f"use an earlier step, e.g. {run_dir}:{older[-1]}" if older else "it is the run's only checkpoint"
-        raise CheckpointError(f"checkpoint step {step} of {run_dir} is damaged ({_gist(e)}); {instead}") from None
+        raise _damaged(run_dir, directory, step, _gist(e)) from None
+
+
+def _check_intact(run_dir: str, directory: str, step: int) -> None:
+    """Refuse, before any read, a step of another run whose files differ from their digest."""
+    reason = _damage(storage.join(directory, str(step)))
+    if reason is not None:
+        raise _damaged(run_dir, directory, step, reason)
+
+
+def _damaged(run_dir: str, directory: str, step: int, reason: str) -> CheckpointError:
+    """The one line for a damaged step of another run: what is wrong and the step to use instead."""
+    older = [s for s in sorted(ocp.utils.checkpoint_steps(directory)) if s < step]
+    instead = f"use an earlier step, e.g. {run_dir}:{older[-1]}" if older else "it is the run's only checkpoint"
+    return CheckpointError(f"checkpoint step {step} of {run_dir} is damaged ({reason}); {instead}")
 
 
 def load_params(path: str, step: int | None = None, dtype: str | None = None) -> tuple[Config, dict[str, Any], int]:
@@ -305,7 +336,8 @@ def load_params(path: str, step: int | None = None, dtype: str | None = None) ->
     step = step if step is not None else ref_step
     config = read_run_config(run_dir)
     directory, step = _find_step(run_dir, step)
-    with _explained(run_dir, directory, step):
+    _check_intact(run_dir, directory, step)
+    with _explained(run_dir, directory, step), _reading_one_item():
         metadata = ocp.PyTreeCheckpointer().metadata(storage.join(directory, str(step), "state"))
         if hasattr(metadata, "item_metadata"):
             if metadata.item_metadata is None:
@@ -368,3 +400,5 @@ def save_params(run_dir: str, config: Config, params: dict[str, Any], step: int 
             ),
         )
         manager.wait_until_finished()
+    if _is_main():
+        checkpoint_digest.write(storage.join(_absolute(checkpoint_dir(run_dir)), str(step)))
