@@ -1,19 +1,25 @@
 """`python -m trainer.supervise [--max-restarts N] [--backoff S] -- python -m trainer.main CONFIG ...`
 
 Restarts a crashed training job with exponential back-off; each restart resumes from the run's latest checkpoint
-(the trainer does that by itself). Stops on success, on a stop request (SIGTERM/SIGINT, forwarded to the job),
+(the trainer does that by itself; its goodput ledger is told the restart's number, back-off and the previous exit
+code). Stops on success, on a stop request (SIGTERM/SIGINT, forwarded to the job),
 and on errors a restart can't fix: a bad config (exit code 2) or repeated non-finite losses (exit code 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
 
+from trainer import cli_args
 from trainer.errors import ConfigError, ExitCode, cli
+
+# What a restarted job is told (its goodput ledger, trainer.run.goodput, records them).
+RESTART_ENV, BACKOFF_ENV, PREVIOUS_EXIT_ENV = "TRAINER_RESTART", "TRAINER_BACKOFF_S", "TRAINER_PREVIOUS_EXIT"
 
 FINAL_EXIT_CODES = {
     ExitCode.OK: "finished",
@@ -44,10 +50,11 @@ def supervise(
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         restarts = 0
+        told: dict[str, str] = {}  # what a restarted job's goodput ledger is told (trainer.run.goodput)
         while True:
             started = time.monotonic()
             try:
-                child = subprocess.Popen(command)
+                child = subprocess.Popen(command, env={**os.environ, **told})
             except OSError as e:  # no such program, not executable: a restart can't help
                 raise ConfigError(
                     f"can't start {command[0]!r}: {e.strerror or e}; check the command after --"
@@ -80,6 +87,7 @@ def supervise(
                 flush=True,
             )
             time.sleep(delay)
+            told = {RESTART_ENV: str(restarts), BACKOFF_ENV: f"{delay:.3f}", PREVIOUS_EXIT_ENV: str(code)}
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -88,7 +96,7 @@ def supervise(
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Parse `[options] -- command ...` and supervise the command."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.supervise", description=__doc__.split("\n\n")[1])
+    parser = cli_args.ArgumentParser(prog="python -m trainer.supervise", description=__doc__.split("\n\n")[1])
     parser.add_argument("--max-restarts", type=int, default=10, help="restarts in a row before giving up (default 10)")
     parser.add_argument("--backoff", type=float, default=5.0, help="first delay in seconds, doubled each time")
     parser.add_argument(

@@ -10,6 +10,8 @@
 
 `totals()` adds them up in one dict: the categories sum to the wall time since the timer started. Throughput counts
 `step`, `data_wait` and `checkpoint` time only (`window()`), so an evaluation or the compilation never lowers tokens/s.
+The goodput ledger (`trainer.run.goodput`) keeps these totals for every start of a run in `RUN/goodput.json` and adds
+them up across restarts, with the work lost to crashes and the gaps between starts.
 """
 
 from __future__ import annotations

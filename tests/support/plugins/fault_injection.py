@@ -5,6 +5,8 @@ environment variable, so a test (or a wrapper script between the test and the tr
     TRAINER_TEST_POISON_STEPS=3,4  these steps' batches get a NaN loss mask (non-finite loss and gradients)
     TRAINER_TEST_STOP_AT=5         SIGTERM arrives right after step 5 is dispatched
     TRAINER_TEST_CRASH_AT=5        the process dies (exit code 1, no clean-up) right after step 5
+    TRAINER_TEST_KILL_ONCE_AT=5,9  SIGKILL right after step 5 (and 9), each once: a file in TRAINER_TEST_KILL_MARKS
+                                   remembers it, so the job a supervisor restarts trains past that step
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from trainer.run.hooks import Hooks, StepInfo
 
 POISON, STOP, CRASH = "TRAINER_TEST_POISON_STEPS", "TRAINER_TEST_STOP_AT", "TRAINER_TEST_CRASH_AT"
+KILL_ONCE, KILL_MARKS = "TRAINER_TEST_KILL_ONCE_AT", "TRAINER_TEST_KILL_MARKS"
 
 
 def install(hooks: Hooks) -> None:
@@ -27,6 +30,9 @@ def install(hooks: Hooks) -> None:
         hooks.add_batch_hook(lambda step, batch: _poison(batch) if step in poisoned else batch)
     if stop_at or crash_at:
         hooks.add("faults", lambda info: _after_step(info, stop_at, crash_at), every=1)
+    kill_once = _steps(KILL_ONCE)
+    if kill_once:
+        hooks.add("kill", lambda info: _kill_once(info.step, kill_once), every=1)
 
 
 def _steps(name: str) -> set[int]:
@@ -42,3 +48,10 @@ def _after_step(info: StepInfo, stop_at: set[int], crash_at: set[int]) -> None:
         signal.raise_signal(signal.SIGTERM)  # the trainer's own handler runs before this returns
     if info.step in crash_at:
         os._exit(1)
+
+
+def _kill_once(step: int, kill_at: set[int]) -> None:
+    mark = os.path.join(os.environ[KILL_MARKS], f"killed-{step}")
+    if step in kill_at and not os.path.exists(mark):
+        open(mark, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
