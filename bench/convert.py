@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import json
 import os
+import pathlib
 import resource
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def write_checkpoint(config_path: str, run_dir: str) -> dict:
     seconds, _ = timed(lambda: save_params(run_dir, config, params))
     log(f"saved {count:,} random params in {seconds:.1f} s")
     stdlib = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
-    texts = [open(path, errors="replace").read() for path in stdlib[:40]]
+    texts = [pathlib.Path(path).read_text(errors="replace") for path in stdlib[:40]]
     train_sentencepiece(texts, vocab_size=512, num_threads=1).save(os.path.join(run_dir, "tokenizer"))
     return {"params": count, "checkpoint_gb": count * 4 / 1e9, "save_s": seconds}
 

@@ -97,8 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _random_batch() -> Callable[..., dict[str, Any]]:
-    """`tests/batches.py:random_batch`, loaded by path (the tests folder is not an installed package)."""
-    path = os.path.join(REPO, "tests", "batches.py")
+    """`tests/support/batches.py:random_batch`, loaded by path (the tests folder is not an installed package)."""
+    path = os.path.join(REPO, "tests", "support", "batches.py")
     spec = importlib.util.spec_from_file_location("_bench_batches", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

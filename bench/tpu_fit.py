@@ -42,7 +42,7 @@ def main() -> None:
 
     from trainer.config import load_config
     from trainer.errors import ConfigError
-    from trainer.fit.check import compile_fit, resolve_target, verdict
+    from trainer.target.check import compile_fit, resolve_target, verdict
 
     rows, machine = [], machine_info()
     for path in args.configs:

@@ -17,7 +17,6 @@ Also usable as a library: `run_local(command, processes, devices_per_process)`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -26,6 +25,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import IO
+
+from trainer import cli_args
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts, command = args[:cut], args[cut + 1 :]
     else:
         opts, command = args, []
-    parser = argparse.ArgumentParser(
+    parser = cli_args.ArgumentParser(
         prog="launch/local.py",
         description="Run a command as N JAX processes on this machine (coordinator on 127.0.0.1).",
         usage="%(prog)s --processes N --devices-per-process K [--port P] [--platform cpu|gpu] -- COMMAND ...",

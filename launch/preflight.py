@@ -1,7 +1,7 @@
 """What a TPU launch checks before it creates (and pays for) anything: the config loads, names no placeholder
 bucket, its paths are reachable from here, and its train step fits the accelerator's HBM.
 
-The checks are the trainer's own (`trainer.run.job.check_reachable`, `trainer.fit`), run on this machine: a config
+The checks are the trainer's own (`trainer.run.job.check_reachable`, `trainer.target`), run on this machine: a config
 the workers would refuse is refused here, before a VM exists. The fit check compiles the real train and eval steps
 for the accelerator's topology when libtpu is installed (`pip install -e ".[tpu]"`); without it, a note says so.
 """
@@ -13,10 +13,10 @@ import os
 import shlex
 
 from launch.tpu_catalog import LaunchError
-from launch.tpu_plan import Job
+from launch.tpu_job import Job
 from trainer.config import load_config
-from trainer.errors import ConfigError
-from trainer.fit.targets import parse_target
+from trainer.errors import TrainerError
+from trainer.target.tpu import parse_target
 
 
 def preflight(job: Job, dry_run: bool, fit: bool = True) -> list[str]:
@@ -30,7 +30,7 @@ def preflight(job: Job, dry_run: bool, fit: bool = True) -> list[str]:
     try:
         config = load_config(job.config, list(job.overrides))
         check_reachable(config, reach=not dry_run)
-    except ConfigError as e:
+    except TrainerError as e:
         raise LaunchError(f"{job.config}: {e}") from None
     check_cmd = shlex.join(
         ["python", "-m", "trainer.main", job.config, *job.overrides, "--dry-run", "--target", job.accelerator.name]
@@ -49,11 +49,11 @@ def preflight(job: Job, dry_run: bool, fit: bool = True) -> list[str]:
 
 def _check_fit(config, job: Job, check_cmd: str) -> str:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile only; set before jax is imported
-    from trainer.fit.check import compile_fit, verdict  # JAX, after JAX_PLATFORMS above
+    from trainer.target.check import compile_fit, verdict  # JAX, after JAX_PLATFORMS above
 
     try:
         result = compile_fit(config, parse_target(job.accelerator.name))
-    except ConfigError as e:
+    except TrainerError as e:
         raise LaunchError(f"{job.config} on {job.accelerator.name}: {e}") from None
     if not result.fits:
         raise LaunchError(

@@ -10,7 +10,7 @@ git ref cloned on the workers), installs `.[tpu]` on every worker, starts
 `python3 -m trainer.main CONFIG overrides` detached on all workers and streams worker 0's
 log. With `--retries N` a preempted TPU is deleted, re-created and the same job restarted
 (the trainer resumes from the latest checkpoint in run.dir). `--dry-run` prints the plan:
-the steps are built by pure functions in launch/tpu_plan.py and run as printed here.
+the steps are built by pure functions in launch/tpu_steps.py and run as printed here.
 TPU API calls go through `gcloud` when it is on PATH, else through the google-cloud-tpu
 library (`--api`); ssh/scp to the workers always needs gcloud.
 """
@@ -35,7 +35,9 @@ if __package__ in (None, ""):  # run as a script: make `launch` importable
 
 from launch.preflight import preflight  # noqa: E402
 from launch.tpu_catalog import LaunchError, check_zone, parse_accelerator  # noqa: E402
-from launch.tpu_plan import PLANS, Job, Step  # noqa: E402
+from launch.tpu_job import Job, Step  # noqa: E402
+from launch.tpu_steps import COMMANDS  # noqa: E402
+from trainer.cli_args import ArgumentParser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ACTIONS = ("up", "status", "logs", "stop", "delete")
@@ -46,15 +48,9 @@ class StepFailed(Exception):
     """A command or API call of the plan failed (exit code 1, not 2)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The option parser (the part of the command line before `--`)."""
-    p = _Parser(
+    p = ArgumentParser(
         prog="launch/tpu_vm.py",
         usage="%(prog)s [up|status|logs|stop|delete] --zone ZONE [options] -- CONFIG [section.key=value ...]",
         description=__doc__.split("\n\n")[0],
@@ -387,7 +383,7 @@ def hints(job: Job) -> str:
 def run(action: str, job: Job, dry_run: bool, wait_s: float, fit_check: bool = True) -> int:
     """Build the plan for `action`; check the config (`up`: launch/preflight.py); print the plan (dry run) or
     execute it."""
-    plan = PLANS[action](job)
+    plan = COMMANDS[action](job)
     if job.api == "library" and any(s.argv[:1] == ("gcloud",) for s in plan) and not shutil.which("gcloud"):
         msg = (
             "gcloud CLI not found on PATH: TPU API calls go through the google-cloud-tpu library, "

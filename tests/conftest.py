@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=", "--ignored=")
     + " --xla_force_host_platform_device_count=8"
@@ -23,5 +25,15 @@ from absl import flags  # noqa: E402
 flags.FLAGS(sys.argv[:1], known_only=True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+SUPPORT = os.path.join(REPO, "tests", "support")  # the tests' helper modules: `from runs import train`
+for path in (SUPPORT, REPO):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Whole training runs (tests/jobs/) are `slow`: `-m "not slow"` is the fast loop while editing."""
+    jobs = os.path.join(REPO, "tests", "jobs") + os.sep
+    for item in items:
+        if str(item.path).startswith(jobs):
+            item.add_marker(pytest.mark.slow)

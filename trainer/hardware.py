@@ -8,7 +8,8 @@ Peaks are dense bf16 matmul FLOP/s per chip. NVIDIA's datasheets headline the 2:
 the table holds the dense one (what a transformer's matmuls can reach), with the sparse figure named in the source.
 Memory is what the device reports to the framework (GPUs: CUDA's figure, a little under the marketed size). The
 launcher (`launch/tpu_catalog.py`, runtimes and zones), the MFU of the step lines (`trainer.model.flops`), the fit
-check (`trainer.fit`) and the planner (`trainer.run.budget`) read their chip facts from here and hold none of their own.
+check (`trainer.target`) and the planner (`trainer.run.budget`) read their chip facts from here and hold none of their
+own.
 """
 
 from __future__ import annotations

@@ -7,13 +7,14 @@ import json
 import os
 import sys
 
+from trainer import cli_args
 from trainer.config import Config, load_config
 from trainer.errors import ConfigError, cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line arguments: a config file, dotted overrides, and the dry-run switches."""
-    parser = argparse.ArgumentParser(
+    parser = cli_args.ArgumentParser(
         prog="python -m trainer.main",
         description="Train a LLaMA-style model from a YAML config (see configs/base.yml for every key).",
     )
@@ -47,9 +48,9 @@ def dry_run(config: Config, devices: int | None) -> int:
     from jax.sharding import AbstractMesh, AxisType
 
     from trainer import sharding
-    from trainer.fit import padding
     from trainer.run import summary
     from trainer.step import make_step_functions
+    from trainer.target import padding
 
     num_devices = devices if devices is not None else jax.device_count()
     mesh_shape = sharding.resolve_mesh_shape(config.mesh, num_devices)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("give --target (a TPU slice or GPUs) or --devices (a device count), not both")
     if args.dry_run and args.target:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile only: this machine's TPU (if any) stays free
-        from trainer.fit.check import dry_run_target
+        from trainer.target.check import dry_run_target
 
         return dry_run_target(config, args.target, args.slices)
     if args.dry_run:

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any
 
+from trainer import cli_args
 from trainer.config import load_config
 from trainer.errors import ConfigError, cli
 from trainer.run import budget as b
@@ -25,7 +26,7 @@ _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line arguments: a budget (or a config with a token target), the hardware and an MFU."""
-    p = argparse.ArgumentParser(
+    p = cli_args.ArgumentParser(
         prog="python -m trainer.plan",
         description="Compute-optimal model size and tokens for a budget (Chinchilla, 20 tokens per parameter), what a "
         "config sees in that budget, or how long a config takes for a token target.",

@@ -51,6 +51,10 @@ def pinned_base(run_dir: str, config: Config) -> str | None:
 def tokenizer_path(run_dir: str, override: str | None = None) -> str:
     """Where a run's tokenizer is: `override` when given, else RUN_DIR/tokenizer; one line when it is missing. Needs
     no checkpoint: a run in training reads it too (its sample, its task scores)."""
+    if override and not storage.exists(override):
+        raise CheckpointError(
+            f"tokenizer not found: {override} (give a SentencePiece .model file or a Hugging Face tokenizer folder)"
+        )
     path = override or storage.join(run_dir, TOKENIZER_DIR)
     if not storage.exists(path):
         raise CheckpointError(

@@ -35,6 +35,16 @@ class TrainState:
     opt_state: Any
 
 
+@dataclass
+class FrozenBase:
+    """The base params a LoRA job's steps take beside the adapters, never differentiated: `params` once restored
+    (`StepFunctions.set_base`), before that `abstract` (shapes and shardings, enough to lower the steps). Without LoRA
+    both stay None and the steps receive None."""
+
+    params: Any = None
+    abstract: Any = None
+
+
 @dataclass(frozen=True)
 class StepFunctions:
     """The jitted step functions of one job on one mesh, with the model, optimizer and shardings they close over."""
@@ -51,18 +61,19 @@ class StepFunctions:
     train_step: InMesh  # (TrainState, Batch) -> (TrainState, metrics)
     eval_step: InMesh  # (params, Batch) -> {"nll_sum", "tokens"}
     # LoRA (model.lora.rank > 0): the train state's params are the adapters only; the frozen base params live here
-    # ({"base": tree}, set with `set_base`) and are passed to the jitted steps beside them, never differentiated.
+    # (set with `set_base`) and are passed to the jitted steps beside them, never differentiated.
     abstract_base: Any = None
-    frozen: dict | None = None
+    lora_base: FrozenBase | None = None
 
     def set_base(self, base: Any) -> None:
         """Give a LoRA job its frozen base params (restored into `abstract_base`'s shardings)."""
-        assert self.frozen is not None, "set_base is for LoRA jobs, whose step functions hold a frozen dict"
-        self.frozen["base"] = base
+        if self.lora_base is None:
+            raise TypeError("set_base is for LoRA jobs (model.lora.rank > 0): this job trains every parameter")
+        self.lora_base.params = base
 
     def full_params(self, params: Any) -> Any:
         """The params the model applies: `params` itself, or for LoRA the base and the adapters together."""
-        return params if self.frozen is None else lora.combine(self.frozen["base"], params)
+        return params if self.lora_base is None else lora.combine(self.lora_base.params, params)
 
     def global_batch(self, local: dict[str, Any]) -> Batch:
         """This process's rows of a batch (numpy) → global arrays laid out for the steps (every process calls it)."""
@@ -114,7 +125,7 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
         metrics = {
             "loss": stats["nll"] / count,
             "z_loss": stats["z"] / count,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
             "tokens": stats["tokens"],
             "nonfinite_in_a_row": opt_state.notfinite_count,
@@ -136,7 +147,7 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
         (nll, tokens), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), _split_microbatches(config, batch))
         return {"nll_sum": nll, "tokens": tokens}
 
-    frozen = {"base": None, "abstract": abstract_base}  # the train and eval steps' first argument
+    frozen = FrozenBase(abstract=abstract_base)  # the train and eval steps' first argument (None without LoRA)
     with sharding.activate(mesh, config):
         jit_init = jax.jit(init, out_shardings=state_shardings)
         jit_train = jax.jit(
@@ -161,7 +172,7 @@ def make_step_functions(config: Config, mesh: Mesh) -> StepFunctions:
         train_step=InMesh(jit_train, mesh, config, frozen),
         eval_step=InMesh(jit_eval, mesh, config, frozen),
         abstract_base=abstract_base,
-        frozen=frozen if adapters_only else None,
+        lora_base=frozen if adapters_only else None,
     )
 
 
@@ -189,17 +200,16 @@ class InMesh:
     fn: Any
     mesh: Mesh
     config: Config
-    frozen: dict | None = None  # train/eval steps: {"base": LoRA base params or None}, passed as their first argument
+    frozen: FrozenBase | None = None  # train/eval steps: their first argument, the LoRA base params (or None)
 
     def __call__(self, *args: Any) -> Any:
         with sharding.activate(self.mesh, self.config):
-            return self.fn(*args if self.frozen is None else (self.frozen["base"], *args))
+            return self.fn(*args if self.frozen is None else (self.frozen.params, *args))
 
     def lower(self, *args: Any) -> Any:
         """`jax.jit(...).lower` under the mesh: `.compile()` the result to time or inspect compilation."""
         if self.frozen is not None:  # before the base is restored, its abstract form lowers the same program
-            base = self.frozen["base"] if self.frozen["base"] is not None else self.frozen.get("abstract")
-            args = (base, *args)
+            args = (self.frozen.params if self.frozen.params is not None else self.frozen.abstract, *args)
         with sharding.activate(self.mesh, self.config):
             return self.fn.lower(*args)
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from bpe_tokenizers import BUILDERS, EOT, TRICKY
-from test_convert_tokenizer import held_out_strings, sentencepiece
+from sp_tokenizers import held_out_strings, sentencepiece
 from transformers import AutoTokenizer
 
 from trainer.data import DataError

@@ -13,7 +13,7 @@ from trainer.data.pipeline import make_eval_iterator, make_train_iterator
 from trainer.data.shards import choose_dtype
 from trainer.data.text_prepare import prepare
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUIET = dict(workers=1, progress=False, verbose=False)
 
 

@@ -14,7 +14,7 @@ from trainer.data.shards import read_manifest
 from trainer.data.text_prepare import prepare
 from trainer.data.tokenizer import load_tokenizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def batches(path, packing, n=4):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import random
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from trainer.data.text_prepare import prepare
 from trainer.data.tokenizer import load_tokenizer
 from trainer.data.units import is_validation
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = "alpha beta gamma delta def return self import class for while None True False print value".split()
 
 
@@ -93,7 +94,7 @@ def test_validation_split_is_held_out_by_document_and_deterministic(corpus):
     # Documents are keyed by their path relative to the inputs' common folder, so moving the corpus keeps the split.
     expected = {text for path, text in texts.items() if is_validation(os.path.basename(path), 0, 0.2)}
     assert val == expected and 0 < len(val) < len(texts)
-    totals = json.load(open(os.path.join(out, "manifest.json")))["totals"]
+    totals = json.loads(pathlib.Path(out, "manifest.json").read_text())["totals"]
     assert totals["val"]["documents"] == len(val)
     assert totals["all"]["documents"] == len(texts)
     assert totals["all"]["tokens"] == sum(s.tokens for s in manifest.shards)
@@ -172,7 +173,7 @@ def test_hugging_face_tokenizer_folder_is_stored_and_loaded(corpus, tmp_path):
 
     sp_dir = tmp_path / "sp"
     sp_dir.mkdir()
-    (sp_dir / "tokenizer.model").write_bytes(open(os.path.join(out, "tokenizer.model"), "rb").read())
+    (sp_dir / "tokenizer.model").write_bytes(pathlib.Path(out, "tokenizer.model").read_bytes())
     hf = LlamaTokenizerFast.from_pretrained(
         str(sp_dir), local_files_only=True, add_bos_token=True, add_prefix_space=False
     )

@@ -20,7 +20,7 @@ from trainer.data.text_prepare import prepare
 from trainer.data.tokenizer import load_tokenizer
 from trainer.data.units import is_validation
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = "alpha beta gamma delta def return self import class while None True print value 日本語 ünï 🙂".split()
 VAL = 0.2
 

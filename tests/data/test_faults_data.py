@@ -141,7 +141,7 @@ def test_garbage_parquet_names_the_file(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A small Hugging Face LLaMA folder written by our exporter (config.json + model.safetensors)."""
-    from test_convert_mapping import random_params
+    from hf_models import random_params
 
     from trainer.config import ModelConfig
     from trainer.export import hf

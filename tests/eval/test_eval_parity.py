@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("lm_eval", reason="the eval extra (lm-eval) is not installed")
 
 from eval_data import sentence, write_task_files
-from test_convert_cli import MODEL
-from test_convert_mapping import random_params
-from test_convert_tokenizer import sentencepiece
+from hf_models import CLI_MODEL as MODEL
+from hf_models import random_params
+from sp_tokenizers import sentencepiece
 
 from trainer import checkpoint
 from trainer.config import Config, DataConfig

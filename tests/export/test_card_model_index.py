@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from runs import prepare_corpus
-from test_convert_mapping import random_params
+from hf_models import random_params
+from runs import keep_tokenizer, prepare_corpus
 
 from trainer import checkpoint, storage
 from trainer.config import CheckpointConfig, Config, DataConfig, ModelConfig
@@ -57,10 +57,12 @@ def fine_tune(tmp_path_factory):
     data = prepare_corpus(str(root / "data"))
     base = str(root / "base")
     checkpoint.save_params(base, Config(model=MODEL, data=DataConfig(path=data)), random_params(MODEL), step=7)
+    keep_tokenizer(data, base)
     run = str(root / "sft")
     config = Config(model=MODEL, data=DataConfig(path=data), checkpoint=CheckpointConfig(restore_from=base))
     checkpoint.save_params(run, config, random_params(MODEL, seed=1), step=20)
     storage.write_json_atomic(os.path.join(run, "base.json"), {"restore_from": f"{base}:7", "lora": False})
+    keep_tokenizer(data, run)
     os.makedirs(os.path.join(run, "eval"))
     for step, results in EVALS.items():
         with open(os.path.join(run, "eval", f"step_{step}.json"), "w") as f:
@@ -93,7 +95,7 @@ def test_the_card_has_every_evaluation_result_as_a_model_index_the_hub_parser_re
         ("text-generation", "LAMBADA-OpenAI", "EleutherAI/lambada_openai", "acc", 0): pytest.approx(18.22),
     }
     text = (out / "README.md").read_text()
-    assert "| ARC-Easy | 32.79" in text and "| HellaSwag | 25.65" in text  # the Markdown table: the same results
+    assert "| ARC-Easy | 0 | acc | 32.79 |" in text and "| HellaSwag | 10 | acc | 25.65 |" in text  # the same results
 
 
 def test_a_run_trained_from_scratch_has_no_base_model(fine_tune, tmp_path):

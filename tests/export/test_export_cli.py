@@ -7,29 +7,18 @@ import subprocess
 import sys
 
 import pytest
-from test_convert_mapping import random_params
-from test_convert_tokenizer import TEMPLATE, sentencepiece
+from hf_models import CLI_MODEL as MODEL
+from hf_models import random_params
+from sp_tokenizers import TEMPLATE, sentencepiece
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer import checkpoint
-from trainer.config import Config, ModelConfig
+from trainer.config import Config
 from trainer.data.bos import record_bos
 from trainer.export import command as convert_to_hf
 from trainer.export import hf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = ModelConfig(
-    vocab_size=512,
-    embed_dim=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_dim=128,
-    max_seq_len=64,
-    compute_dtype="float32",
-    remat_policy="none",
-    tie_embeddings=False,
-)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-from runs import prepare_corpus
-from test_convert_mapping import greedy_ours, random_params
-from test_convert_tokenizer import TEMPLATE
+from hf_models import greedy_ours, random_params
+from runs import keep_tokenizer, prepare_corpus
+from sp_tokenizers import TEMPLATE
 
 from trainer import checkpoint
 from trainer.config import Config, DataConfig, ModelConfig
@@ -61,6 +61,7 @@ def run_dir(tmp_path_factory):
     run = str(root / "run")
     config = Config(model=MODEL, data=DataConfig(path=data))
     checkpoint.save_params(run, config, random_params(MODEL), step=STEP)
+    keep_tokenizer(data, run)
     rows = [
         {
             "step": s,

@@ -12,9 +12,9 @@ import gguf
 import numpy as np
 import pytest
 import sentencepiece as spm
-from bpe_tokenizers import BUILDERS, EOT, _texts
-from test_convert_mapping import random_params
-from test_convert_tokenizer import held_out_strings, sentencepiece
+from bpe_tokenizers import BUILDERS, EOT, training_texts
+from hf_models import HAS_ACCELERATE, random_params
+from sp_tokenizers import held_out_strings, sentencepiece
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer
 
@@ -26,8 +26,6 @@ from trainer.export import command as convert_to_hf
 from trainer.export import gguf as gguf_export
 from trainer.export import mapping, modelfile
 from trainer.export.tokenizer import write_tokenizer
-
-HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # transformers' GGUF model loader needs it
 
 # down_proj rows are 80 wide: not a multiple of Q8_0's 32-blocks, so they stay F16 as in llama.cpp's converter
 MODEL = ModelConfig(
@@ -148,7 +146,7 @@ def _custom_split_tokenizer(folder: str) -> str:
     )
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
-        _texts(10),
+        training_texts(10),
         trainers.BpeTrainer(
             vocab_size=300,
             special_tokens=[EOT],

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flax import linen as nn
-from test_convert_tokenizer import sentencepiece
+from sp_tokenizers import sentencepiece
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trainer import checkpoint

@@ -21,10 +21,10 @@ import os
 import gguf
 import numpy as np
 import pytest
-from bpe_tokenizers import BUILDERS, EOT, TRICKY, _save, _texts
+from bpe_tokenizers import BUILDERS, EOT, TRICKY, save_folder, training_texts
+from hf_models import greedy_ours, random_params
 from runs import prepare_corpus, train, write_config
-from test_convert_mapping import greedy_ours, random_params
-from test_convert_tokenizer import held_out_strings, sentencepiece
+from sp_tokenizers import held_out_strings, sentencepiece
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from trainer.config import ModelConfig
@@ -113,13 +113,13 @@ def llama_bpe_style(folder: str, vocab_size: int = 512) -> str:
     )
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
-        _texts(),
+        training_texts(),
         trainers.BpeTrainer(
             vocab_size=vocab_size - 1, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         ),
     )
     tok.add_special_tokens([EOT])
-    return _save(tok, folder, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT})
+    return save_folder(tok, folder, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT})
 
 
 @pytest.mark.parametrize("style, pre", [("gpt2", "gpt-2"), ("starcoder", "starcoder"), ("llama3", "llama-bpe")])

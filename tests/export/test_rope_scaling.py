@@ -13,9 +13,8 @@ import os
 import gguf
 import numpy as np
 import pytest
-from test_convert_gguf import HAS_ACCELERATE
-from test_convert_mapping import export, random_params
-from test_convert_tokenizer import sentencepiece
+from hf_models import HAS_ACCELERATE, export, random_params
+from sp_tokenizers import sentencepiece
 
 from trainer.config import ModelConfig, RopeScalingConfig, load_config
 from trainer.errors import ConfigError, ConversionError, ParityError
@@ -27,7 +26,7 @@ from trainer.model import rope
 HAS_MLX = importlib.util.find_spec("mlx_lm") is not None
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 BASE = ModelConfig(
     vocab_size=520,
     embed_dim=64,

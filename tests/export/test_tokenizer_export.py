@@ -1,37 +1,13 @@
 """The exported tokenizer: a SentencePiece BPE becomes an HF tokenizer that encodes 1,000 held-out strings exactly like
 SentencePiece; special ids, BOS and a chat template come along."""
 
-import functools
-import glob
-import os
-import sysconfig
-
+from sp_tokenizers import TEMPLATE, held_out_strings, sentencepiece
 from transformers import AutoTokenizer
 
 from trainer.data.tokenizer import (
-    SentencePieceTokenizer,
     open_tokenizer,
-    train_sentencepiece,
 )
 from trainer.export.tokenizer import check_tokenizer, write_tokenizer
-
-STDLIB = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
-TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-
-
-@functools.cache
-def sentencepiece() -> SentencePieceTokenizer:
-    """A 512-token BPE (byte fallback, identity normalization, no dummy prefix) trained on 60 stdlib modules."""
-    texts = [open(path, errors="replace").read() for path in STDLIB[:60]]
-    return train_sentencepiece(texts, vocab_size=512, num_threads=1)
-
-
-def held_out_strings(n: int = 1000) -> list[str]:
-    """Lines of stdlib modules the tokenizer never saw, with leading/trailing whitespace kept, plus edge cases."""
-    lines = [line for path in STDLIB[-60:] for line in open(path, errors="replace").read().splitlines(keepends=True)]
-    special = [" leading space", "  two", "trailing  ", "\n\n", "\t", "Größe 東京 😀", "", "a" * 300]
-    picked = lines[:: max(1, len(lines) // n)][: n - len(special)]
-    return special + picked
 
 
 def test_exported_sentencepiece_tokenizer_encodes_exactly_like_sentencepiece(tmp_path):

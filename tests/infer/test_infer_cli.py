@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from test_convert_mapping import random_params
-from test_convert_tokenizer import TEMPLATE, sentencepiece
+from hf_models import random_params
+from sp_tokenizers import TEMPLATE, sentencepiece
 
 from trainer import checkpoint
 from trainer.config import Config, ModelConfig
@@ -19,7 +19,7 @@ from trainer.export import command as convert_to_hf
 from trainer.export import import_hf
 from trainer.infer.cli import main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = ModelConfig(
     vocab_size=512,
     embed_dim=64,

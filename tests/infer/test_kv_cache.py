@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from test_convert_mapping import ARCHITECTURES, export, random_params
+from hf_models import ARCHITECTURES, export, random_params
 
 from trainer import sharding
 from trainer.config import Config, MeshConfig, ModelConfig

@@ -5,6 +5,7 @@ had), never guessed for a run without the record whose data can't be read, one f
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -74,13 +75,13 @@ def test_a_byte_level_run_trains_samples_and_generates_without_transformers(toke
         timeout=300,
     )
     assert prepared.returncode == 0, prepared.stderr[-3000:]
-    manifest = json.load(open(os.path.join(data, "manifest.json")))
+    manifest = json.loads(pathlib.Path(data, "manifest.json").read_text())
     assert manifest["tokenizer"]["vocab_size"] == 512 and manifest["bos"] is False
 
     run_dir = str(tmp_path / "run")
     out = train(write_config(str(tmp_path / "c.yaml"), data, run_dir, **SHORT), PYTHONPATH=env["PYTHONPATH"])
     assert "sample (greedy):\ndef main(" in out
-    assert json.load(open(os.path.join(run_dir, BOS_FILE)))["bos"] is False
+    assert json.loads(pathlib.Path(run_dir, BOS_FILE).read_text())["bos"] is False
 
     generated = subprocess.run(
         [
@@ -109,7 +110,7 @@ def test_a_run_on_gcs_data_exports_no_bos_its_data_never_had(tokenizer_folder, t
         config = json.load(f)
     folder = tmp_path / "tok"  # a tokenizer that would add BOS by itself, were it asked
     folder.mkdir()
-    (folder / "tokenizer.json").write_bytes(open(os.path.join(tokenizer_folder, "tokenizer.json"), "rb").read())
+    (folder / "tokenizer.json").write_bytes(pathlib.Path(tokenizer_folder, "tokenizer.json").read_bytes())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))
     run_dir, out = str(tmp_path / "run"), str(tmp_path / "hf")
     with gcs_emulator() as gcs:
@@ -128,7 +129,7 @@ def test_a_run_on_gcs_data_exports_no_bos_its_data_never_had(tokenizer_folder, t
         assert convert_to_hf.main(["--checkpoint", run_dir, "--out", out]) == 0
         hf = AutoTokenizer.from_pretrained(out, local_files_only=True)
         assert hf.encode("def f(x):") == hf.encode("def f(x):", add_special_tokens=False)  # no <|endoftext|> first
-        assert json.load(open(os.path.join(out, "tokenizer_config.json")))["add_bos_token"] is False
+        assert json.loads(pathlib.Path(out, "tokenizer_config.json").read_text())["add_bos_token"] is False
 
         # The fact comes from the run folder, not from the data (nor from the tokenizer, which would add BOS).
         storage.remove(storage.join(data, "manifest.json"))

@@ -1,11 +1,12 @@
 """The seeds' byte-level BPE tokenizers through the whole chain, as a user runs it: prepare → train → SFT with
 `--end-of-turn '<|endoftext|>'` (the KodaLite card's v0.2 lesson) → every export, each proven in its own runtime.
 
-For a GPT-2-style and a StarCoder-style tokenizer (tests/bpe_tokenizers.py, built offline): in transformers, llama.cpp
-(GGUF f16 and q4_k_m), mlx-lm and the tokenizer shipped with the ONNX decoder, the ids of tricky strings (digits,
-contractions, unicode, emoji, runs of spaces, tabs, CRLF, code, the literal text `<|endoftext|>` in a message) equal
-training's, and greedy tokens equal transformers' where the weights are 16 or 32 bits. The chat data's end of turn is
-the vocabulary's own `<|endoftext|>`: the SFT run keeps the base's 512 ids and every export stops at that one id.
+For a GPT-2-style and a StarCoder-style tokenizer (tests/support/bpe_tokenizers.py, built offline): in transformers,
+llama.cpp (GGUF f16 and q4_k_m), mlx-lm and the tokenizer shipped with the ONNX decoder, the ids of tricky strings
+(digits, contractions, unicode, emoji, runs of spaces, tabs, CRLF, code, the literal text `<|endoftext|>` in a message)
+equal training's, and greedy tokens equal transformers' where the weights are 16 or 32 bits. The chat data's end of
+turn is the vocabulary's own `<|endoftext|>`: the SFT run keeps the base's 512 ids and every export stops at
+that one id.
 """
 
 import json
@@ -14,9 +15,9 @@ import os
 import numpy as np
 import pytest
 from bpe_tokenizers import BUILDERS, EOT, TRICKY
+from hf_models import greedy_hf
 from runs import MICRO, train, write_config
-from test_convert_mapping import greedy_hf
-from test_convert_tokenizer import held_out_strings
+from sp_tokenizers import held_out_strings
 
 from trainer.data.chat_prepare import prepare_chat
 from trainer.data.text_prepare import prepare

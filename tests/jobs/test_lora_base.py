@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from runs import prepare_corpus
-from test_convert_mapping import random_params
+from hf_models import random_params
+from runs import keep_tokenizer, prepare_corpus
 
 from trainer import checkpoint, sharding, storage
 from trainer.config import CheckpointConfig, Config, DataConfig, LoraConfig, ModelConfig, from_dict
@@ -58,6 +58,7 @@ def lora_run(tmp_path_factory):
     run = str(root / "lora")
     config = Config(model=tuned_model, data=DataConfig(path=data), checkpoint=CheckpointConfig(restore_from=base))
     checkpoint.save_params(run, config, adapters, step=4)
+    keep_tokenizer(data, run)
     storage.write_json_atomic(os.path.join(run, "base.json"), {"restore_from": f"{base}:0", "lora": True})
     return root, base, run, data
 
@@ -106,7 +107,7 @@ def test_a_second_run_from_a_lora_run_starts_from_its_merged_weights(lora_run, t
     fns = make_step_functions(second, mesh)
     finetune.attach_base(second, fns, lambda _: None)
     state = fns.init(jax.random.key(0))
-    start = lora.combine(jax.device_get(fns.frozen["base"]), jax.device_get(state.params))
+    start = lora.combine(jax.device_get(fns.lora_base.params), jax.device_get(state.params))
     np.testing.assert_allclose(_logits(second.model, start), exported, atol=1e-4, rtol=1e-4)
     base_only = _logits(MODEL, checkpoint.load_params(base)[1])
     assert not np.allclose(base_only, exported, atol=1e-3)  # the adapters did change the model
@@ -114,6 +115,7 @@ def test_a_second_run_from_a_lora_run_starts_from_its_merged_weights(lora_run, t
     # the second LoRA run's merged export: its adapters on the first run's merged weights (not on adapters alone)
     second_run = str(root / "lora2")
     checkpoint.save_params(second_run, second, jax.device_get(state.params), step=0)
+    keep_tokenizer(data, second_run)
     storage.write_json_atomic(os.path.join(second_run, "base.json"), {"restore_from": f"{run}:4", "lora": True})
     np.testing.assert_allclose(_merged_export_logits(second_run, tmp_path / "merged2"), exported, atol=1e-4, rtol=1e-4)
 

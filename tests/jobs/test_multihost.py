@@ -1,6 +1,6 @@
 """Many hosts, one code path: 2 processes × 4 CPU devices train like 1 process × 8 devices.
 
-The global batches are bitwise the same (tests/test_data_pipeline.py checks that); the cross-process all-reduce
+The global batches are bitwise the same (tests/data/test_data_pipeline.py checks that); the cross-process all-reduce
 (gloo) sums in another order than the in-process one, so losses and params agree to float32 rounding, not bitwise.
 A 2-process run and its own resume are bitwise identical.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import random
 import shutil
 import signal
@@ -55,11 +56,11 @@ def test_run_folder_has_config_metrics_curve_tensorboard_and_tokenizer(corpus, r
     train(config)
     names = set(os.listdir(run_dir))
     assert {"config.yaml", "metrics.jsonl", "loss.png", "tensorboard", "checkpoints", "tokenizer"} <= names
-    rows = list(open(os.path.join(run_dir, "metrics.jsonl")))
+    rows = pathlib.Path(run_dir, "metrics.jsonl").read_text().splitlines(keepends=True)
     assert any('"eval_loss"' in r for r in rows) and all('"step"' in r for r in rows)
     again = train(config)  # a finished run started again says so and changes nothing
     assert "already done" in again and "sample (greedy)" not in again
-    assert list(open(os.path.join(run_dir, "metrics.jsonl"))) == rows
+    assert pathlib.Path(run_dir, "metrics.jsonl").read_text().splitlines(keepends=True) == rows
 
 
 def test_stop_and_resume_is_bitwise_identical(corpus, reference, tmp_path):
@@ -164,7 +165,9 @@ def test_poisoned_batch_is_skipped_and_counted(corpus, tmp_path):
     assert "step 3: non-finite loss or gradients, update skipped (1 in a row, 1 in all)" in out
     import json
 
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"loss"' in line]
+    rows = [
+        json.loads(line) for line in pathlib.Path(run_dir, "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
     assert rows[-1]["skipped_steps"] == 1 and np.isfinite(rows[-1]["loss"])
     params = final_params(run_dir)
     import jax

@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -129,28 +129,28 @@ def test_cli_requires_a_command() -> None:
 
 def test_cli_forwards_sigint_to_children() -> None:
     code = "import sys, time; print('ready', flush=True); time.sleep(60)"
-    p = subprocess.Popen(
+    with subprocess.Popen(  # the block closes the pipes
         [PY, str(SCRIPT), "-n", "2", "--grace", "1", "--", PY, "-c", code],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        seen = 0
-        deadline = time.monotonic() + 30
-        while seen < 2 and time.monotonic() < deadline:  # both children started
-            line = p.stdout.readline()
-            seen += line.endswith("ready\n")
-        assert seen == 2
-        t0 = time.monotonic()
-        p.send_signal(signal.SIGINT)
-        rc = p.wait(timeout=20)
-        assert time.monotonic() - t0 < 10
-        assert rc == 128 + signal.SIGINT  # children died of the forwarded SIGINT
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    ) as p:
+        try:
+            seen = 0
+            deadline = time.monotonic() + 30
+            while seen < 2 and time.monotonic() < deadline:  # both children started
+                line = p.stdout.readline()
+                seen += line.endswith("ready\n")
+            assert seen == 2
+            t0 = time.monotonic()
+            p.send_signal(signal.SIGINT)
+            rc = p.wait(timeout=20)
+            assert time.monotonic() - t0 < 10
+            assert rc == 128 + signal.SIGINT  # children died of the forwarded SIGINT
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 JAX_CHILD = textwrap.dedent(

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from launch import tpu_plan  # noqa: E402
+from launch import tpu_job, tpu_steps  # noqa: E402
 from launch.tpu_catalog import LaunchError, check_zone, parse_accelerator  # noqa: E402
 
 SCRIPT = REPO / "launch" / "tpu_vm.py"
@@ -310,7 +310,7 @@ FAKE_TRAINER = textwrap.dedent(
 )
 
 
-def _job(**kw) -> tpu_plan.Job:
+def _job(**kw) -> tpu_job.Job:
     base = dict(
         name="t",
         zone="us-central2-b",
@@ -319,10 +319,10 @@ def _job(**kw) -> tpu_plan.Job:
         runtime="tpu-ubuntu2204-base",
         remote_config="configs/x.yml",
     )
-    return tpu_plan.Job(**{**base, **kw})
+    return tpu_job.Job(**{**base, **kw})
 
 
-def _bash(step: tpu_plan.Step, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+def _bash(step: tpu_job.Step, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", "-c", command_of(list(step.argv))], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -341,22 +341,22 @@ def test_worker_scripts_start_stream_result_stop(tmp_path: Path) -> None:
     env = dict(os.environ, HOME=str(home), PATH=f"{fakebin}:{os.environ['PATH']}")
 
     job = _job(overrides=("train.steps=2", "run.dir=gs://b/r"), run_dir="gs://b/r")
-    assert _bash(tpu_plan.start_step(job), env).returncode == 0
-    streamed = _bash(tpu_plan.stream_step(job), env)  # returns when the trainer exits
+    assert _bash(tpu_steps.start_step(job), env).returncode == 0
+    streamed = _bash(tpu_steps.stream_step(job), env)  # returns when the trainer exits
     assert "trainer args: configs/x.yml train.steps=2 run.dir=gs://b/r" in streamed.stdout
-    assert _bash(tpu_plan.result_step(job), env).stdout.strip() == "3"
+    assert _bash(tpu_steps.result_step(job), env).stdout.strip() == "3"
     calls = (tmp_path / "gcloud.calls").read_text()
     assert "storage cp --quiet" in calls and "gs://b/r/logs/train-" in calls  # log copied to the run dir
 
     job = _job(overrides=("sleep=1",))
-    started = _bash(tpu_plan.start_step(job), env)
+    started = _bash(tpu_steps.start_step(job), env)
     assert started.returncode == 0
     assert "stopping the previous run" not in started.stdout  # nothing of the first run outlived it
     time.sleep(0.5)
-    assert _bash(tpu_plan.result_step(job), env).stdout.strip() == "running"
-    assert ": running" in _bash(tpu_plan.job_status_step(job), env).stdout
-    assert ": stopped" in _bash(tpu_plan.stop_step(job), env).stdout
-    assert _bash(tpu_plan.result_step(job), env).stdout.strip() == "unknown"
+    assert _bash(tpu_steps.result_step(job), env).stdout.strip() == "running"
+    assert ": running" in _bash(tpu_steps.job_status_step(job), env).stdout
+    assert ": stopped" in _bash(tpu_steps.stop_step(job), env).stdout
+    assert _bash(tpu_steps.result_step(job), env).stdout.strip() == "unknown"
     assert (home / "trainer-logs" / "train.log.prev").exists()
 
 

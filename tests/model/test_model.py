@@ -20,7 +20,7 @@ from trainer.model import flops
 from trainer.model.layout import stack_layers, unstack_layers
 from trainer.model.transformer import Transformer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ModelConfig(
     vocab_size=256,
     embed_dim=64,

@@ -17,11 +17,11 @@ import sys
 import pytest
 
 from trainer.errors import ConfigError
-from trainer.fit import gpu_targets
-from trainer.fit.gpu_targets import GPUS, MiB, parse_gpu_target
 from trainer.main import main
+from trainer.target import gpu as gpu_targets
+from trainer.target.gpu import GPUS, MiB, parse_gpu_target
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.yml")
 
 
@@ -134,7 +134,7 @@ def test_without_the_cuda_plugin_names_the_extra(capsys, monkeypatch):
 def test_every_gpu_description_is_accepted_by_the_plugin():
     """The table's device descriptions parse as the plugin's GpuTargetConfigProto and name their GPU."""
     script = (
-        "import json; from trainer.fit.gpu_targets import GPUS, gpu_devices, parse_gpu_target; "
+        "import json; from trainer.target.gpu import GPUS, gpu_devices, parse_gpu_target; "
         "print(json.dumps({m: [(d.device_kind, d.platform) for d in gpu_devices(parse_gpu_target('2x' + m))] "
         "for m in GPUS}))"
     )

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from launch.tpu_catalog import parse_accelerator
-from trainer.fit.gpu_targets import GPUS, parse_gpu_target
-from trainer.fit.targets import parse_target
 from trainer.hardware import CHIPS, TPU_GENERATIONS, parse_machine
 from trainer.model import flops
 from trainer.run import budget
+from trainer.target.gpu import GPUS, parse_gpu_target
+from trainer.target.tpu import parse_target
 
 
 @pytest.mark.parametrize("name", ["v4-8", "v4-32", "v5e-16", "v5litepod-256", "v5p-128", "v6e-8"])
@@ -50,7 +50,7 @@ def test_every_chip_has_a_source_memory_and_a_device_name_the_step_lines_recogni
 
 def test_trainer_does_not_import_the_launcher():
     code = (
-        "import sys, trainer.plan, trainer.run.budget, trainer.fit.check, trainer.model.flops, trainer.hardware; "
+        "import sys, trainer.plan, trainer.run.budget, trainer.target.check, trainer.model.flops, trainer.hardware; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'launch'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

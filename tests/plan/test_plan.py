@@ -12,11 +12,11 @@ from trainer import plan
 from trainer.config import load_config
 from trainer.run import budget
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 KODALITE = os.path.join(CONFIGS, "1.3b.yml")
 
 # configs/1.3b.yml by hand: 24 layers × width 2048, 32 query / 8 kv heads × 64, MLP 5504, vocab 50257, untied,
-# seq 1024, batch 512 (KodaLite's recipe; its own steps are tests/test_seed_recipes.py's).
+# seq 1024, batch 512 (KodaLite's recipe; its own steps are tests/plan/test_seed_recipes.py's).
 KODALITE_PARAMS = 24 * (2048 * 64 * (32 + 32 + 8 + 8) + 3 * 2048 * 5504 + 2 * 2048) + 2 * 50257 * 2048 + 2048
 KODALITE_FLOPS_PER_TOKEN = (
     6 * (24 * (2048 * 64 * 80 + 3 * 2048 * 5504) + 50257 * 2048)  # every matmul weight
@@ -156,8 +156,8 @@ def test_mfu_measured_in_a_run_folder(tmp_path, capsys):
 )
 def test_hardware_names_are_the_fit_checks(text, name, chips, peak):
     """--hardware takes --target's spelling (and a bare chip); the peak is the hardware table's dense bf16 one."""
-    from trainer.fit.check import resolve_target
     from trainer.hardware import parse_machine
+    from trainer.target.check import resolve_target
 
     hw = budget.parse_hardware(text)
     assert (hw.name, hw.chips, hw.peak_tflops) == (name, chips, peak)

@@ -18,7 +18,7 @@ from trainer.hardware import CHIPS
 from trainer.model import rope
 from trainer.run import budget
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 def _recipe(name: str, *overrides: str):

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.fit import targets
-from trainer.fit.targets import parse_target
 from trainer.main import main
+from trainer.target import tpu as targets
+from trainer.target.tpu import parse_target
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.yml")
 needs_libtpu = pytest.mark.skipif(
     targets.importlib.util.find_spec("libtpu") is None,
@@ -106,7 +106,7 @@ def test_compiles_the_real_step_and_reports_per_chip_memory(capsys, target, atte
 
 def test_the_search_tries_the_smallest_changes_first():
     """More microbatches (while each still splits over the data-parallel devices), then full remat: no compiling."""
-    from trainer.fit.check import candidates
+    from trainer.target.check import candidates
 
     config = load_config(TINY, ["train.global_batch_size=16", "train.microbatches=2"])
     assert [changes for changes, _ in candidates(config)] == [
@@ -205,7 +205,7 @@ def test_splash_matches_dot_product_on_a_cpu_mesh_with_a_batch_of_one():
 def test_every_seed_names_targets_that_parse():
     """The `# target:` / `# gpu target:` comments bench.tpu_fit compiles: known names, overrides the config takes."""
     from bench.tpu_fit import SEEDS, named_targets
-    from trainer.fit.gpu_targets import is_gpu_target, parse_gpu_target
+    from trainer.target.gpu import is_gpu_target, parse_gpu_target
 
     for seed in SEEDS:
         path = os.path.join(REPO, "configs", seed)

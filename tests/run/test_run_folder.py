@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from bpe_tokenizers import gpt2_style
-from test_convert_mapping import random_params
+from hf_models import random_params
 
 from trainer import checkpoint, sharding
 from trainer.config import Config, LoraConfig, MeshConfig, ModelConfig

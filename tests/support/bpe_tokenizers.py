@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pathlib
 import sysconfig
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -38,8 +39,8 @@ TRICKY = [
 ]
 
 
-def _texts(count: int = 60) -> list[str]:
-    return [open(path, errors="replace").read() for path in STDLIB[:count]]
+def training_texts(count: int = 60) -> list[str]:
+    return [pathlib.Path(path).read_text(errors="replace") for path in STDLIB[:count]]
 
 
 def _byte_level(digits: bool) -> Tokenizer:
@@ -53,7 +54,7 @@ def _byte_level(digits: bool) -> Tokenizer:
     return tok
 
 
-def _save(tok: Tokenizer, folder: str, config: dict) -> str:
+def save_folder(tok: Tokenizer, folder: str, config: dict) -> str:
     os.makedirs(folder, exist_ok=True)
     tok.save(os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
@@ -70,10 +71,10 @@ def gpt2_style(folder: str, vocab_size: int = 512) -> str:
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_texts(), trainer)
+    tok.train_from_iterator(training_texts(), trainer)
     tok.add_special_tokens([EOT])
     assert tok.get_vocab_size() == vocab_size and tok.token_to_id(EOT) == vocab_size - 1
-    return _save(
+    return save_folder(
         tok,
         folder,
         {
@@ -97,9 +98,9 @@ def starcoder_style(folder: str, vocab_size: int = 512) -> str:
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_texts(), trainer)
+    tok.train_from_iterator(training_texts(), trainer)
     assert tok.token_to_id(EOT) == 0
-    return _save(
+    return save_folder(
         tok,
         folder,
         {

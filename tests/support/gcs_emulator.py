@@ -15,7 +15,7 @@ The environment variables are those docs/pitfalls.md lists; they are set for the
 afterwards. `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false` is read by gcsfs at import time, so this module sets it on import
 (before a test imports gcsfs); it only disables an experimental gcsfs feature that stalls against the emulator.
 Each block gets its own bucket, because the emulator ignores list offsets and a ranged delete wipes a whole bucket.
-The server runs through tests/gcs_emulator_main.py, which adds the generation headers tensorstore needs.
+The server runs through tests/support/gcs_emulator_main.py, which adds the generation headers tensorstore needs.
 Close data iterators inside the block: a read still in flight when the emulator stops blocks in the GCS client's
 retries for minutes (`TrainIterator.close()` waits for in-flight reads).
 """

@@ -3,7 +3,7 @@
 Real GCS sends the object's generation with every download; tensorstore (Orbax's OCDBT checkpoints) reads it to make
 its conditional manifest updates, and fails with "Malformed StorageGeneration" when it is missing. The emulator
 omits it, so this wrapper adds it to the download handler before starting the unchanged server.
-Usage: python tests/gcs_emulator_main.py start --host 127.0.0.1 --port P --in-memory
+Usage: python tests/support/gcs_emulator_main.py start --host 127.0.0.1 --port P --in-memory
 """
 
 import sys

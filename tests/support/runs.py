@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Modules a trainer subprocess may load as `TRAINER_HOOKS` plugins: the test faults (plugins/fault_injection.py).
 PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 
@@ -124,3 +125,15 @@ def assert_params_equal(a: dict, b: dict) -> None:
     assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
     for (path, x), (_, y) in zip(flat_a, flat_b):
         assert np.array_equal(np.asarray(x), np.asarray(y)), f"params differ at {jax.tree_util.keystr(path)}"
+
+
+def keep_tokenizer(data: str, run: str) -> None:
+    """Copy a prepared folder's tokenizer (and a chat template beside it) into RUN/tokenizer, as training does: a run
+    written with `checkpoint.save_params` then opens like a trained one."""
+    target = os.path.join(run, "tokenizer")
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(data):
+        if name == "tokenizer.model" or name.startswith("chat_template"):
+            shutil.copy(os.path.join(data, name), target)
+    if os.path.isdir(os.path.join(data, "tokenizer")):
+        shutil.copytree(os.path.join(data, "tokenizer"), target, dirs_exist_ok=True)

@@ -78,6 +78,11 @@ def validate(config: Config) -> None:
         )
     if o.warmup_steps < 0 or o.learning_rate <= 0:
         raise ConfigError("optimizer.learning_rate must be positive and optimizer.warmup_steps non-negative")
+    if not 0.0 < o.decay_fraction <= 1.0 or (o.decay_steps is not None and o.decay_steps < 1):
+        raise ConfigError(
+            f"optimizer.decay_fraction must be in (0, 1] and optimizer.decay_steps at least 1, got "
+            f"{o.decay_fraction}, {o.decay_steps}"
+        )
     for name in ("data", "fsdp", "tensor"):
         size = getattr(config.mesh, name)
         if size == 0 or size < -1:
@@ -100,6 +105,9 @@ def validate(config: Config) -> None:
     profile = config.log.profile_steps
     if profile is not None and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
         raise ConfigError(f"log.profile_steps must be [start, end] with 1 <= start <= end, got {profile}")
+    for index, stage in enumerate(config.data.stages):
+        if not stage.mixture:
+            raise ConfigError(f"data.stages[{index}].mixture is empty: list at least one component")
     for mixture in [config.data.mixture] + [s.mixture for s in config.data.stages]:
         if any(c.weight <= 0 for c in mixture):
             raise ConfigError("every data mixture weight must be positive")

@@ -128,9 +128,12 @@ class OptimizerConfig:
     """AdamW with warmup and a decay schedule, global-norm clipping."""
 
     learning_rate: float = 3e-3
-    min_learning_rate_ratio: float = 0.1  # final lr as a fraction of the peak (cosine / linear)
+    min_learning_rate_ratio: float = 0.1  # final lr as a fraction of the peak (cosine / linear / wsd)
     warmup_steps: int = 20
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    decay_fraction: float = 0.2  # wsd: the share of train.steps at the end that decays
+    decay_steps: int | None = None  # wsd: the decay's length in steps, instead of decay_fraction
+    decay_shape: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"  # wsd: how the decay falls
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
@@ -181,7 +184,7 @@ class EvalConfig:
 
     every_steps: int = 50
     batches: int = 4
-    tasks: list[str] = field(default_factory=list)  # lm-eval task names scored during training
+    tasks: list[str] = field(default_factory=list)  # lm-eval task specs (`name`, `name:shots`) scored in training
     tasks_every_steps: int = 1000  # and at the end
     tasks_data_dir: str | None = None  # one file per task (docs/eval.md)
     tasks_limit: int | None = None  # documents per task; None: all
@@ -195,7 +198,9 @@ class CheckpointConfig:
     keep: int = 3  # the last N
     keep_every: int | None = None  # and every K-th step forever
     restore_from: str | None = None  # PATH[:STEP] of another run, when this run has none
-    restore_params_only: bool = True  # with restore_from: params only (fine-tuning) or the whole state
+    restore_params_only: bool = (
+        True  # with restore_from: params only (fine-tuning) or the whole state and data position
+    )
     async_save: bool = True
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from trainer import storage
 from trainer.config import Config
-from trainer.errors import ConfigError, first_line
+from trainer.errors import ConfigError, TrainerError, first_line
 
 BOS_FILE = "bos.json"  # {"bos": true|false, "source": where the fact came from}
 
@@ -71,7 +71,7 @@ def run_adds_bos(run_dir: str, config: Config) -> bool:
         raise ConfigError(f"{run_dir} does not record whether its documents began with BOS and names no data: {fix}")
     try:
         return data_adds_bos(config)
-    except (ConfigError, OSError, ValueError) as e:  # a folder gone, a bucket unreachable, a damaged file
+    except (TrainerError, OSError, ValueError) as e:  # a folder gone, a bucket unreachable, a damaged file
         raise ConfigError(
             f"{run_dir} does not record whether its documents began with BOS and its data can't "
             f"tell ({first_line(e)}): {fix}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import tempfile
 from typing import Any
 
@@ -208,7 +209,7 @@ def _converted(files: dict[str, bytes], path: str) -> dict[str, bytes]:
             AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
         except Exception as e:  # transformers raises many types for a folder that is not a tokenizer
             raise DataError(f"cannot load a Hugging Face tokenizer from {path}: {first_line(e)}") from None
-        saved = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
+        saved = {name: pathlib.Path(out, name).read_bytes() for name in os.listdir(out)}
     if TOKENIZER_JSON not in saved:
         raise DataError(f"transformers wrote no {TOKENIZER_JSON} for {path}: this tokenizer has no fast version")
     return saved

@@ -1,17 +1,15 @@
-"""Finding the damaged file of a prepared folder: shard reads that name their file, and `prepare --verify`.
+"""Finding the damaged file of a prepared folder: the diagnosis behind the shard reader's errors; `prepare --verify`.
 
 A prepared folder can go bad after `prepare` finished: a shard truncated by a failed copy, bytes flipped on a disk, a
 file deleted by a cleanup job. ArrayRecord/Riegeli then raise bare `RuntimeError`s (often from a reader thread, and
-sometimes without naming the file). `ShardSource` reads a split's shards like Grain's ArrayRecord source but turns
-any such failure into a `DataError` naming the shard and the command that rewrites it; `verify` checks a whole folder
-against its manifest's record counts and sha256 hashes.
+sometimes without naming the file). `check_shard` says what is wrong with one shard and `shard_error` turns it into a
+`DataError` naming the shard and the command that rewrites it (the reader, `shard_source.ShardSource`, uses both);
+`verify` checks a whole folder against its manifest's record counts and sha256 hashes.
 """
 
 from __future__ import annotations
 
-import bisect
 import concurrent.futures
-import itertools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +35,7 @@ def repair_hint(manifest: Manifest) -> str:
     return f"re-run the prepare command that made {folder} with the same --out (it rewrites only damaged parts)"
 
 
-def _clause(error: BaseException) -> str:
+def clause(error: BaseException) -> str:
     """The gist of a library error: its first clause, without Riegeli's hash values."""
     text = first_line(error, limit=len(str(error)) + 1)
     return re.sub(r" \(computed 0x[0-9a-f]+, stored 0x[0-9a-f]+\)", "", text.split(";")[0])[:200]
@@ -58,7 +56,7 @@ def check_shard(folder: str, info: ShardInfo, with_hash: bool = False) -> str | 
         finally:
             reader.close()
     except Exception as e:  # Riegeli raises RuntimeError (sometimes without a message) for a damaged file
-        return f"it is truncated or corrupt ({_clause(e)})"
+        return f"it is truncated or corrupt ({clause(e)})"
     if count != info.documents:
         return f"it holds {count:,} records, the manifest says {info.documents:,}"
     if with_hash:
@@ -73,56 +71,6 @@ def shard_error(manifest: Manifest, info: ShardInfo, reason: str) -> DataError:
     return DataError(
         f"shard {storage.join(manifest.location, info.file)} is damaged: {reason}; {repair_hint(manifest)}"
     )
-
-
-class ShardSource:
-    """A split's shards as one random-access source of records (Grain's ArrayRecord source underneath) whose
-    failures name the shard. Opening reads every shard's footer, so a missing or truncated shard fails at start."""
-
-    def __init__(self, manifest: Manifest, split: str):
-        import grain
-
-        self._manifest = manifest
-        self._infos = manifest.shards_of(split)
-        try:
-            self._source = grain.sources.ArrayRecordDataSource(manifest.shard_paths(split))
-        except Exception as e:  # find the culprit; the library's message often doesn't name it
-            raise self._diagnose(e) from None
-        expected = sum(info.documents for info in self._infos)
-        if len(self._source) != expected:
-            raise self._diagnose(None)
-        self._ends = list(itertools.accumulate(info.documents for info in self._infos))
-
-    def _diagnose(self, error: BaseException | None) -> DataError:
-        for info in self._infos:
-            reason = check_shard(self._manifest.location, info)
-            if reason is not None:
-                return shard_error(self._manifest, info, reason)
-        what = _clause(error) if error is not None else "its record counts differ from the manifest"
-        return DataError(
-            f"can't read the shards of {self._manifest.location} ({what}); check them with "
-            f"`python -m trainer.data.prepare --verify {self._manifest.location}`"
-        )
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> bytes:
-        try:
-            return self._source[index]
-        except Exception as e:
-            raise self._read_error(index, e) from None
-
-    def _read_error(self, index: int, error: BaseException) -> DataError:
-        shard = bisect.bisect_right(self._ends, int(index))
-        if shard >= len(self._infos):
-            return DataError(f"record {index} is outside the shards of {self._manifest.location}: {_clause(error)}")
-        start = self._ends[shard - 1] if shard else 0
-        info = self._infos[shard]
-        return shard_error(self._manifest, info, f"record {int(index) - start} can't be read ({_clause(error)})")
-
-    def __repr__(self) -> str:
-        return f"ShardSource({self._manifest.location!r}, {len(self._infos)} shards)"
 
 
 def verify(

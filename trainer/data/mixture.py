@@ -27,15 +27,18 @@ class Component:
 
 
 @dataclasses.dataclass(frozen=True)
-class Phase:
-    """A stage of the plan: the components read from `start_step` on."""
+class Stage:
+    """A configured stage (`data.stages[i]`, or the one stage of `data.path` / `data.mixture`) with its manifests
+    read: the components read from `start_step` on."""
 
     start_step: int
     components: tuple[Component, ...]
 
 
-def plan(data: DataConfig) -> list[Phase]:
-    """The stages of a DataConfig, manifests read and checked (same tokenizer everywhere, positive weights)."""
+def read_stages(data: DataConfig) -> list[Stage]:
+    """The stages of a DataConfig with their manifests read, checked to share one tokenizer.
+
+    A job reads them once and passes them down: every manifest is read once per job, wherever it is stored."""
     if data.stages:
         raw = [(s.start_step, [(c.path, c.weight) for c in s.mixture]) for s in data.stages]
     elif data.mixture:
@@ -45,22 +48,21 @@ def plan(data: DataConfig) -> list[Phase]:
     else:
         raise DataError("no training data configured: set data.path (a folder made by python -m trainer.data.prepare)")
     manifests: dict[str, Manifest] = {}
-    phases = []
-    for index, (start, parts) in enumerate(raw):
-        if not parts:
-            raise DataError(f"data.stages[{index}].mixture is empty: list at least one component")
+    stages = []
+    for start, parts in raw:  # start steps, weights and empty stages: checked with the config (config/checks.py)
         components = []
         for path, weight in parts:
-            if weight <= 0:
-                raise DataError(f"data mixture weight of {path} must be positive, got {weight}")
             if path not in manifests:
                 manifests[path] = read_manifest(path)
             components.append(Component(path, float(weight), manifests[path]))
-        phases.append(Phase(start, tuple(components)))
-    if [p.start_step for p in phases] != sorted({p.start_step for p in phases}) or phases[0].start_step != 0:
-        raise DataError("data.stages must start at step 0 and their start_step values must increase strictly")
+        stages.append(Stage(start, tuple(components)))
     _check_same_tokenizer(list(manifests.items()))
-    return phases
+    return stages
+
+
+def tokenizer_manifest(stages: Sequence[Stage]) -> Manifest:
+    """The manifest that names the tokenizer (every component of every stage shares it: `read_stages` checks)."""
+    return stages[0].components[0].manifest
 
 
 def _check_same_tokenizer(manifests: list[tuple[str, Manifest]]) -> None:
@@ -73,11 +75,11 @@ def _check_same_tokenizer(manifests: list[tuple[str, Manifest]]) -> None:
             )
 
 
-def phase_at(phases: Sequence[Phase], step: int) -> int:
+def stage_at(stages: Sequence[Stage], step: int) -> int:
     """Index of the stage that is active at `step` (the last one that has started)."""
     index = 0
-    for i, phase in enumerate(phases):
-        if phase.start_step <= step:
+    for i, stage in enumerate(stages):
+        if stage.start_step <= step:
             index = i
     return index
 

@@ -16,7 +16,7 @@ import grain
 import numpy as np
 
 from trainer.data import DataError
-from trainer.data.integrity import ShardSource
+from trainer.data.shard_source import ShardSource
 from trainer.data.shards import Manifest, decode_chat_record, decode_record
 
 

@@ -17,7 +17,7 @@ import atexit
 import math
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
@@ -69,7 +69,7 @@ def stream_count(data: DataConfig, global_batch_size: int, process_count: int) -
 
 
 def _streams(
-    phase: mixture_lib.Phase,
+    active: mixture_lib.Stage,
     data: DataConfig,
     *,
     split: str,
@@ -92,11 +92,11 @@ def _streams(
         prefetch_buffer_size=max(16, _READ_BUFFER // len(stream_ids)),
     )
     # Conversations carry a loss mask and are always packed: a reply never attends to another conversation.
-    chat = any(c.manifest.kind == "chat" for c in phase.components)
+    chat = any(c.manifest.kind == "chat" for c in active.components)
     streams = []
     for stream in stream_ids:
         parts = []
-        for index, component in enumerate(phase.components):
+        for index, component in enumerate(active.components):
             component_seed = mixture_lib.derive_seed(seed, stage, index)
             docs = packing.documents(
                 component.manifest,
@@ -120,7 +120,7 @@ def _streams(
                     with_mask=chat,
                 )
             )
-        streams.append(mixture_lib.mix(parts, [c.weight for c in phase.components]).batch(rows_per_stream))
+        streams.append(mixture_lib.mix(parts, [c.weight for c in active.components]).batch(rows_per_stream))
     return streams
 
 
@@ -175,6 +175,7 @@ class TrainIterator:
         seed: int,
         process_index: int,
         process_count: int,
+        stages: Sequence[mixture_lib.Stage] | None = None,
     ):
         self._inners: dict[int, Any] = {}
         if not 0 <= process_index < process_count:
@@ -183,7 +184,7 @@ class TrainIterator:
             raise DataError(f"seq_len must be positive, got {seq_len}")
         per_host_batch_size(global_batch_size, process_count)
         self._data = data
-        self._phases = mixture_lib.plan(data)
+        self._stages = list(stages) if stages is not None else mixture_lib.read_stages(data)
         count = stream_count(data, global_batch_size, process_count)
         self._kwargs = dict(
             split="train",
@@ -202,7 +203,7 @@ class TrainIterator:
     def _open(self, stage: int) -> None:
         self.close()
         self._stage = stage
-        streams = _streams(self._phases[stage], self._data, stage=stage, **self._kwargs)
+        streams = _streams(self._stages[stage], self._data, stage=stage, **self._kwargs)
         self._inners = {
             stream: iter(_with_prefetch(ds, self._data)) for stream, ds in zip(self._kwargs["stream_ids"], streams)
         }
@@ -223,7 +224,7 @@ class TrainIterator:
     def __next__(self) -> dict[str, Any]:
         if not self._inners:
             raise ValueError("this TrainIterator was closed")
-        stage = mixture_lib.phase_at(self._phases, self._step)
+        stage = mixture_lib.stage_at(self._stages, self._step)
         if stage != self._stage:
             self._open(stage)
         batch = merge([next(it) for it in self._inners.values()])
@@ -241,7 +242,7 @@ class TrainIterator:
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state` (this host's or a merged one) was taken; a stage boundary opens fresh."""
         step = int(state["step"])
-        stage = mixture_lib.phase_at(self._phases, step)
+        stage = mixture_lib.stage_at(self._stages, step)
         self._open(stage)
         self._step = step
         if state.get("stage") != stage:
@@ -296,9 +297,18 @@ def _slices_as_tuples(state: Any) -> Any:
 
 
 def make_train_iterator(
-    data: DataConfig, *, seq_len: int, global_batch_size: int, seed: int, process_index: int, process_count: int
+    data: DataConfig,
+    *,
+    seq_len: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    stages: Sequence[mixture_lib.Stage] | None = None,
 ) -> TrainIterator:
-    """This process's infinite training batches for `data` (a DataConfig); see the module docstring for the contract."""
+    """This process's infinite training batches for `data` (a DataConfig); see the module docstring for the contract.
+
+    `stages`: what `mixture.read_stages(data)` returned, when the caller (a job) has read them already."""
     return TrainIterator(
         data,
         seq_len=seq_len,
@@ -306,28 +316,37 @@ def make_train_iterator(
         seed=seed,
         process_index=process_index,
         process_count=process_count,
+        stages=stages,
     )
 
 
 def make_eval_iterator(
-    data: DataConfig, *, seq_len: int, global_batch_size: int, process_index: int, process_count: int, num_batches: int
+    data: DataConfig,
+    *,
+    seq_len: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+    num_batches: int,
+    stages: Sequence[mixture_lib.Stage] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`num_batches` deterministic batches of the validation split (the last stage's mixture), fresh each call.
 
-    No shuffle, so every evaluation sees the same rows; the split repeats if it is shorter than asked.
+    No shuffle, so every evaluation sees the same rows; the split repeats if it is shorter than asked. `stages` as in
+    `make_train_iterator`.
     """
-    phases = mixture_lib.plan(data)
+    read = list(stages) if stages is not None else mixture_lib.read_stages(data)
     count = stream_count(data, global_batch_size, process_count)
     stream_ids = host_streams(count, process_index, process_count)
     streams = _streams(
-        phases[-1],
+        read[-1],
         data,
         split="val",
         seq_len=seq_len,
         global_batch_size=global_batch_size,
         seed=0,
         shuffle=False,
-        stage=len(phases) - 1,
+        stage=len(read) - 1,
         stream_ids=stream_ids,
         stream_count=count,
     )
@@ -367,25 +386,24 @@ def _close_and_wait(it: grain.DatasetIterator) -> None:
         stack.extend(getattr(node, "_parents", ()))
 
 
-def describe(data: DataConfig) -> str:
+def describe(data: DataConfig, stages: Sequence[mixture_lib.Stage]) -> str:
     """One line per stage for the logs: sources, sizes, weights and how rows are built."""
-    phases = mixture_lib.plan(data)
     lines = []
-    for index, phase in enumerate(phases):
+    for index, stage in enumerate(stages):
         parts = []
-        total = sum(c.weight for c in phase.components)
-        for c in phase.components:
+        total = sum(c.weight for c in stage.components)
+        for c in stage.components:
             totals = c.manifest.totals()
-            share = f"{100 * c.weight / total:.0f}% " if len(phase.components) > 1 else ""
+            share = f"{100 * c.weight / total:.0f}% " if len(stage.components) > 1 else ""
             train, val = totals["train"], totals["val"]
             parts.append(
                 f"{share}{c.path} ({train['documents']:,} docs / {_short(train['tokens'])} tokens, "
                 f"val {_short(val['tokens'])})"
             )
-        prefix = f"stage {index} from step {phase.start_step}: " if len(phases) > 1 else ""
+        prefix = f"stage {index} from step {stage.start_step}: " if len(stages) > 1 else ""
         lines.append(prefix + ", ".join(parts))
-    tok = phases[0].components[0].manifest.tokenizer
-    chat = any(c.manifest.kind == "chat" for phase in phases for c in phase.components)
+    tok = mixture_lib.tokenizer_manifest(stages).tokenizer
+    chat = any(c.manifest.kind == "chat" for stage in stages for c in stage.components)
     mode = (
         "conversations packed first-fit, loss on replies only"
         if chat
@@ -405,10 +423,3 @@ def _short(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
-
-
-def dataset_vocab_size(data: DataConfig) -> int | None:
-    """The tokenizer vocabulary of the configured data (to check model.vocab_size against); None when unset."""
-    if not (data.path or data.mixture or data.stages):
-        return None
-    return int(mixture_lib.plan(data)[0].components[0].manifest.tokenizer["vocab_size"])

@@ -18,7 +18,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from trainer import storage
+from trainer import cli_args, storage
 from trainer.config import DataConfig
 from trainer.data import DataError
 from trainer.data import shards as shards_lib
@@ -70,7 +70,7 @@ def ensure_prepared(data: DataConfig, progress: bool = True, tokenizer: str | No
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli_args.ArgumentParser(
         prog="python -m trainer.data.prepare",
         description="Tokenize text into ArrayRecord shards + manifest.json (local folder or gs:// URL).",
     )
@@ -149,6 +149,29 @@ def _parser() -> argparse.ArgumentParser:
         "each, set model.vocab_size), or are all kept as plain text (text)",
     )
     p.add_argument("--limit", type=int, default=None, help="with --format chat: only the first N conversations")
+    p.add_argument(
+        "--fields",
+        type=lambda v: tuple(f.strip() for f in v.split(",") if f.strip()),
+        default=(),
+        metavar="A,B,C",
+        help="records with several fields: text joins them with a blank line; chat makes the last the reply and "
+        "the others the user's turn (e.g. instruction,input,output)",
+    )
+    p.add_argument(
+        "--template",
+        default="",
+        metavar="JINJA",
+        help="a Jinja row template over the record's fields: the document (text) or the user's turn (chat, "
+        "with the reply's field in --fields)",
+    )
+    p.add_argument("--stream", action="store_true", help="read hf: inputs in streaming mode, one unit per data file")
+    p.add_argument(
+        "--unit-bytes",
+        type=int,
+        default=None,
+        help="input bytes per work unit (default 1/16 of the input, 256 KiB to 128 MiB); a larger uncompressed "
+        "JSONL file is cut into several",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -165,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the following arguments are required: --out")
     command = shlex.join(["python", "-m", "trainer.data.prepare", *argv])
     if args.format == "chat":
+        return _chat(args, command)
+    return _text(parser, args, command)
+
+
+def _chat(args: argparse.Namespace, command: str) -> int:
+    try:
         prepare_chat(
             args.input or (),
             args.out,
@@ -179,8 +208,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             bos=args.bos,
             limit=args.limit,
             command=command,
+            workers=args.workers,
+            unit_bytes=args.unit_bytes,
+            fields=args.fields,
+            row_template=args.template,
+            stream=args.stream,
+            split=args.split,
+            progress=not args.no_progress,
         )
-        return ExitCode.OK
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+def _text(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
     if args.corpus == "stdlib_qa":
         parser.error("--corpus stdlib_qa is a chat corpus: add --format chat")
     try:
@@ -201,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             split=args.split,
             progress=not args.no_progress,
             command=command,
+            unit_bytes=args.unit_bytes,
+            fields=args.fields,
+            template=args.template,
+            stream=args.stream,
         )
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)

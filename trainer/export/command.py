@@ -14,23 +14,21 @@ import os
 import time
 from typing import Any
 
-from trainer.checkpoint import parse_reference, read_run_config
-from trainer.data.bos import run_adds_bos
+from trainer import cli_args
+from trainer.data.tokenizer import load_tokenizer
 from trainer.errors import ConversionError, cli
 from trainer.export import card, formats, mapping
 from trainer.export.gguf import GGUF_TYPES
 from trainer.export.hf import parse_size, prepare_out_dir, verify_hf, write_folder
 from trainer.export.peft import export_adapter
-from trainer.export.tokenizer import find_tokenizer
-from trainer.model.lora import enabled
-from trainer.run.finetune import load_merged
+from trainer.run_folder import open_run
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(
+    p = cli_args.ArgumentParser(
         prog="python -m trainer.convert_to_hf",
         description="Export a run's checkpoint as a Hugging Face LLaMA folder, a GGUF, an "
         "MLX folder or an ONNX decoder, with a model card.",
@@ -109,14 +107,16 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     if getattr(args, "adapter_only", False):
         return export_adapter(args, out)
-    if getattr(args, "merge_lora", False) and not enabled(read_run_config(parse_reference(args.checkpoint)[0]).model):
+    run = open_run(args.checkpoint)
+    if getattr(args, "merge_lora", False) and not run.lora:
         raise ConversionError(f"{args.checkpoint} is not a LoRA run: nothing to merge; drop --merge-lora")
-    config, params, step = load_merged(args.checkpoint, dtype=formats.load_dtype(args))  # LoRA: merged into its base
+    config, params = run.host_params(dtype=formats.load_dtype(args))  # LoRA: merged into its base
+    step, run_dir = run.step, run.run_dir
     loaded = time.perf_counter()
     model = config.model
     mapping.check_params(params, model)
-    run_dir, _ = parse_reference(args.checkpoint)
-    tokenizer, source = find_tokenizer(run_dir, config, args.tokenizer)
+    source = run.tokenizer_path(args.tokenizer)
+    tokenizer = load_tokenizer(source)
     if tokenizer.vocab_size > model.vocab_size:
         raise ConversionError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is "
@@ -128,9 +128,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         summary.update(formats.export_format(args, out, config, params, tokenizer, source))
     else:
         dtype = args.dtype or model.param_dtype
-        summary["files"] = write_folder(
-            out, model, params, dtype, max_shard, tokenizer, source, run_adds_bos(run_dir, config)
-        )
+        summary["files"] = write_folder(out, model, params, dtype, max_shard, tokenizer, source, run.adds_bos())
         summary["bytes"] = sum(
             os.path.getsize(os.path.join(out, name)) for name in summary["files"] if name.endswith(".safetensors")
         )

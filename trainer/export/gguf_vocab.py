@@ -8,7 +8,7 @@ steps, BPE options) and a tokenizer none of the names reproduces is refused: its
 contractions differently from training.
 
 The names below were read from the vocabulary loader of the llama.cpp that llama-cpp-python 0.3.36 vendors
-(libllama 0.5.0-dev) and are loaded by that llama.cpp in tests/test_llama_cpp.py.
+(libllama 0.5.0-dev) and are loaded by that llama.cpp in tests/export/test_llama_cpp.py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer import storage
+from trainer import cli_args, storage
 from trainer.checkpoint import save_params
 from trainer.config import Config, RunConfig, load_config, validate
 from trainer.data.bos import BOS_FILE, record_bos
@@ -32,7 +32,7 @@ BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(
+    p = cli_args.ArgumentParser(
         prog="python -m trainer.convert_from_hf",
         description="Import a Hugging Face LLaMA folder as a run folder (params checkpoint).",
     )

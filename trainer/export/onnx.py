@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
@@ -149,7 +150,11 @@ def write_onnx(out: str, model: ModelConfig, params: dict[str, Any], dtype: str)
     }
     axes.update({name: {0: "batch", 2: "past_sequence"} for name in inputs[3:]})
     axes.update({name: {0: "batch", 2: "total_sequence"} for name in outputs[1:]})
-    with tempfile.TemporaryDirectory(dir=out) as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory(dir=out) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose (see the module docstring); torch warns at every call that it
+        # is no longer the default, and its own internals call functions torch has deprecated: nothing the person
+        # exporting can act on.
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = os.path.join(tmp, FILENAME)  # the tracer's own file (and weight files, past 2 GB)
         torch.onnx.export(
             decoder,

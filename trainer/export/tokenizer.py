@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import tempfile
 from typing import Any
 
 from trainer import storage
-from trainer.config import Config
-from trainer.data.tokenizer import load_tokenizer
-from trainer.errors import ConversionError, ParityError
+from trainer.errors import ParityError
 
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "chat_template")
 SAMPLE_TEXTS = (
@@ -30,23 +29,6 @@ SAMPLE_TEXTS = (
     "I'm sure it's what they'd've done, isn't it?",
     "emoji 😀👍🏽 and 🇫🇷 flags",
 )
-
-
-def find_tokenizer(run_dir: str, config: Config, override: str | None) -> tuple[Any, str]:
-    """The run's tokenizer and the folder/file it came from: --tokenizer, else RUN_DIR/tokenizer, else data.path."""
-    if override:
-        return load_tokenizer(override), override
-    candidates = [storage.join(run_dir, "tokenizer")]
-    if config.data.path and not storage.is_remote(config.data.path):
-        candidates.append(config.data.path)
-    for path in candidates:
-        if storage.exists(path):
-            return load_tokenizer(path), path
-    raise ConversionError(
-        f"no tokenizer in {candidates[0]}"
-        + (f" nor at data.path {config.data.path}" if config.data.path else "")
-        + ": pass --tokenizer PATH (SentencePiece .model or HF folder)"
-    )
 
 
 def chat_template(source: str) -> str | None:
@@ -130,7 +112,7 @@ def check_tokenizer(tokenizer: Any, out: str) -> None:
         ours, theirs = tokenizer.encode_with_offsets(text)[0], exported.encode(text, add_special_tokens=False)
         if ours != theirs:
             raise ParityError(f"the exported tokenizer encodes {text!r} as {theirs[:12]}..., ours as {ours[:12]}...")
-    wants = json.loads(open(os.path.join(out, "tokenizer_config.json")).read()).get("add_bos_token")
+    wants = json.loads(pathlib.Path(out, "tokenizer_config.json").read_text()).get("add_bos_token")
     if wants is not None and tokenizer.bos_id is not None and (exported.encode("x")[:1] == [tokenizer.bos_id]) != wants:
         raise ParityError(
             f"transformers {'omits' if wants else 'adds'} BOS on the exported tokenizer; the run's "

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from trainer import storage
+from trainer import cli_args, storage
 from trainer.data.chat import reply_content
 from trainer.errors import ConfigError, ExitCode, cli
 from trainer.infer.decode import Generator, params_in
@@ -24,7 +24,7 @@ from trainer.run_folder import load_run
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring and docs/generate.md)."""
-    p = argparse.ArgumentParser(
+    p = cli_args.ArgumentParser(
         prog="python -m trainer.generate", description="Generate text from a run's checkpoint with a KV-cache sampler."
     )
     p.add_argument("--checkpoint", required=True, help="run folder (local or gs://), optionally :STEP (default latest)")

@@ -10,6 +10,7 @@ weights (its base + (α/r)·A·B): a second SFT or a context extension continues
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -120,22 +121,14 @@ def attach_base(config: Config, step_fns: Any, say: Any) -> None:
     )
 
 
-def load_merged(reference: str, dtype: str | None = None) -> tuple[Config, dict[str, Any], int]:
-    """A run's config and numpy params, a LoRA run's merged into its base: `trainer.run_folder`'s `host_params`,
-    under the name `export/command.py` imports until it opens runs with `run_folder.open_run` itself."""
-    run = run_folder.open_run(reference)
-    config, params = run.host_params(dtype)
-    return config, params, run.step
-
-
-def check_chat_data(config: Config) -> None:
+def check_chat_data(config: Config, stages: Sequence[mixture.Stage]) -> None:
     """data.chat_template must name the template the prepared conversations were rendered with (a mismatch would
     train one format and chat in another); chat data without data.chat_template is fine (the folder says which)."""
     wanted = config.data.chat_template
     if wanted is None or config.data.synthetic:
         return
-    for phase in mixture.plan(config.data):
-        for component in phase.components:
+    for stage in stages:
+        for component in stage.components:
             m = component.manifest
             if m.kind != "chat":
                 raise DataError(

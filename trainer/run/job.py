@@ -7,23 +7,28 @@ never stopped: the train state and every process's data iterator come back from 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 
 from trainer import checkpoint, distributed, sharding, storage
 from trainer.config import Config
+from trainer.data import mixture, pipeline, synthetic
 from trainer.data.bos import check_same_bos, data_adds_bos, record_bos
+from trainer.data.mixture import Stage, tokenizer_manifest
+from trainer.data.prepare import ensure_prepared
+from trainer.data.shards import prepare_hint
 from trainer.errors import ConfigError, DataError
-from trainer.fit import padding
 from trainer.model import flops
 from trainer.model.attention import check_available
-from trainer.run import budget, finetune
+from trainer.run import branch, budget, extend, finetune, goodput
 from trainer.run.loop import StopRequest, train
 from trainer.run.metrics import MetricsLogger
 from trainer.run.profile import StepProfiler
 from trainer.run.timer import Timer
 from trainer.step import StepFunctions, TrainState, make_step_functions
+from trainer.target import padding
 
 PLACEHOLDER = "YOUR_BUCKET"
 
@@ -39,8 +44,6 @@ def _data_paths(config: Config) -> list[str]:
 
 def check_reachable(config: Config, reach: bool = True) -> None:
     """Fail in one line, before any work, on a placeholder bucket or (with `reach`) a path this machine can't reach."""
-    from trainer.data.shards import prepare_hint
-
     for key, path in [("run.dir", config.run.dir)] + [("data.path", p) for p in _data_paths(config)]:
         if PLACEHOLDER in path:
             raise ConfigError(
@@ -53,8 +56,6 @@ def check_reachable(config: Config, reach: bool = True) -> None:
 
 
 def _prepare_data(config: Config) -> None:
-    from trainer.data.prepare import ensure_prepared
-
     if jax.process_index() == 0:
         ensure_prepared(config.data, tokenizer=finetune.base_tokenizer(config))
     if jax.process_count() > 1:
@@ -76,11 +77,9 @@ def _check_run_dir(config: Config) -> None:
         raise ConfigError(f"{config.run.dir} holds a run on {kind} data; use a new run.dir to switch data.synthetic")
 
 
-def _check_tokenizer(config: Config) -> None:
+def _check_tokenizer(stages: Sequence[Stage]) -> None:
     """Refuse, before any work, a data folder whose tokenizer is gone: sampling and every export need it."""
-    from trainer.data import mixture
-
-    manifest = mixture.plan(config.data)[0].components[0].manifest
+    manifest = tokenizer_manifest(stages)
     path = storage.join(manifest.location, manifest.tokenizer.get("file") or "tokenizer.model")
     if not storage.exists(path):
         raise DataError(
@@ -89,10 +88,8 @@ def _check_tokenizer(config: Config) -> None:
         )
 
 
-def _copy_tokenizer(config: Config) -> None:
-    from trainer.data import mixture
-
-    source = mixture.plan(config.data)[0].components[0].path
+def _copy_tokenizer(config: Config, stages: Sequence[Stage]) -> None:
+    source = stages[0].components[0].path
     target = storage.join(config.run.dir, "tokenizer")
     for name in ("tokenizer.model", "tokenizer", "chat_template.json"):
         src = storage.join(source, name)
@@ -103,10 +100,8 @@ def _copy_tokenizer(config: Config) -> None:
                 storage.write_bytes_atomic(storage.join(target, file), storage.read_bytes(storage.join(src, file)))
 
 
-def _train_iterator(config: Config) -> Any:
+def _train_iterator(config: Config, stages: Sequence[Stage]) -> Any:
     """This process's training batches: the Grain pipeline over the shards, or synthetic tokens."""
-    from trainer.data import pipeline, synthetic
-
     shape = dict(
         seq_len=config.train.seq_len,
         global_batch_size=config.train.global_batch_size,
@@ -116,21 +111,20 @@ def _train_iterator(config: Config) -> Any:
     )
     if config.data.synthetic:
         return synthetic.make_train_iterator(vocab_size=config.model.vocab_size, **shape)
-    return pipeline.make_train_iterator(config.data, **shape)
+    return pipeline.make_train_iterator(config.data, stages=stages, **shape)
 
 
 def _initial_state(
-    config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, data_iter: Any, log: MetricsLogger
+    config: Config, step_fns: StepFunctions, ckpt: checkpoint.Checkpointer, restored: Any, log: MetricsLogger
 ) -> TrainState:
-    restored = ckpt.restore_latest(step_fns.abstract_state, data_iter)  # a damaged newest step: the one before
     if restored is not None:
         state, step = restored
-        log.say(f"resuming from {ckpt.directory}/{step}")
+        log.say(f"resuming from {ckpt.step_dir(step)}")
         return state
     state = step_fns.init(jax.random.key(config.train.seed))
     if config.checkpoint.restore_from:
         reference = finetune.pin_base(config)
-        if step_fns.frozen is not None:  # LoRA: fresh adapters (B = 0) on the frozen base attached before
+        if step_fns.lora_base is not None:  # LoRA: fresh adapters (B = 0) on the frozen base attached before
             return state
         if config.checkpoint.restore_params_only:
             params, step = finetune.start_params(config, step_fns.abstract_state.params, reference)
@@ -161,18 +155,18 @@ def run(config: Config, cpu_line: str | None = None) -> int:
     if real_data:
         _prepare_data(config)
         config = budget.with_epochs(config)  # train.epochs → train.steps, from the prepared data's tokens
-    from trainer.data import pipeline
-
-    vocab = pipeline.dataset_vocab_size(config.data) if real_data else None
+    stages = mixture.read_stages(config.data) if real_data else []  # every manifest read once, passed down
+    vocab = int(tokenizer_manifest(stages).tokenizer["vocab_size"]) if real_data else None
     if vocab is not None and vocab > config.model.vocab_size:
         raise ConfigError(
             f"the data's tokenizer has {vocab} ids but model.vocab_size={config.model.vocab_size}; "
             f"set model.vocab_size={vocab} or more"
         )
     _check_run_dir(config)
+    extend.check_start(config)  # a WSD run extended or branched keeps the learning rates it trained with
     if real_data:
-        _check_tokenizer(config)
-        finetune.check_chat_data(config)
+        _check_tokenizer(stages)
+        finetune.check_chat_data(config, stages)
         bos = data_adds_bos(config)  # every folder of a mixture/stages agrees, or one line now
         check_same_bos(config.run.dir, bos)
         pipeline.make_eval_iterator(  # fail now, not at the first evaluation, when there is no validation split
@@ -182,8 +176,16 @@ def run(config: Config, cpu_line: str | None = None) -> int:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             num_batches=1,
+            stages=stages,
         ).close()
-    data_iter = _train_iterator(config)  # opens every train shard: a damaged one is named now, before any write
+    data_iter = _train_iterator(config, stages)  # opens every train shard: a damaged one is named now, before any write
+    step_fns = make_step_functions(config, mesh)
+    ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
+    try:
+        restored = ckpt.restore_latest(step_fns.abstract_state, data_iter)  # a damaged newest step: the one before
+    except BaseException:
+        ckpt.close()
+        raise
     # Every check above passed: only now does anything get written to the run folder (a refused resume leaves
     # the old folder as it was).
     log = MetricsLogger(
@@ -200,9 +202,9 @@ def run(config: Config, cpu_line: str | None = None) -> int:
         storage.makedirs(config.run.dir)
         checkpoint.write_run_config(config.run.dir, config)
         if real_data:
-            _copy_tokenizer(config)
+            _copy_tokenizer(config, stages)
             record_bos(config.run.dir, bos, source="data manifest")  # read by generation, evaluation, exports
-            log.say(pipeline.describe(config.data))
+            log.say(pipeline.describe(config.data, stages))
         else:
             log.say(
                 f"data: synthetic, uniformly random tokens 0..{config.model.vocab_size - 1} from train.seed "
@@ -212,17 +214,24 @@ def run(config: Config, cpu_line: str | None = None) -> int:
         if cpu_line and jax.default_backend() == "cpu":
             log.say(cpu_line)
 
-    step_fns = make_step_functions(config, mesh)
-    ckpt = checkpoint.Checkpointer(config.run.dir, config.checkpoint)
     finetune.attach_base(config, step_fns, log.say)  # LoRA: the frozen base, at every start
-    state = _initial_state(config, step_fns, ckpt, data_iter, log)
+    state = _initial_state(config, step_fns, ckpt, restored, log)
+    if restored is None:  # a cooldown branch reads on from its main run's data position
+        branch.begin(config, int(jax.device_get(state.step)), data_iter, log.say, is_main)
+    ledger = goodput.Ledger(config.run.dir, timer, int(jax.device_get(state.step)), enabled=is_main)
     stop = StopRequest()
     profiler = StepProfiler(config.log.profile_steps, config.run.dir, enabled=is_main, say=log.say)
+    code = 1  # an exception's exit code
     try:
-        return train(config, step_fns, ckpt, data_iter, state, stop, log, profiler, timer)
+        code = train(config, step_fns, ckpt, data_iter, state, stop, log, profiler, timer, stages, ledger)
+        cooldown = branch.cooldown(config.run.dir, config, config.train.steps) if code == 0 and is_main else None
+        if cooldown is not None:
+            log.say(cooldown.line())
+        return code
     finally:
         profiler.stop()
         stop.restore()
         ckpt.close()
+        log.say(ledger.close(code))
         data_iter.close()
         log.close()

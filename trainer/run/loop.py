@@ -11,6 +11,7 @@ now, so the check never stalls the devices), then run the hooks due at this step
     tasks       every eval.tasks_every_steps: lm-eval tasks (eval.tasks)
     stop        every step: after SIGTERM / Ctrl-C, save the step reached and exit 143 / 130
     checkpoint  every checkpoint.every_steps
+    goodput     every log.every_steps: the run's goodput ledger, RUN/goodput.json (`trainer.run.goodput`)
 
 Periodic hooks also run after the last step; then, once it is saved, the greedy sample (log.sample_tokens). Too many
 non-finite steps in a row end the run with exit code 3 and the last good checkpoint intact. The wall time is
@@ -25,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -34,10 +35,15 @@ import numpy as np
 
 from trainer import checkpoint, storage
 from trainer.config import Config
+from trainer.data.bos import run_adds_bos
+from trainer.data.mixture import Stage
+from trainer.data.tokenizer import load_tokenizer
 from trainer.errors import ExitCode
 from trainer.eval.loss import evaluate
 from trainer.eval.periodic import TaskEvaluator
+from trainer.infer.decode import Generator
 from trainer.model import flops
+from trainer.run.goodput import Ledger
 from trainer.run.hooks import Hooks, StepInfo, install_plugins
 from trainer.run.metrics import MetricsLogger, Speedometer, StepLog, duration
 from trainer.run.profile import StepProfiler
@@ -174,10 +180,14 @@ def train(
     log: MetricsLogger,
     profiler: StepProfiler | None = None,
     timer: Timer | None = None,
+    stages: Sequence[Stage] | None = None,
+    ledger: Ledger | None = None,
 ) -> int:
     """Run steps from `state` to `train.steps`; returns the exit code (OK, NONFINITE, or the stop signal's).
 
-    `timer` (made when the job started, to count its start-up) receives the loop's time by category.
+    `timer` (made when the job started, to count its start-up) receives the loop's time by category; `stages` (the
+    data's, read once by the job) feed the validation batches; `ledger` (the run's goodput ledger) records each logged
+    step.
     """
     profiler = profiler or StepProfiler(None, config.run.dir, enabled=False)
     timer = timer or Timer()
@@ -206,7 +216,10 @@ def train(
         profiler,
         StepLog(log, speed, timer, compiled_step),
         Saves(config, ckpt, data_iter, log, guard, stop, timer),
+        stages,
     )
+    if ledger is not None:
+        hooks.add("goodput", ledger.after_step, every=config.log.every_steps)
 
     log.say("compiling the train step (the first step includes it) …")
     started = time.perf_counter()
@@ -244,13 +257,17 @@ def _add_hooks(
     profiler: StepProfiler,
     step_log: StepLog,
     saves: Saves,
+    stages: Sequence[Stage] | None,
 ) -> None:
     """Register the loop's own hooks, in the order they run (see the module docstring)."""
     if profiler.last_step is not None:
         hooks.add("profile", profiler.after, every=profiler.last_step, category="eval", at_last=False)
     hooks.add("log", step_log, every=config.log.every_steps)
     hooks.add(
-        "eval", functools.partial(_evaluate, config, step_fns, log), every=config.eval.every_steps, category="eval"
+        "eval",
+        functools.partial(_evaluate, config, step_fns, log, stages),
+        every=config.eval.every_steps,
+        category="eval",
     )
     if config.eval.tasks:  # built now: a missing extra or task file fails before any step
         scorer = TaskEvaluator(config, step_fns.mesh)
@@ -276,9 +293,11 @@ def _speedometer(config: Config) -> Speedometer:
     )
 
 
-def _evaluate(config: Config, step_fns: StepFunctions, log: MetricsLogger, info: StepInfo) -> None:
+def _evaluate(
+    config: Config, step_fns: StepFunctions, log: MetricsLogger, stages: Sequence[Stage] | None, info: StepInfo
+) -> None:
     """The `eval` hook: validation loss and perplexity, logged and printed."""
-    result = evaluate(config, step_fns, info.state.params)
+    result = evaluate(config, step_fns, info.state.params, stages)
     log.log({"step": info.step, **result})
     log.say(
         f"step {info.step:>6}/{info.last} eval_loss {result['eval_loss']:.4f} "
@@ -304,10 +323,6 @@ def _print_sample(config: Config, step_fns: StepFunctions, params: Any, log: Met
     if config.data.synthetic:
         log.say("no sample: synthetic data has no tokenizer")
         return
-    from trainer.data.bos import run_adds_bos
-    from trainer.data.tokenizer import load_tokenizer
-    from trainer.infer.decode import Generator
-
     tokenizer = load_tokenizer(storage.join(config.run.dir, "tokenizer"))
     text = config.log.sample_prompt
     if tokenizer.chat is not None:  # a chat model: the prompt is a user turn through its template

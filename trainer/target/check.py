@@ -22,8 +22,11 @@ import numpy as np
 from trainer import sharding
 from trainer.config import Config, RematPolicy
 from trainer.errors import ConfigError
-from trainer.fit import padding
-from trainer.fit.gpu_targets import (
+from trainer.hardware import GiB
+from trainer.model import flops
+from trainer.step import BATCH_KEYS, make_step_functions
+from trainer.target import padding
+from trainer.target.gpu import (
     GpuTarget,
     gpu_devices,
     is_gpu_target,
@@ -31,10 +34,7 @@ from trainer.fit.gpu_targets import (
     parse_gpu_target,
     require_cuda_plugin,
 )
-from trainer.fit.targets import Target, parse_target, require_libtpu, topology_devices
-from trainer.hardware import GiB
-from trainer.model import flops
-from trainer.step import BATCH_KEYS, make_step_functions
+from trainer.target.tpu import Target, parse_target, require_libtpu, topology_devices
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 

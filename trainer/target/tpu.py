@@ -4,7 +4,7 @@ TPU compiler builds devices for, without a TPU.
 Slice sizes, generations and the HBM the compiler may use per chip come from the hardware table
 (`trainer/hardware.py`), which the launcher validates `--accelerator` against too, so `--target` accepts exactly what
 `launch/tpu_vm.py` does. libtpu reports no capacity for devices that are not attached, so the table holds what its
-compiler reports when a program is too big ("exceeds available HBM (30.75G)"), checked by tests/test_tpu_fit.py.
+compiler reports when a program is too big ("exceeds available HBM (30.75G)"), checked by tests/plan/test_tpu_fit.py.
 The chip layout per slice (`v4:2x2x4`) is derived here.
 """
 
