@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("lm_eval", reason="the eval extra (lm-eval) is not installed")
 
 from eval_data import sentence, write_task_files
-from hf_models import CLI_MODEL as MODEL
+from hf_models import SMALL_MODEL as MODEL
 from hf_models import random_params
 from sp_tokenizers import sentencepiece
 

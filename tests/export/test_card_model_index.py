@@ -6,25 +6,14 @@ import json
 import os
 
 import pytest
+from hf_models import SMALL_MODEL as MODEL
 from hf_models import random_params
 from runs import keep_tokenizer, prepare_corpus
 
 from trainer import checkpoint, storage
-from trainer.config import CheckpointConfig, Config, DataConfig, ModelConfig
+from trainer.config import CheckpointConfig, Config, DataConfig
 from trainer.export import command as convert_to_hf
 
-MODEL = ModelConfig(
-    vocab_size=512,
-    embed_dim=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_dim=128,
-    max_seq_len=64,
-    compute_dtype="float32",
-    remat_policy="none",
-    tie_embeddings=False,
-)
 EVALS = {  # as trainer.eval writes RUN/eval/step_<N>.json (lm-eval's schema)
     10: {
         "results": {

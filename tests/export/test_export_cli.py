@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from hf_models import CLI_MODEL as MODEL
+from hf_models import SMALL_MODEL as MODEL
 from hf_models import random_params
 from sp_tokenizers import TEMPLATE, sentencepiece
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_models import SMALL_MODEL as MODEL
 from hf_models import random_params
 from runs import keep_tokenizer, prepare_corpus
 
 from trainer import checkpoint, sharding, storage
-from trainer.config import CheckpointConfig, Config, DataConfig, LoraConfig, ModelConfig, from_dict
+from trainer.config import CheckpointConfig, Config, DataConfig, LoraConfig, from_dict
 from trainer.errors import ConfigError
 from trainer.export import command as convert_to_hf
 from trainer.model import lora
@@ -21,18 +22,6 @@ from trainer.model.transformer import Transformer
 from trainer.run import finetune
 from trainer.step import make_step_functions
 
-MODEL = ModelConfig(
-    vocab_size=512,
-    embed_dim=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_dim=128,
-    max_seq_len=64,
-    compute_dtype="float32",
-    remat_policy="none",
-    tie_embeddings=False,
-)
 LORA = LoraConfig(rank=4, alpha=8.0, targets=["query", "value", "out", "down"])
 TOKENS = [[5, 17, 99, 3, 250, 42, 7, 300]]
 

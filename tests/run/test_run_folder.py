@@ -9,10 +9,11 @@ import jax
 import numpy as np
 import pytest
 from bpe_tokenizers import gpt2_style
+from hf_models import SMALL_MODEL as MODEL
 from hf_models import random_params
 
 from trainer import checkpoint, sharding
-from trainer.config import Config, LoraConfig, MeshConfig, ModelConfig
+from trainer.config import Config, LoraConfig, MeshConfig
 from trainer.data.bos import record_bos
 from trainer.errors import CheckpointError
 from trainer.infer.cli import main as generate
@@ -20,18 +21,6 @@ from trainer.model import lora
 from trainer.model.transformer import Transformer
 from trainer.run_folder import load_run, open_run
 
-MODEL = ModelConfig(
-    vocab_size=512,
-    embed_dim=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_dim=128,
-    max_seq_len=64,
-    compute_dtype="float32",
-    remat_policy="none",
-    tie_embeddings=False,
-)
 ADAPTED = dataclasses.replace(MODEL, lora=LoraConfig(rank=4, alpha=8.0, targets=["query", "value", "down"]))
 TOKENS = np.random.default_rng(3).integers(0, MODEL.vocab_size, (2, 16)).astype(np.int32)
 

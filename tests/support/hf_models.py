@@ -14,8 +14,8 @@ from trainer.model.transformer import Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # transformers' GGUF model loader needs it
-# A small untied GQA model: the export CLI's and the eval parity tests' shared subject.
-CLI_MODEL = ModelConfig(
+# A small untied GQA model (float32, no remat): the subject of the tests that need one run of any model.
+SMALL_MODEL = ModelConfig(
     vocab_size=512,
     embed_dim=64,
     num_layers=2,
