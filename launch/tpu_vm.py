@@ -36,16 +36,13 @@ if __package__ in (None, ""):  # run as a script: make `launch` importable
 from launch.preflight import preflight  # noqa: E402
 from launch.tpu_catalog import LaunchError, check_zone, parse_accelerator  # noqa: E402
 from launch.tpu_job import Job, Step  # noqa: E402
+from launch.tpu_runner import Runner, StepFailed  # noqa: E402
 from launch.tpu_steps import COMMANDS  # noqa: E402
 from trainer.cli_args import ArgumentParser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ACTIONS = ("up", "status", "logs", "stop", "delete")
 PLACEHOLDER_PROJECT = "YOUR_PROJECT"
-
-
-class StepFailed(Exception):
-    """A command or API call of the plan failed (exit code 1, not 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,88 +212,6 @@ def make_job(action: str, ns: argparse.Namespace, rest: list[str], dry_run: bool
     return job, warnings
 
 
-# ---------------------------------------------------------------- execution
-
-
-class Runner:
-    """Runs Steps: commands with subprocess (no shell), API requests with google-cloud-tpu."""
-
-    def __init__(self, job: Job, wait_s: float) -> None:
-        self.job, self.wait_s, self._clients = job, wait_s, {}
-
-    def _client(self, api: str):
-        mod_name, cls_name, method = api.split(".")
-        if mod_name not in self._clients:
-            from google.cloud import tpu_v2, tpu_v2alpha1
-
-            mod = {"tpu_v2": tpu_v2, "tpu_v2alpha1": tpu_v2alpha1}[mod_name]
-            self._clients[mod_name] = getattr(mod, cls_name)()
-        return getattr(self._clients[mod_name], method)
-
-    def call(self, step: Step) -> None:
-        """Run a step to completion; raise StepFailed if it fails."""
-        print(f"+ {step.render()[:300]}", file=sys.stderr, flush=True)
-        if step.argv:
-            rc = subprocess.run(list(step.argv)).returncode
-            if rc != 0:
-                raise StepFailed(f"exit code {rc}: {shlex.join(step.argv)[:300]}")
-            return
-        try:
-            result = self._client(step.api)(request=step.request)
-            if hasattr(result, "result"):  # long-running operation
-                result.result(timeout=self.wait_s)
-        except Exception as e:  # noqa: BLE001 - surfaced as one line
-            raise StepFailed(f"{step.api}: {e}") from e
-
-    def capture(self, step: Step) -> str | None:
-        """Run a command step and return its stdout, or None if it failed."""
-        r = subprocess.run(list(step.argv), capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    def state(self, step: Step) -> str | None:
-        """State of the node / queued resource (e.g. READY, PREEMPTED), or None if it does not exist."""
-        if step.argv:
-            r = subprocess.run(list(step.argv), capture_output=True, text=True)
-            if r.returncode == 0:
-                return r.stdout.strip() or "UNKNOWN"
-            if "NOT_FOUND" in r.stderr or "not found" in r.stderr.lower():
-                return None
-            raise StepFailed(f"{shlex.join(step.argv)[:300]}: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-        from google.api_core import exceptions
-
-        try:
-            res = self._client(step.api)(request=step.request)
-        except exceptions.NotFound:
-            return None
-        except Exception as e:  # noqa: BLE001
-            raise StepFailed(f"{step.api}: {e}") from e
-        return res.state.state.name if self.job.queued else res.state.name
-
-    def wait(self, step: Step, until: str) -> None:
-        """Poll the state until `until`; fail on a dead state, on absence, or after wait_s."""
-        deadline, last = time.monotonic() + self.wait_s, ""
-        while True:
-            st = self.state(step)
-            if st != last:
-                print(f"  state: {st or 'absent'}", file=sys.stderr, flush=True)
-                last = st or "absent"
-            if st == until:
-                return
-            if st is None or st in self.job.dead_states:
-                raise StepFailed(f"{self.job.name} is {st or 'gone'} while waiting for {until}")
-            if time.monotonic() > deadline:
-                raise StepFailed(f"{self.job.name} not {until} after {self.wait_s / 60:g} min (state {st})")
-            time.sleep(max(self.job.poll_s, 0.1))
-
-
-def _is_dead(runner: Runner, describe: Step) -> bool:
-    try:
-        st = runner.state(describe)
-    except StepFailed:
-        return False
-    return st is None or st in runner.job.dead_states
-
-
 def execute_up(job: Job, plan: list[Step], runner: Runner) -> int:
     """Run the `up` plan; on preemption (and retries left) run it again from the top."""
     describe = plan[0]
@@ -305,7 +220,7 @@ def execute_up(job: Job, plan: list[Step], runner: Runner) -> int:
         try:
             return _up_once(job, plan, runner)
         except StepFailed as e:
-            if not _is_dead(runner, describe):
+            if not runner.is_dead(describe):
                 raise
             if attempt >= job.retries:
                 raise StepFailed(f"the TPU was preempted or deleted and no retries are left ({e})") from e
@@ -344,7 +259,7 @@ def _up_once(job: Job, plan: list[Step], runner: Runner) -> int:
             subprocess.run(list(step.argv))
         elif step.role == "result":
             while True:
-                if _is_dead(runner, by_role["describe"]):
+                if runner.is_dead(by_role["describe"]):
                     raise StepFailed(f"{job.name} was preempted")
                 out = runner.capture(step)
                 if out == "running":  # the stream broke (network): attach again

@@ -126,16 +126,7 @@ def prepare_chat(
         )
         for i, unit in enumerate(units)
     ]
-    done: dict[int, dict[str, Any]] = {}
-    todo = []
-    for task in tasks:
-        record = shards_lib.read_verified_sidecar(out, task.index, task.key)
-        if record is None:
-            todo.append(task)
-        else:
-            done[task.index] = record
-    if verbose and done:
-        print(f"resuming: {len(done)} of {len(tasks)} work units already complete and verified in {out}")
+    done, todo = units_lib.finished_units(tasks, out, verbose)
     for record in units_lib.run_units(todo, tok, workers, progress, 0):
         done[record["unit"]] = record
 

@@ -14,7 +14,6 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from trainer import storage
 from trainer.data import DataError, sources
@@ -108,16 +107,7 @@ def prepare(
         WorkUnit(i, unit, out, units_lib.unit_key(unit, settings), dtype, bos_id, tok.eos_id, seed, val_fraction)
         for i, unit in enumerate(units)
     ]
-    records: dict[int, dict[str, Any]] = {}
-    todo = []
-    for task in tasks:
-        record = shards_lib.read_verified_sidecar(out, task.index, task.key)
-        if record is None:
-            todo.append(task)
-        else:
-            records[task.index] = record
-    if verbose and records:
-        print(f"resuming: {len(records)} of {len(tasks)} work units already complete and verified in {out}")
+    records, todo = units_lib.finished_units(tasks, out, verbose)
     written = 0
     estimate = units_lib.estimate_tokens(tok, items, todo)
     for record in units_lib.run_units(todo, tok, workers, progress, estimate):

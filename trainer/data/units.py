@@ -233,6 +233,24 @@ def _conversations(item: Item) -> Iterator[tuple[str, Any, list[Any]]]:
         yield row.key, row.where, messages
 
 
+def finished_units(
+    tasks: Sequence[WorkUnit], out: str, verbose: bool
+) -> tuple[dict[int, dict[str, Any]], list[WorkUnit]]:
+    """The units of `tasks` a previous run of the same command finished (their sidecar verified against their shards),
+    by index, and the ones still to do: a re-run redoes only what is missing or damaged."""
+    done: dict[int, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        record = shards_lib.read_verified_sidecar(out, task.index, task.key)
+        if record is None:
+            todo.append(task)
+        else:
+            done[task.index] = record
+    if verbose and done:
+        print(f"resuming: {len(done)} of {len(tasks)} work units already complete and verified in {out}")
+    return done, todo
+
+
 def run_units(
     todo: list[WorkUnit], tok: tokenizer_lib.Tokenizer, workers: int, progress: bool, estimate: int
 ) -> Iterator[dict[str, Any]]:
